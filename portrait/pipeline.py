@@ -1,0 +1,392 @@
+"""`PortraitPipeline`: tensors in, talking-portrait frames out (spec section 6).
+
+The pipeline does no file I/O: preprocessing (image, face mask, audio features, emotion priors) happens
+before it and video writing after it. Its ``__call__`` is written as the reference's numbered steps; every
+quirk the spec lists as parity-relevant is kept (see README "Compatibility").
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from portrait import sampling
+from portrait.errors import InputError
+from portrait.models.identity import LATENT_SCALE, IdentityEncoding, encode_clip_image, encode_reference_latents
+
+logger = logging.getLogger(__name__)
+
+#: ``callback(step_index, num_steps, latents)`` called after every denoising step.
+StepCallback = Callable[[int, int, torch.Tensor], None]
+
+
+@dataclass
+class PortraitPipelineOutput(BaseOutput):
+    """Output of :class:`PortraitPipeline`.
+
+    Attributes:
+        frames: (N, 3, H, W) float32 frames in [0, 1] on the CPU (``output_type="pt"``), or ``None``.
+        latents: (1, N + F, 4, h, w) final latents including the padding frames (``output_type="latent"``).
+    """
+
+    frames: torch.Tensor | None
+    latents: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class _Conditioning:
+    """Per-job conditioning tensors, built once (not per frame or per window)."""
+
+    image_context: torch.Tensor  # (3·F, 1, D) CLIP tokens of the window batch [zeros | image | image]
+    cond_latents: torch.Tensor  # (3, F, 4, h, w) conditioning latents [zeros | image | image]
+    audio: torch.Tensor  # (L, T, D) per-frame audio tokens, unconditional on the padding frames
+    audio_uncond: torch.Tensor  # (T, D)
+    emotion: torch.Tensor  # (L, T, D)
+    emotion_uncond: torch.Tensor  # (T, D)
+    pose: torch.Tensor  # (1, 1, C0, h, w) pose-guider features, identical for every frame
+    face_mask: torch.Tensor  # (1, 1, H, W) IP-adapter mask (channel 0 of the face mask)
+    added_time_ids: torch.Tensor  # (3, 3)
+
+
+class PortraitPipeline(DiffusionPipeline):
+    """DICE-Talk-compatible sampler over an SVD UNet with audio, emotion and pose conditions.
+
+    Components: ``unet`` (:class:`~portrait.models.unet.PortraitUNet`), ``vae``
+    (``AutoencoderKLTemporalDecoder``), ``image_encoder`` (``CLIPVisionModelWithProjection``), ``scheduler``
+    (``EulerDiscreteScheduler``, used for its σ table), ``pose_guider``, ``audio_projector``,
+    ``emotion_model``, and optionally ``audio_encoder`` (``WhisperModel``; only for :meth:`encode_audio`).
+    The UNet, VAE, image encoder and pose guider run in the pipeline dtype; the audio projector and the
+    emotion model run in their own dtype (fp32 in the reference).
+    """
+
+    model_cpu_offload_seq = "image_encoder->vae->pose_guider->unet->vae"
+    _optional_components = ["audio_encoder"]
+
+    def __init__(self, unet, vae, image_encoder, scheduler, pose_guider, audio_projector, emotion_model, audio_encoder=None):
+        super().__init__()
+        self.register_modules(
+            unet=unet,
+            vae=vae,
+            image_encoder=image_encoder,
+            scheduler=scheduler,
+            pose_guider=pose_guider,
+            audio_projector=audio_projector,
+            emotion_model=emotion_model,
+            audio_encoder=audio_encoder,
+        )
+
+    # ------------------------------------------------------------------ inputs
+    def check_inputs(
+        self,
+        ref_image: torch.Tensor,
+        clip_image: torch.Tensor,
+        face_mask: torch.Tensor,
+        audio_windows: torch.Tensor,
+        emotion_priors: torch.Tensor,
+        num_inference_steps: int,
+        frames_per_window: int,
+        overlap: int,
+        decode_chunk_size: int,
+        latents: torch.Tensor | None,
+    ) -> None:
+        """Raise :class:`InputError` naming the first argument whose shape or range is wrong."""
+        if ref_image.ndim != 4 or ref_image.shape[:2] != (1, 3):
+            raise InputError(f"ref_image must be (1, 3, H, W), got {tuple(ref_image.shape)}")
+        height, width = ref_image.shape[-2:]
+        if height % 64 or width % 64:
+            raise InputError(f"image size must be a multiple of 64 (reference resize rule), got {width}x{height}")
+        if clip_image.ndim != 4 or clip_image.shape[:2] != (1, 3):
+            raise InputError(f"clip_image must be (1, 3, S, S), got {tuple(clip_image.shape)}")
+        if face_mask.ndim != 4 or face_mask.shape[0] != 1 or face_mask.shape[-2:] != (height, width):
+            raise InputError(f"face_mask must be (1, C, {height}, {width}), got {tuple(face_mask.shape)}")
+        expected = self._audio_window_shape()
+        if audio_windows.ndim != 4 or tuple(audio_windows.shape[1:]) != expected:
+            raise InputError(f"audio_windows must be (N, {', '.join(map(str, expected))}), got {tuple(audio_windows.shape)}")
+        if audio_windows.shape[0] < 1:
+            raise InputError("audio is shorter than one video frame (80 ms): nothing to generate")
+        num_frames = audio_windows.shape[0]
+        prior_dim = self.emotion_model.config.prior_dim
+        if emotion_priors.ndim != 2 or emotion_priors.shape[1] != prior_dim or emotion_priors.shape[0] not in (1, num_frames):
+            raise InputError(f"emotion_priors must be (1 or {num_frames}, {prior_dim}), got {tuple(emotion_priors.shape)}")
+        if num_inference_steps < 1:
+            raise InputError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        if frames_per_window < 1 or not 0 <= overlap < frames_per_window:
+            raise InputError(f"need frames_per_window >= 1 and 0 <= overlap < frames_per_window, got {frames_per_window}, {overlap}")
+        if decode_chunk_size < 1:
+            raise InputError(f"decode_chunk_size must be >= 1, got {decode_chunk_size}")
+        if latents is not None:
+            shape = self.latent_shape(num_frames + frames_per_window, height, width)
+            if tuple(latents.shape) != shape:
+                raise InputError(f"latents must be {shape}, got {tuple(latents.shape)}")
+
+    def _audio_window_shape(self) -> tuple[int, int, int]:
+        cfg = self.audio_projector.config
+        return (cfg.seq_len, cfg.blocks, cfg.channels)
+
+    def latent_shape(self, length: int, height: int, width: int) -> tuple[int, ...]:
+        """Shape (1, L, C, h, w) of the initial noise for ``length`` frames of ``height``×``width``."""
+        factor = self.vae_scale_factor
+        return (1, length, self.vae.config.latent_channels, height // factor, width // factor)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    # ------------------------------------------------------------ conditioning
+    @torch.inference_mode()
+    def encode_identity(
+        self, ref_image: torch.Tensor, clip_image: torch.Tensor, noise: torch.Tensor, noise_aug_strength: float = 0.0
+    ) -> IdentityEncoding:
+        """CLIP embedding and VAE latents of the portrait (VAE upcast to fp32 like the reference, spec 6.4)."""
+        device, dtype = self._execution_device, self.unet.dtype
+        image_embeds = encode_clip_image(self.image_encoder, clip_image.to(device))
+        upcast = self.vae.dtype == torch.float16 and self.vae.config.force_upcast
+        if upcast:
+            self.vae.to(dtype=torch.float32)
+        try:
+            ref_latent, cond_latent = encode_reference_latents(
+                self.vae, ref_image.to(device, torch.float32), noise, noise_aug_strength
+            )
+        finally:
+            if upcast:
+                self.vae.to(dtype=torch.float16)
+        return IdentityEncoding(image_embeds, ref_latent, cond_latent).to(device, dtype)
+
+    @torch.inference_mode()
+    def encode_audio_tokens(self, audio_windows: torch.Tensor, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        """Audio tokens per frame (N, T, D) and the unconditional tokens (T, D) = projector(zeros)."""
+        param = next(self.audio_projector.parameters())
+        tokens = [
+            self.audio_projector(part.to(param.device, param.dtype)) for part in audio_windows.split(chunk)
+        ]
+        uncond = self.audio_projector(torch.zeros_like(audio_windows[:1], device=param.device, dtype=param.dtype))
+        return torch.cat(tokens), uncond[0]
+
+    @torch.inference_mode()
+    def encode_emotion_tokens(self, priors: torch.Tensor, retrieval: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Emotion tokens per row of ``priors`` (R, T, D) and the unconditional tokens (T, D).
+
+        Each distinct prior is encoded once (a clip with one emotion costs one call, not one per frame).
+        """
+        param = next(self.emotion_model.parameters())
+        priors = priors.to(param.device, param.dtype)
+        unique, inverse = torch.unique(priors, dim=0, return_inverse=True)
+        encoded = torch.cat([self.emotion_model(row[None], retrieval=retrieval) for row in unique])
+        uncond = self.emotion_model(torch.zeros_like(priors[:1]), retrieval=retrieval)
+        return encoded[inverse], uncond[0]
+
+    def _conditioning(
+        self,
+        identity: IdentityEncoding,
+        face_mask: torch.Tensor,
+        audio_windows: torch.Tensor,
+        emotion_priors: torch.Tensor,
+        frames_per_window: int,
+        added_time_ids: tuple[float, float, float],
+        retrieval: bool | None,
+    ) -> _Conditioning:
+        """Steps 2–4 of the reference: per-job conditioning tables with the padding frames appended."""
+        device, dtype = self._execution_device, self.unet.dtype
+        window = frames_per_window
+        num_frames = audio_windows.shape[0]
+
+        zeros_embed = torch.zeros_like(identity.image_embeds)
+        image_tokens = torch.stack([zeros_embed, identity.image_embeds, identity.image_embeds])  # (3, 1, D)
+        image_context = image_tokens[:, None].expand(3, window, 1, image_tokens.shape[-1]).reshape(3 * window, 1, -1)
+        cond = identity.cond_latent
+        cond_latents = torch.stack([torch.zeros_like(cond), cond, cond]).expand(3, window, *cond.shape[1:])
+
+        audio, audio_uncond = self.encode_audio_tokens(audio_windows)
+        emotion, emotion_uncond = self.encode_emotion_tokens(emotion_priors, retrieval)
+        emotion = emotion.expand(num_frames, *emotion.shape[1:])
+
+        def padded(tokens: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
+            pad = uncond[None].expand(window, *uncond.shape)
+            return torch.cat([tokens, pad]).to(device, dtype)
+
+        mask = face_mask.to(device, dtype)
+        pose_input = mask if mask.shape[1] == self.pose_guider.config.conditioning_channels else mask[:, :1].expand(
+            1, self.pose_guider.config.conditioning_channels, *mask.shape[-2:]
+        )
+        with torch.inference_mode():
+            pose = self.pose_guider(pose_input)[:, None]
+        time_ids = torch.tensor([added_time_ids], dtype=dtype, device=device).repeat(3, 1)
+        return _Conditioning(
+            image_context=image_context,
+            cond_latents=cond_latents,
+            audio=padded(audio, audio_uncond),
+            audio_uncond=audio_uncond.to(device, dtype),
+            emotion=padded(emotion, emotion_uncond),
+            emotion_uncond=emotion_uncond.to(device, dtype),
+            pose=pose,
+            face_mask=mask[:, :1],
+            added_time_ids=time_ids,
+        )
+
+    # ------------------------------------------------------------------ sampling
+    def _denoise_window(
+        self,
+        latents: torch.Tensor,
+        idx: torch.Tensor,
+        cond: _Conditioning,
+        t: torch.Tensor,
+        sigma: torch.Tensor,
+        sigma_next: torch.Tensor,
+        scale_ref: torch.Tensor,
+        scale_emo: torch.Tensor,
+    ) -> torch.Tensor:
+        """One UNet call on one window (spec 6.10 c–g); returns the stepped latents (1, F, 4, h, w)."""
+        x = sampling.gather_frames(latents, idx)
+        window = idx.shape[0]
+        model_input = sampling.scale_model_input(torch.cat([x, x, x]), sigma)
+        model_input = torch.cat([model_input, cond.cond_latents], dim=2)
+
+        def branches(table: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
+            u = uncond[None].expand(window, *uncond.shape)
+            return torch.cat([u, u, sampling.gather_frames(table[None], idx)[0]])
+
+        v = self.unet(
+            model_input,
+            t,
+            encoder_hidden_states=cond.image_context,
+            added_time_ids=cond.added_time_ids,
+            adapter_tokens=(branches(cond.audio, cond.audio_uncond), branches(cond.emotion, cond.emotion_uncond)),
+            face_mask=cond.face_mask,
+            pose_features=cond.pose,
+        ).sample
+        guided = sampling.combine_guidance(v, scale_ref, scale_emo)
+        return sampling.euler_step(x, guided, sigma, sigma_next)
+
+    # ------------------------------------------------------------------ decoding
+    @torch.inference_mode()
+    def decode_frames(self, latents: torch.Tensor, num_frames: int, chunk_size: int = 10) -> Iterator[torch.Tensor]:
+        """Decode ``latents`` (1, L, 4, h, w) chunk by chunk over all L frames (spec 6.12).
+
+        Yields (n, 3, H, W) float32 CPU frames in [0, 1], only the first ``num_frames`` in total: the padding
+        frames are decoded (they change the temporal decoder's result for the last real frames) and dropped.
+        """
+        z = latents[0] * (1 / LATENT_SCALE)
+        emitted = 0
+        for start in range(0, z.shape[0], chunk_size):
+            if emitted >= num_frames:
+                break
+            part = z[start : start + chunk_size]
+            frames = self.vae.decode(part.to(self.vae.dtype), num_frames=part.shape[0]).sample
+            frames = frames.float()[: num_frames - emitted]
+            emitted += frames.shape[0]
+            yield (frames * 0.5 + 0.5).clamp(0, 1).cpu()
+
+    # ------------------------------------------------------------------ call
+    @torch.inference_mode()
+    def __call__(
+        self,
+        ref_image: torch.Tensor,
+        clip_image: torch.Tensor,
+        face_mask: torch.Tensor,
+        audio_windows: torch.Tensor,
+        emotion_priors: torch.Tensor,
+        *,
+        num_inference_steps: int = 25,
+        frames_per_window: int = 25,
+        overlap: int = 0,
+        shift_offset: int = 7,
+        min_ref_scale: float = 3.0,
+        max_ref_scale: float = 3.0,
+        min_emo_scale: float = 6.0,
+        max_emo_scale: float = 6.0,
+        i2i_noise_strength: float = 1.0,
+        noise_aug_strength: float = 0.0,
+        fps: float = 12.5,
+        motion_bucket_id: int = 8,
+        motion_bucket_id_exp: int = 16,
+        decode_chunk_size: int = 10,
+        retrieval: bool | None = None,
+        generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
+        identity: IdentityEncoding | None = None,
+        output_type: str = "pt",
+        callback: StepCallback | None = None,
+    ) -> PortraitPipelineOutput:
+        """Generate N frames of the portrait speaking the audio.
+
+        Args:
+            ref_image: (1, 3, H, W) portrait in [-1, 1], H and W multiples of 64.
+            clip_image: (1, 3, 224, 224) CLIP-normalised portrait.
+            face_mask: (1, 3, H, W) (or (1, 1, H, W)) face-region mask in [0, 1].
+            audio_windows: (N, seq_len, blocks, channels) Whisper hidden-state window per frame.
+            emotion_priors: (N, D) per-frame emotion prior, or (1, D) for the whole clip.
+            generator: RNG for the two noise draws (``None``: the global RNG, as the reference).
+            latents: (1, N + F, 4, h, w) initial noise replacing RNG draw #2 (draw #1 still happens).
+            identity: precomputed :meth:`encode_identity` result (RNG draw #1 still happens).
+            output_type: ``"pt"`` (decoded frames) or ``"latent"``.
+            callback: called after each denoising step with (step, num_steps, latents).
+        """
+        # 1. Check inputs.
+        self.check_inputs(
+            ref_image, clip_image, face_mask, audio_windows, emotion_priors,
+            num_inference_steps, frames_per_window, overlap, decode_chunk_size, latents,
+        )
+        if output_type not in ("pt", "latent"):
+            raise InputError(f"output_type must be 'pt' or 'latent', got {output_type!r}")
+        device, dtype = self._execution_device, self.unet.dtype
+        num_frames = audio_windows.shape[0]
+        length = sampling.padded_length(num_frames, frames_per_window)
+        height, width = ref_image.shape[-2:]
+
+        # 2. Identity: CLIP embedding and VAE latents (RNG draw #1 is the noise-augmentation noise).
+        aug_noise = randn_tensor(tuple(ref_image.shape), generator=generator, device=device, dtype=torch.float32)
+        if identity is None:
+            identity = self.encode_identity(ref_image, clip_image, aug_noise, noise_aug_strength)
+        identity = identity.to(device, dtype)
+
+        # 3. Conditioning tables: audio / emotion tokens with padding, pose features, time ids.
+        cond = self._conditioning(
+            identity, face_mask, audio_windows, emotion_priors, frames_per_window,
+            (fps, motion_bucket_id, motion_bucket_id_exp), retrieval,
+        )
+
+        # 4. Timesteps and σ table (img2img strength; the σ table stays on the CPU in float32).
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        start = num_inference_steps - min(int(num_inference_steps * i2i_noise_strength), num_inference_steps)
+        timesteps, sigmas = self.scheduler.timesteps[start:], self.scheduler.sigmas[start:]
+        if len(timesteps) == 0:
+            raise InputError(f"i2i_noise_strength {i2i_noise_strength} leaves no denoising step")
+
+        # 5. Initial latents: reference latent + σ_max · noise (RNG draw #2).
+        if latents is None:
+            latents = randn_tensor(self.latent_shape(length, height, width), generator=generator, device=device, dtype=dtype)
+        latents = sampling.initial_latents(identity.ref_latent, latents.to(device, dtype), sigmas[0])
+
+        # 6. Guidance ramps over the steps.
+        scale_ref = sampling.guidance_scales(min_ref_scale, max_ref_scale, num_inference_steps).to(device, dtype)
+        scale_emo = sampling.guidance_scales(min_emo_scale, max_emo_scale, num_inference_steps).to(device, dtype)
+
+        # 7. Denoising: cyclic shifted windows, each stepped independently, overlaps averaged.
+        with self.progress_bar(total=len(timesteps)) as progress:
+            for i, t in enumerate(timesteps):
+                shift = sampling.shift_at_step(i, shift_offset, frames_per_window)
+                windows = sampling.window_indices(length, frames_per_window, overlap, shift)
+                acc = torch.zeros_like(latents)
+                count = torch.zeros((1, length) + (1,) * (latents.ndim - 2), dtype=dtype, device=device)
+                for idx in windows:
+                    stepped = self._denoise_window(
+                        latents, idx, cond, t, sigmas[i], sigmas[i + 1], scale_ref[i], scale_emo[i]
+                    )
+                    sampling.scatter_add_frames(acc, count, idx, stepped)
+                latents = sampling.average_frames(acc, count)
+                if callback is not None:
+                    callback(i, len(timesteps), latents)
+                progress.update()
+
+        if output_type == "latent":
+            return PortraitPipelineOutput(frames=None, latents=latents)
+
+        # 8. Decode all L frames in chunks, keep the first N.
+        frames = torch.cat(list(self.decode_frames(latents, num_frames, decode_chunk_size)))
+        return PortraitPipelineOutput(frames=frames, latents=None)

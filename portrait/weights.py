@@ -1,0 +1,212 @@
+"""Loading a portrait weights tree: root resolution, strict checks, components straight to device/dtype.
+
+No network here (``hub.py`` downloads). Every component is checked against its safetensors header before
+anything is loaded: a missing, unexpected or mis-shaped tensor is a :class:`WeightsError` naming the file and
+the key, never a silently random or stale weight (the reference loads two checkpoints with strict=False).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import importlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from portrait.errors import WeightsError
+from portrait.layout import (
+    COMPONENTS,
+    EMOTION_PRIOR_KEY,
+    EMOTIONS_DIR,
+    MANIFEST_FILE,
+    Component,
+    component,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Environment variable naming the weights root when no argument is given.
+WEIGHTS_ENV = "PORTRAIT_WEIGHTS"
+#: Keys a component's model may define that its file may lack (fnmatch patterns). Empty lists are the rule.
+EXPECTED_MISSING: dict[str, tuple[str, ...]] = {"image_encoder": ("*.position_ids",)}
+#: Components that run in float32 whatever the pipeline dtype (the reference's precision map, spec 11.3b).
+FP32_COMPONENTS = frozenset({"audio_encoder", "audio_projector", "emotion_model"})
+
+_PORTRAIT_CLASSES = {
+    "PortraitUNet": "portrait.models.unet",
+    "AudioProjector": "portrait.models.audio",
+    "EmotionModel": "portrait.models.emotion",
+    "PoseGuider": "portrait.models.pose_guider",
+}
+
+_FIX = "convert the release with `portrait-gen convert --from-dice-talk SRC --weights DIR` or run `portrait-gen download`"
+
+
+def resolve_weights_root(root: str | Path | None = None) -> Path:
+    """The weights folder: ``root`` if given, else ``$PORTRAIT_WEIGHTS``, else ``./weights``."""
+    if root is not None:
+        return Path(root).expanduser()
+    env = os.environ.get(WEIGHTS_ENV)
+    return Path(env).expanduser() if env else Path("weights")
+
+
+def missing_files(root: Path) -> list[str]:
+    """Relative paths of the files a complete tree needs and ``root`` lacks."""
+    needed = []
+    for comp in COMPONENTS:
+        needed.append(f"{comp.name}/{comp.config_file}")
+        if comp.weights_file:
+            needed.append(f"{comp.name}/{comp.weights_file}")
+    return [rel for rel in needed if not (root / rel).is_file()]
+
+
+def check_tree(root: Path) -> None:
+    """Raise :class:`WeightsError` naming every missing file of the weights tree at ``root``."""
+    if not root.is_dir():
+        raise WeightsError(f"weights folder {root} does not exist; {_FIX}")
+    missing = missing_files(root)
+    if missing:
+        raise WeightsError(f"weights tree {root} is incomplete, missing: {', '.join(missing)}; {_FIX}")
+
+
+def file_sha256(path: Path, block: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_manifest(root: Path) -> list[str]:
+    """Files of ``root`` whose sha256 differs from ``manifest.json`` (or that are missing). Slow: reads all."""
+    manifest_path = root / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise WeightsError(f"{manifest_path} is missing; {_FIX}")
+    files = json.loads(manifest_path.read_text())["files"]
+    bad = []
+    for rel, digest in sorted(files.items()):
+        path = root / rel
+        if not path.is_file() or file_sha256(path) != digest:
+            bad.append(rel)
+    return bad
+
+
+def _model_class(comp: Component) -> type:
+    if comp.library == "portrait":
+        return getattr(importlib.import_module(_PORTRAIT_CLASSES[comp.class_name]), comp.class_name)
+    return getattr(importlib.import_module(comp.library), comp.class_name)
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise WeightsError(f"cannot read {path}: {err}; {_FIX}") from err
+
+
+def _empty_model(comp: Component, folder: Path) -> torch.nn.Module:
+    """The component's architecture from its config, on the meta device (no memory, no init)."""
+    cls = _model_class(comp)
+    try:
+        if comp.library == "transformers":
+            config = cls.config_class.from_pretrained(folder)
+            with torch.device("meta"):
+                return cls(config)
+        config = _read_config(folder / comp.config_file)
+        with torch.device("meta"):
+            return cls.from_config(config)
+    except (TypeError, ValueError, KeyError, OSError) as err:
+        raise WeightsError(f"{folder / comp.config_file} does not describe a {comp.class_name}: {err}") from err
+
+
+def check_state_dict(model: torch.nn.Module, weights_path: Path, expected_missing: tuple[str, ...] = ()) -> None:
+    """Compare a model's tensors with a safetensors file's header; raise :class:`WeightsError` on any mismatch."""
+    try:
+        with safe_open(str(weights_path), framework="pt") as handle:
+            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except Exception as err:  # safetensors raises its own error types for corrupt headers
+        raise WeightsError(f"{weights_path} is not a readable safetensors file ({err}); {_FIX}") from err
+    expected = {key: tuple(t.shape) for key, t in model.state_dict().items()}
+    missing = [k for k in expected if k not in shapes and not any(fnmatch.fnmatch(k, p) for p in expected_missing)]
+    unexpected = [k for k in shapes if k not in expected]
+    wrong = [f"{k} {shapes[k]} (expected {expected[k]})" for k in expected if k in shapes and shapes[k] != expected[k]]
+    problems = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+        if keys:
+            problems.append(f"{label}: {', '.join(keys[:8])}" + (f" (+{len(keys) - 8} more)" if len(keys) > 8 else ""))
+    if problems:
+        raise WeightsError(f"{weights_path} does not match its config: {'; '.join(problems)}")
+
+
+def load_component(
+    name: str, root: Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> Any:
+    """Load one component of the tree strictly, straight onto ``device`` in ``dtype``."""
+    comp = component(name)
+    folder = root / comp.name
+    if comp.weights_file is None:  # the scheduler
+        cls = _model_class(comp)
+        return cls.from_config(_read_config(folder / comp.config_file))
+    weights_path = folder / comp.weights_file
+    if not weights_path.is_file():
+        raise WeightsError(f"{weights_path} is missing; {_FIX}")
+    model = _empty_model(comp, folder)
+    check_state_dict(model, weights_path, EXPECTED_MISSING.get(name, ()))
+    if comp.library == "transformers":
+        cls = _model_class(comp)
+        loaded = cls.from_pretrained(folder, dtype=dtype, device_map=str(torch.device(device)))
+        return loaded.eval()
+    state = load_file(str(weights_path), device=str(torch.device(device)))
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if leftover:
+        raise WeightsError(f"{weights_path} left tensors uninitialised: {', '.join(leftover[:8])}")
+    return model.eval()
+
+
+def load_emotion_bank(root: Path) -> dict[str, torch.Tensor]:
+    """All priors of ``root/emotions``: name → (1, D) float32 tensor."""
+    folder = root / EMOTIONS_DIR
+    bank = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        tensors = load_file(str(path))
+        if EMOTION_PRIOR_KEY not in tensors:
+            raise WeightsError(f"{path} has no tensor {EMOTION_PRIOR_KEY!r}; {_FIX}")
+        bank[path.stem] = tensors[EMOTION_PRIOR_KEY].float().reshape(1, -1)
+    if not bank:
+        raise WeightsError(f"no emotion priors in {folder}; {_FIX}")
+    return bank
+
+
+def load_pipeline(
+    root: str | Path | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    with_audio_encoder: bool = True,
+):
+    """Build a :class:`~portrait.pipeline.PortraitPipeline` from a weights tree.
+
+    The UNet, VAE, image encoder and pose guider are loaded in ``dtype``; the audio encoder, audio
+    projector and emotion model in float32 (spec 11.3b).
+    """
+    from portrait.pipeline import PortraitPipeline
+
+    root = resolve_weights_root(root)
+    check_tree(root)
+    parts = {}
+    for comp in COMPONENTS:
+        if comp.name == "audio_encoder" and not with_audio_encoder:
+            continue
+        part_dtype = torch.float32 if comp.name in FP32_COMPONENTS else dtype
+        logger.info("loading %s from %s", comp.name, root / comp.name)
+        parts[comp.name] = load_component(comp.name, root, device, part_dtype)
+    return PortraitPipeline(**parts)
