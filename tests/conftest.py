@@ -1,0 +1,36 @@
+"""Shared test set-up: quiet, offline, single-threaded; GPU tests skipped without CUDA."""
+
+from __future__ import annotations
+
+import os
+
+# Before any heavy import: one thread (2 shared cores make tiny models 10-100x slower with more), no network,
+# no telemetry.
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+
+import pytest  # noqa: E402
+
+try:
+    import torch  # noqa: E402
+except ImportError:  # torch is a hard dependency, but the config tests do not need it
+    torch = None
+else:
+    torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip tests marked ``gpu`` when no CUDA device is available."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu_items or (torch is not None and torch.cuda.is_available()):
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in gpu_items:
+        item.add_marker(skip)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Fixtures (added by the lead: tiny components, sample assets, ...) go below this line.
+# ------------------------------------------------------------------------------------------------------
