@@ -41,6 +41,11 @@ COMPONENTS: tuple[Component, ...] = (
     Component("pose_guider", "portrait", "PoseGuider"),
 )
 
+#: Optional components: generation works without them (interpolation off → 12.5 fps output).
+OPTIONAL_COMPONENTS: tuple[Component, ...] = (
+    Component("interpolation", "portrait", "IFNet"),
+)
+
 #: Whisper feature-extractor settings, stored next to the audio encoder.
 AUDIO_PREPROCESSOR_FILE = "audio_encoder/preprocessor_config.json"
 #: Folder of emotion priors: ``emotions/<name>.safetensors`` holding one float32 tensor ``"mu"`` of shape (1, D).
@@ -56,7 +61,8 @@ MANIFEST_FILE = "manifest.json"
 
 def component(name: str) -> Component:
     """Return the component called ``name`` (KeyError with the valid names otherwise)."""
-    for comp in COMPONENTS:
+    for comp in COMPONENTS + OPTIONAL_COMPONENTS:
         if comp.name == name:
             return comp
-    raise KeyError(f"unknown component {name!r}; known: {', '.join(c.name for c in COMPONENTS)}")
+    known = ", ".join(c.name for c in COMPONENTS + OPTIONAL_COMPONENTS)
+    raise KeyError(f"unknown component {name!r}; known: {known}")

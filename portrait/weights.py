@@ -44,6 +44,7 @@ _PORTRAIT_CLASSES = {
     "AudioProjector": "portrait.models.audio",
     "EmotionModel": "portrait.models.emotion",
     "PoseGuider": "portrait.models.pose_guider",
+    "IFNet": "portrait.models.interpolation",
 }
 
 _FIX = "convert the release with `portrait-gen convert --from-dice-talk SRC --weights DIR` or run `portrait-gen download`"

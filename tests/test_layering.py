@@ -35,6 +35,8 @@ LAYERS: dict[str, int] = {
     "pipeline": 2,
     "weights": 2,
     "convert": 2,
+    "convert_release": 2,
+    "convert_rife": 2,
     "hub": 2,
     "tiny": 2,
     "generate": 3,
@@ -57,6 +59,8 @@ INTRA_LAYER_ORDER: dict[str, int] = {
     "pipeline": 0,
     "weights": 1,
     "convert": 2,
+    "convert_release": 2,
+    "convert_rife": 2,
     "hub": 2,
     "tiny": 3,
 }
