@@ -58,11 +58,11 @@ INTRA_LAYER_ORDER: dict[str, int] = {
     "config": 1,
     "pipeline": 0,
     "weights": 1,
-    "convert": 2,
     "convert_release": 2,
     "convert_rife": 2,
-    "hub": 2,
-    "tiny": 3,
+    "convert": 3,
+    "hub": 4,
+    "tiny": 4,
 }
 #: The package root must stay import-free, so it ranks below every layer as an import target.
 ROOT_TARGET_LAYER = -1
