@@ -50,7 +50,7 @@ NO_CONFIG = frozenset({"models", "sampling"})
 #: The only units allowed to print (they own the terminal).
 MAY_PRINT = frozenset({"cli", "batch"})
 #: Order inside a layer: a module may import a same-layer module of strictly lower rank (acyclic by
-#: construction). L0: errors is the leaf. L2: pipeline < weights (load_pipeline) < convert, hub < tiny.
+#: construction). L0: errors is the leaf. L2: pipeline < weights < converters < convert < hub, tiny.
 INTRA_LAYER_ORDER: dict[str, int] = {
     "errors": 0,
     "layout": 1,
@@ -168,7 +168,7 @@ def test_the_walk_sees_the_package() -> None:
         ("tiny", "from portrait.convert import write_manifest", False),
         ("pipeline", "from portrait.weights import load_pipeline", True),
         ("convert", "from portrait.tiny import write_tiny_weights", True),
-        ("hub", "from portrait.convert import convert_dice_talk", True),
+        ("weights", "from portrait.convert import convert_dice_talk", True),
         ("config", "from . import layout", True),
         ("layout", "from portrait.errors import WeightsError", False),
         ("errors", "from portrait.layout import COMPONENTS", True),
