@@ -1,0 +1,1 @@
+"""Preprocessing of the inputs: portrait image (decode, face, mask, tensors) and audio (features, frames)."""
