@@ -41,6 +41,8 @@ LAYERS: dict[str, int] = {
     "tiny": 2,
     "generate": 3,
     "cli": 4,
+    "cli_generate": 4,
+    "cli_tools": 4,
     "batch": 4,
 }
 #: L1 sub-packages whose modules may import each other.
@@ -48,9 +50,10 @@ SUBPACKAGES = frozenset({"models", "preprocess", "motion", "render"})
 #: Units that take plain values, never a config object.
 NO_CONFIG = frozenset({"models", "sampling"})
 #: The only units allowed to print (they own the terminal).
-MAY_PRINT = frozenset({"cli", "batch"})
+MAY_PRINT = frozenset({"cli", "cli_generate", "cli_tools", "batch"})
 #: Order inside a layer: a module may import a same-layer module of strictly lower rank (acyclic by
 #: construction). L0: errors is the leaf. L2: pipeline < weights < converters < convert < hub, tiny.
+#: L4: cli assembles the commands of cli_tools and cli_generate.
 INTRA_LAYER_ORDER: dict[str, int] = {
     "errors": 0,
     "layout": 1,
@@ -63,6 +66,9 @@ INTRA_LAYER_ORDER: dict[str, int] = {
     "convert": 3,
     "hub": 4,
     "tiny": 4,
+    "cli_tools": 0,
+    "cli_generate": 0,
+    "cli": 1,
 }
 #: The package root must stay import-free, so it ranks below every layer as an import target.
 ROOT_TARGET_LAYER = -1

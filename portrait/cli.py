@@ -1,0 +1,208 @@
+"""``portrait-gen`` command line: argument parsing, logging set-up and exit codes.
+
+Exit codes: 0 success, 1 a :class:`~portrait.errors.PortraitError` (one ``error: ...`` line on stderr; the
+traceback only with ``--debug``), 2 usage error. Parsing imports nothing heavy (``--help`` is instant): each
+command imports torch and friends inside its ``run`` function.
+
+Commands live in :data:`COMMANDS` (name → :class:`Command`). ``portrait-gen`` without a command name runs
+:data:`DEFAULT_COMMAND` (meant for generation: ``portrait-gen --image ... --audio ...``); while that is
+``None`` it prints the usage and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from portrait import __version__
+from portrait.cli_generate import EPILOG as GENERATE_EPILOG
+from portrait.cli_generate import add_generate_arguments, run_generate
+from portrait.errors import PortraitError
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+_HANDLER_MARK = "_portrait_cli_handler"
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand.
+
+    Attributes:
+        help: one-line description for ``--help``.
+        add_arguments: adds the command's flags to its sub-parser.
+        run: executes the parsed command and returns the exit code (imports heavy modules itself).
+    """
+
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    epilog: str | None = None
+
+
+def _convert_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--from-dice-talk",
+        dest="src",
+        type=Path,
+        required=True,
+        metavar="SRC",
+        help="the DICE-Talk release checkpoints folder (DICE-Talk/, stable-video-diffusion-"
+        "img2vid-xt/, whisper-tiny/)",
+    )
+    parser.add_argument(
+        "--weights",
+        dest="dst",
+        type=Path,
+        required=True,
+        metavar="DST",
+        help="weights tree to write (must be empty unless --overwrite)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("keep", "fp16", "fp32"),
+        default="keep",
+        help="dtype of the floating tensors written (default: keep the source dtype)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace the components of an existing tree")
+    parser.add_argument(
+        "--emotions-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder of the release emotion priors <emotion>.npy (default: searched near SRC)",
+    )
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from portrait.convert import convert_dice_talk
+
+    report = convert_dice_talk(
+        args.src, args.dst, dtype=args.dtype, overwrite=args.overwrite, emotions_dir=args.emotions_dir
+    )
+    if not args.quiet:
+        print(report.summary())  # the CLI owns stdout
+    return EXIT_OK
+
+
+COMMANDS: dict[str, Command] = {
+    "generate": Command(
+        help="animate a portrait photo with a speech recording (the default command)",
+        add_arguments=add_generate_arguments,
+        run=run_generate,
+        epilog=GENERATE_EPILOG,
+    ),
+    "convert": Command(
+        help="convert the DICE-Talk research release into a portrait weights tree",
+        add_arguments=_convert_arguments,
+        run=_run_convert,
+    ),
+}
+
+
+#: Command run when the arguments name none (``portrait-gen --image ... --audio ...`` → generation). ``None``:
+#: naming a command is required (usage error otherwise).
+DEFAULT_COMMAND: str | None = "generate"
+_GLOBAL_FLAGS = ("--debug", "--quiet")
+
+
+def route(argv: Sequence[str]) -> list[str]:
+    """Insert :data:`DEFAULT_COMMAND` after the leading global flags when ``argv`` names no command.
+
+    ``--help`` / ``--version`` alone and an already named command are left alone.
+    """
+    argv = list(argv)
+    head = 0
+    while head < len(argv) and argv[head] in _GLOBAL_FLAGS:
+        head += 1
+    rest = argv[head:]
+    if DEFAULT_COMMAND is None or (rest and rest[0] in COMMANDS) or rest == ["--version"]:
+        return argv
+    return argv[:head] + [DEFAULT_COMMAND] + rest
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with one sub-parser per entry of :data:`COMMANDS`."""
+    parser = argparse.ArgumentParser(
+        prog="portrait-gen",
+        description="Emotional talking-portrait video generation.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _add_common_flags(parser, default=False)
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common_flags(common, default=argparse.SUPPRESS)  # also accepted after the command name
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, command in COMMANDS.items():
+        command.add_arguments(
+            sub.add_parser(
+                name,
+                help=command.help,
+                description=command.help,
+                parents=[common],
+                epilog=command.epilog,
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+            )
+        )
+    return parser
+
+
+def _add_common_flags(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument(
+        "--debug", action="store_true", default=default, help="debug logging and full tracebacks"
+    )
+    parser.add_argument("--quiet", action="store_true", default=default, help="only warnings and errors")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time (survives stream swaps, e.g. under pytest)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; the property wins
+        pass
+
+
+def configure_logging(debug: bool = False, quiet: bool = False) -> None:
+    """Send ``portrait.*`` log records to stderr: INFO by default, WARNING with quiet, DEBUG with debug."""
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    root = logging.getLogger("portrait")
+    for handler in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:
+        root.removeHandler(handler)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    setattr(handler, _HANDLER_MARK, True)
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``portrait-gen``; returns the exit code (0 ok, 1 PortraitError, 2 usage)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(route(sys.argv[1:] if argv is None else argv))
+    except SystemExit as exit_:  # argparse: --help / --version (0) or a usage error (2)
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+    if args.command is None:
+        parser.print_usage(sys.stderr)
+        print("portrait-gen: error: name a command", file=sys.stderr)
+        return EXIT_USAGE
+    configure_logging(debug=args.debug, quiet=args.quiet)
+    try:
+        return COMMANDS[args.command].run(args)
+    except PortraitError as err:
+        if args.debug:
+            logger.exception("%s failed", args.command)
+        print("error: " + " ".join(str(err).split()), file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""The default ``portrait-gen`` command: ``portrait-gen --image PATH --audio PATH [--emotion ...] [-o OUT]``.
+
+Parsing imports nothing heavy; :func:`run_generate` imports torch and the engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from portrait.errors import InputError
+
+EPILOG = """commands:
+  portrait-gen download [--weights DIR]          fetch and convert the official weights (the only networked command)
+  portrait-gen convert --from-dice-talk SRC --weights DST
+  portrait-gen doctor [--weights DIR]            check ffmpeg, weights, device, versions
+  portrait-gen emotions [--weights DIR]          list the emotion bank
+
+emotion specs: NAME, NAME:INTENSITY, happy:0.6+surprised:0.4, "0:neutral, 2.5:happy:0.8, 6:sad",
+  or a prior file (.safetensors / .npy) or a timeline file (.json / .yaml)."""
+
+
+def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
+    """The generation flags (the CLI contract of issue 3)."""
+    io = parser.add_argument_group("inputs and output")
+    io.add_argument("--image", type=Path, required=True, help="portrait photo (JPEG, PNG, WebP)")
+    io.add_argument("--audio", type=Path, required=True, help="speech recording (any format ffmpeg reads)")
+    io.add_argument(
+        "--emotion", default="neutral", help="emotion spec or prior/timeline file (default: neutral)"
+    )
+    io.add_argument(
+        "-o", "--output", type=Path, default=None, help="output mp4 (default: IMAGE_AUDIO.mp4 here)"
+    )
+    io.add_argument(
+        "--dump-frames", type=Path, default=None, metavar="DIR", help="also write lossless PNG frames"
+    )
+    run = parser.add_argument_group("runtime")
+    run.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="weights tree (default: $PORTRAIT_WEIGHTS or ./weights)",
+    )
+    run.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: auto)")
+    run.add_argument(
+        "--dtype",
+        default=None,
+        choices=("auto", "fp16", "bf16", "fp32"),
+        help="default: fp16 on CUDA, fp32 on CPU",
+    )
+    run.add_argument("--offline", action="store_true", default=None, help="never download missing weights")
+    run.add_argument(
+        "--config",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE.yaml",
+        help="config preset (repeatable)",
+    )
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, e.g. sampling.steps=10",
+    )
+    sampling = parser.add_argument_group("sampling")
+    sampling.add_argument("--steps", type=int, default=None, help="denoising steps (default 25)")
+    sampling.add_argument(
+        "--seed", type=int, default=None, help="random seed (default 72589, the reference's)"
+    )
+    sampling.add_argument(
+        "--ref-scale", type=float, default=None, help="reference-image guidance (default 3.0)"
+    )
+    sampling.add_argument(
+        "--emo-scale", type=float, default=None, help="audio+emotion guidance (default 6.0)"
+    )
+    face = parser.add_argument_group("face and framing")
+    face.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="short side of the generated video, multiple of 64 (default 512)",
+    )
+    face.add_argument(
+        "--face-box", default=None, metavar="X,Y,W,H", help="face box in pixels (skips detection)"
+    )
+    face.add_argument("--face-index", type=int, default=None, metavar="N", help="which face, 0 = largest")
+    face.add_argument(
+        "--detector", default="auto", choices=("auto", "yolo", "insightface", "dlib"), help="face detector"
+    )
+    face.add_argument(
+        "--crop", action="store_true", default=None, help="animate a square crop around the face"
+    )
+    face.add_argument(
+        "--no-interpolate",
+        dest="interpolate",
+        action="store_false",
+        default=None,
+        help="skip frame interpolation (12.5 fps output)",
+    )
+
+
+def config_values(args: argparse.Namespace) -> dict[str, Any]:
+    """Dotted config values given by flags (None = not given)."""
+    both = lambda v: (v, v)  # noqa: E731
+    ref = both(args.ref_scale) if args.ref_scale is not None else (None, None)
+    emo = both(args.emo_scale) if args.emo_scale is not None else (None, None)
+    return {
+        "sampling.steps": args.steps,
+        "sampling.seed": args.seed,
+        "sampling.ref_scale_min": ref[0],
+        "sampling.ref_scale_max": ref[1],
+        "sampling.emo_scale_min": emo[0],
+        "sampling.emo_scale_max": emo[1],
+        "preprocess.min_resolution": args.size,
+        "preprocess.crop": args.crop,
+        "video.interpolate": args.interpolate,
+        "runtime.weights": str(args.weights) if args.weights is not None else None,
+        "runtime.device": args.device,
+        "runtime.dtype": args.dtype,
+        "runtime.offline": args.offline,
+    }
+
+
+def default_output(image: Path, audio: Path) -> Path:
+    return Path(f"{image.stem}_{audio.stem}.mp4")
+
+
+def _quiet_libraries() -> None:
+    """No progress bars from transformers / huggingface_hub (``--quiet``)."""
+    import huggingface_hub.utils
+    import transformers.utils.logging
+
+    transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    """Build the config, make sure weights exist, load the engine once and render the job."""
+    from portrait.config import load_config
+    from portrait.preprocess.face import parse_face_box
+
+    cfg = load_config(files=args.config, overrides=args.overrides, values=config_values(args))
+    for path, what in ((args.image, "image"), (args.audio, "audio")):
+        if not path.is_file():
+            raise InputError(f"{what} file {path} does not exist")
+    output = args.output if args.output is not None else default_output(args.image, args.audio)
+    box = parse_face_box(args.face_box) if args.face_box else None
+
+    from portrait.generate import Job, generate, load_engine, precheck
+    from portrait.hub import ensure_weights
+    from portrait.layout import EMOTIONS_DIR, RELEASE_EMOTIONS
+    from portrait.preprocess.face import detector_from_name
+    from portrait.weights import resolve_weights_root
+
+    job = Job(
+        args.image,
+        args.audio,
+        output,
+        emotion=args.emotion,
+        face_box=box,
+        face_index=args.face_index,
+        seed=args.seed,
+        dump_frames=args.dump_frames,
+    )
+    root = resolve_weights_root(cfg.runtime.weights)
+    names = sorted(p.stem for p in (root / EMOTIONS_DIR).glob("*.safetensors")) or list(RELEASE_EMOTIONS)
+    detector = detector_from_name(args.detector, root)
+    # Inputs first: a bad file fails in a second, before any download or model load.
+    precheck(job, cfg, names, detector)
+    if args.quiet:
+        _quiet_libraries()
+    offline = cfg.runtime.offline or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
+    ensure_weights(root, offline=offline, progress=not args.quiet)
+    engine = load_engine(cfg, detector=detector)
+    result = generate(job, engine, cfg, progress=not args.quiet)
+    if not args.quiet:
+        info = result.info
+        print(
+            f"wrote {result.output} ({info['video_frames']} frames at {info['fps']:g} fps, "
+            f"{info['audio_seconds']:.2f} s, {info['timings']['total']:.1f} s) and {result.sidecar}"
+        )
+    return 0

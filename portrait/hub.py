@@ -1,0 +1,419 @@
+"""Download the public weights into a portrait weights tree: the only networked module of portrait.
+
+Sources (the files the DICE-Talk release is made of, spec section 8):
+
+* ``EEEELY/DICE-Talk`` on the Hugging Face Hub: ``DICE-Talk/{unet,pose_guider,audio_linear,emo_model}.pth``,
+  ``RIFE/flownet.pkl`` (frame interpolation) and ``yoloface_v5m.pt`` (the YOLOv5-face detector);
+* ``stabilityai/stable-video-diffusion-img2vid-xt`` (gated: its licence must be accepted on the Hub page and
+  a token given with ``hf auth login`` / ``HF_TOKEN``): the fp16 UNet, VAE and image encoder, the scheduler;
+* ``openai/whisper-tiny``: config, weights, feature-extractor settings;
+* the eight emotion priors ``examples/emo/<name>.npy`` of the DICE-Talk GitHub repository at commit
+  :data:`PRIORS_COMMIT`, each checked against :data:`PRIOR_SHA256`.
+
+:func:`download_weights` fetches them into a staging folder laid out as the release (``SRC`` of
+:func:`portrait.convert.convert_dice_talk`), converts it into the weights tree, adds the optional
+``interpolation/`` and ``face_detector/`` parts, rewrites ``manifest.json`` and deletes the staging folder.
+An interrupted run leaves the staging folder behind and the next run resumes from it (huggingface_hub resumes
+its own files; the priors resume from ``<name>.npy.part`` with an HTTP Range request). Offline (argument or
+``HF_HUB_OFFLINE=1``) or without network it fails at once with the list of files to fetch by hand.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from portrait.convert import convert_dice_talk, write_manifest
+from portrait.convert_release import RELEASE_DIR, SVD_DIR, WHISPER_DIR
+from portrait.errors import WeightsError
+from portrait.layout import RELEASE_EMOTIONS
+from portrait.weights import file_sha256, missing_files
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HubRepo:
+    """One Hugging Face model repository and the files portrait takes from it.
+
+    Attributes:
+        repo_id: ``owner/name`` on the Hub.
+        subdir: where its files go inside the staging folder (``""``: the folder itself).
+        files: paths inside the repository (passed as ``allow_patterns``).
+        optional: files that may be missing without failing the download.
+        gated: the repository asks users to accept a licence before downloading.
+    """
+
+    repo_id: str
+    subdir: str
+    files: tuple[str, ...]
+    optional: tuple[str, ...] = ()
+    gated: bool = False
+
+
+FLOWNET_FILE = "RIFE/flownet.pkl"
+YOLO_FILE = "yoloface_v5m.pt"
+DICE_TALK_REPO = HubRepo(
+    "EEEELY/DICE-Talk",
+    "",
+    tuple(f"{RELEASE_DIR}/{n}.pth" for n in ("unet", "pose_guider", "audio_linear", "emo_model"))
+    + (FLOWNET_FILE, YOLO_FILE),
+    optional=(FLOWNET_FILE, YOLO_FILE),
+)
+SVD_REPO = HubRepo(
+    "stabilityai/stable-video-diffusion-img2vid-xt",
+    SVD_DIR,
+    (
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.fp16.safetensors",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.fp16.safetensors",
+        "image_encoder/config.json",
+        "image_encoder/model.fp16.safetensors",
+        "scheduler/scheduler_config.json",
+    ),
+    gated=True,
+)
+WHISPER_REPO = HubRepo(
+    "openai/whisper-tiny", WHISPER_DIR, ("config.json", "model.safetensors", "preprocessor_config.json")
+)
+HUB_REPOS: tuple[HubRepo, ...] = (DICE_TALK_REPO, SVD_REPO, WHISPER_REPO)
+
+#: Commit of github.com/toto222/DICE-Talk whose ``examples/emo/*.npy`` are the release emotion priors.
+PRIORS_COMMIT = "a8a92b1"
+PRIORS_URL = "https://raw.githubusercontent.com/toto222/DICE-Talk/{commit}/examples/emo/{name}.npy"
+#: Folder of the priors inside the staging folder (where the converter looks for them).
+PRIORS_DIR = "examples/emo"
+PRIOR_SHA256: dict[str, str] = {
+    "angry": "ba5a185d63a31a0c0a3eacac79e843985ff05c4605199d459d00377719b968e3",
+    "contempt": "0cb2b27282f1e63149d24415ebefaf59d8ff7c567971ed809588ee00f30cb988",
+    "disgusted": "097068dd93b0c5fc955740355847c8b23c2ab752abb67ac880b5f60a2048fb0e",
+    "fear": "0767fa00bbea51406bfc92962b16b7cb003954b353f5b26ab7a267835a43b5a2",
+    "happy": "ce84e8456729a227cb2d629b4c37c4de274800a427aa5f35b10e0fda79fec549",
+    "neutral": "2cb35601ae8de98aba9293187b45f34c9cfec5f5bf3efd41d5948bc229cae21e",
+    "sad": "9d323ad9b1c42a1c1ed8a8f05e6c0b7344be20e86ed48a855c657d7812545a98",
+    "surprised": "0aaae02af23b5874e8407d93cf7fe89a44077efb4a7159f91e51d469c97f400e",
+}
+#: Where the YOLO face detector goes in the weights tree (``portrait.preprocess.face.YOLO_WEIGHTS``).
+FACE_DETECTOR_DIR = "face_detector"
+_TRUE = {"1", "ON", "YES", "TRUE"}
+_CHUNK = 1 << 16
+
+#: ``snapshot(repo_id, *, local_dir, allow_patterns)``: huggingface_hub.snapshot_download or a fake.
+SnapshotFn = Callable[..., Any]
+#: ``fetch(url, part_path, *, progress)``: append the rest of ``url`` to ``part_path`` (:func:`fetch_url`).
+FetchFn = Callable[..., None]
+
+
+def prior_url(name: str, commit: str = PRIORS_COMMIT) -> str:
+    """Raw GitHub URL of the release prior ``name``."""
+    return PRIORS_URL.format(commit=commit, name=name)
+
+
+def staging_dir(root: Path, cache_dir: Path | None = None) -> Path:
+    """The resumable download folder of ``root``: ``<cache_dir or root's parent>/.<root name>.download``."""
+    root = Path(root).expanduser().absolute()
+    parent = Path(cache_dir).expanduser().absolute() if cache_dir is not None else root.parent
+    return parent / f".{root.name}.download"
+
+
+def is_offline(offline: bool | None = None) -> bool:
+    """``offline`` if given, else whether ``HF_HUB_OFFLINE`` is set to 1 / true / yes / on."""
+    if offline is not None:
+        return offline
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in _TRUE
+
+
+def manual_instructions(root: Path, src: Path) -> str:
+    """What to download by hand into ``src`` (release layout) and the command converting it into ``root``."""
+    steps = []
+    for repo in HUB_REPOS:
+        local = src / repo.subdir if repo.subdir else src
+        steps.append(f"`hf download {repo.repo_id} {' '.join(repo.files)} --local-dir {local}`")
+    svd = SVD_REPO.repo_id
+    return (
+        f"download by hand into {src}: {'; '.join(steps)} ({svd} is gated: accept its licence on "
+        f"https://huggingface.co/{svd} and log in with `hf auth login` (`huggingface-cli login`) or set "
+        f"HF_TOKEN); the emotion priors {prior_url('<name>')} for <name> in {', '.join(RELEASE_EMOTIONS)} "
+        f"into {src / PRIORS_DIR}/; then run `portrait-gen convert --from-dice-talk {src} --weights {root}` "
+        f"({FLOWNET_FILE} and {YOLO_FILE} are optional: frame interpolation, and the YOLO face detector, "
+        f"which goes to {root / FACE_DETECTOR_DIR}/)"
+    )
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Connection-level errors of the HTTP client huggingface_hub uses (httpx2 or httpx), when loaded."""
+    found: list[type[BaseException]] = []
+    for module in ("httpx2", "httpx"):
+        error = getattr(sys.modules.get(module), "TransportError", None)
+        if isinstance(error, type) and issubclass(error, BaseException):
+            found.append(error)
+    return tuple(found)
+
+
+@contextmanager
+def _download_errors(root: Path, src: Path, what: str) -> Iterator[None]:
+    """Turn hub / HTTP / socket errors raised while downloading ``what`` into one readable WeightsError."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+    )
+
+    def first_line(err: BaseException) -> str:
+        return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+    no_network = (
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        ConnectionError,
+        TimeoutError,
+        socket.gaierror,
+    )
+    try:
+        yield
+    except GatedRepoError as err:
+        raise WeightsError(
+            f"{what} is gated: accept its licence on https://huggingface.co/{what} (logged in), then log "
+            "in here with `hf auth login` (`huggingface-cli login`) or set HF_TOKEN, and run again "
+            f"({first_line(err)})"
+        ) from err
+    except RepositoryNotFoundError as err:
+        raise WeightsError(
+            f"{what} was not found on the Hub or needs a token (`hf auth login` or HF_TOKEN): "
+            f"{first_line(err)}"
+        ) from err
+    except HfHubHTTPError as err:
+        raise WeightsError(f"downloading {what} failed: {first_line(err)}; run again later") from err
+    except urllib.error.HTTPError as err:
+        raise WeightsError(
+            f"downloading {what} failed: HTTP {err.code} {err.reason}; run again later"
+        ) from err
+    except (*no_network, urllib.error.URLError, *_transport_errors()) as err:
+        raise WeightsError(
+            f"cannot download weights (offline / no network: {first_line(err)}): "
+            + manual_instructions(root, src)
+        ) from err
+    except OSError as err:
+        raise WeightsError(f"downloading {what} into {src} failed: {err}") from err
+
+
+def fetch_url(url: str, dest: Path, *, progress: bool = True, timeout: float = 30.0) -> None:
+    """Stream ``url`` into ``dest``, resuming a partial ``dest`` with an HTTP Range request.
+
+    A server that ignores the range (HTTP 200) rewrites ``dest`` from the start; one that answers 416
+    (nothing left to send, or a stale partial file) gets a fresh request without a range.
+
+    Raises:
+        urllib.error.URLError, OSError: network / HTTP errors, unchanged (the caller words them).
+    """
+    start = dest.stat().st_size if dest.is_file() else 0
+    headers = {"Range": f"bytes={start}-"} if start else {}
+    try:
+        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+    except urllib.error.HTTPError as err:
+        if err.code != 416 or not start:
+            raise
+        dest.unlink()
+        return fetch_url(url, dest, progress=progress, timeout=timeout)
+    with response:
+        resumed = bool(start) and response.status == 206
+        if resumed and not response.headers.get("Content-Range", "").startswith(f"bytes {start}-"):
+            raise WeightsError(
+                f"{url}: the server resumed at the wrong offset ({response.headers['Content-Range']})"
+            )
+        if start and not resumed:
+            logger.info("%s: the server does not resume downloads; starting over", url)
+        offset = start if resumed else 0
+        length = response.headers.get("Content-Length")
+        total = offset + int(length) if length and length.isdigit() else None
+        bar = tqdm(
+            total=total, initial=offset, unit="B", unit_scale=True, desc=dest.name, disable=not progress
+        )
+        with bar, dest.open("ab" if resumed else "wb") as out:
+            while chunk := response.read(_CHUNK):
+                out.write(chunk)
+                bar.update(len(chunk))
+
+
+def fetch_priors(
+    dest: Path,
+    *,
+    fetch: FetchFn = fetch_url,
+    prior_sha256: Mapping[str, str] = PRIOR_SHA256,
+    progress: bool = True,
+) -> None:
+    """Download the eight release priors into ``dest/<name>.npy``, each checked against ``prior_sha256``.
+
+    A verified file already there is kept; otherwise ``<name>.npy.part`` is fetched (resumed), verified and
+    renamed.
+
+    Raises:
+        WeightsError: a sha256 mismatch (the downloaded file is deleted).
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in RELEASE_EMOTIONS:
+        final, expected = dest / f"{name}.npy", prior_sha256[name].lower()
+        if final.is_file():
+            if file_sha256(final) == expected:
+                continue
+            final.unlink()
+        part = dest / f"{name}.npy.part"
+        url = prior_url(name)
+        logger.info("downloading %s", url)
+        fetch(url, part, progress=progress)
+        digest = file_sha256(part)
+        if digest != expected:
+            part.unlink()
+            raise WeightsError(
+                f"{url}: sha256 {digest} does not match the expected {expected}; the file was deleted. "
+                "Run the download again; if it persists, the file changed upstream"
+            )
+        os.replace(part, final)
+
+
+@contextmanager
+def _hub_progress(enabled: bool) -> Iterator[None]:
+    """huggingface_hub's progress bars off for the duration when ``enabled`` is False (restored after)."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    if enabled or are_progress_bars_disabled():
+        yield
+        return
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        enable_progress_bars()
+
+
+def _fetch_repo(repo: HubRepo, src: Path, snapshot: SnapshotFn) -> None:
+    """Snapshot ``repo``'s files into the staging folder; raise if a required one did not arrive."""
+    local = src / repo.subdir if repo.subdir else src
+    local.mkdir(parents=True, exist_ok=True)
+    logger.info("downloading %s (%d files) into %s", repo.repo_id, len(repo.files), local)
+    snapshot(repo.repo_id, local_dir=str(local), allow_patterns=list(repo.files))
+    absent = [f for f in repo.files if not (local / f).is_file()]
+    missing = [f for f in absent if f not in repo.optional]
+    if missing:
+        raise WeightsError(
+            f"{repo.repo_id} did not provide {', '.join(missing)}; the repository layout changed?"
+        )
+    for name in absent:
+        logger.warning("%s has no %s; that optional part is skipped", repo.repo_id, name)
+
+
+def _replace_dir(target: Path, build: Callable[[Path], None]) -> None:
+    """Build a folder next to ``target`` with ``build(tmp)``, then swap it in (the old one is deleted)."""
+    tmp, old = target.with_name(f".{target.name}.partial"), target.with_name(f".{target.name}.old")
+    for path in (tmp, old):
+        shutil.rmtree(path, ignore_errors=True)
+    try:
+        build(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _copy_into(src_file: Path) -> Callable[[Path], None]:
+    def build(folder: Path) -> None:
+        folder.mkdir(parents=True)
+        shutil.copyfile(src_file, folder / src_file.name)
+
+    return build
+
+
+def _install(src: Path, root: Path) -> None:
+    """Convert the staging folder into ``root`` (release parts and RIFE), add the face detector, manifest."""
+    convert_dice_talk(src, root, overwrite=True, emotions_dir=src / PRIORS_DIR)
+    if (src / YOLO_FILE).is_file():
+        _replace_dir(root / FACE_DETECTOR_DIR, _copy_into(src / YOLO_FILE))
+        write_manifest(root)  # the converter's manifest covers face_detector/ too
+
+
+def download_weights(
+    root: Path,
+    *,
+    cache_dir: Path | None = None,
+    offline: bool | None = None,
+    snapshot: SnapshotFn | None = None,
+    fetch: FetchFn = fetch_url,
+    progress: bool = True,
+    prior_sha256: Mapping[str, str] = PRIOR_SHA256,
+) -> Path:
+    """Download the public weights and convert them into the weights tree ``root``.
+
+    Args:
+        root: weights tree to (re)write; only its components are replaced, other files are kept.
+        cache_dir: folder holding the resumable staging folder ``.<root name>.download`` (default: the
+            parent of ``root``); the staging folder is deleted once the tree is converted.
+        offline: refuse to touch the network (default: ``HF_HUB_OFFLINE``).
+        snapshot: ``snapshot(repo_id, *, local_dir, allow_patterns)`` (default
+            ``huggingface_hub.snapshot_download``).
+        fetch: ``fetch(url, part_path, *, progress)`` for the priors (default :func:`fetch_url`).
+        progress: show progress bars.
+        prior_sha256: expected sha256 of each prior (default :data:`PRIOR_SHA256`).
+
+    Returns:
+        ``root``.
+
+    Raises:
+        WeightsError: offline / no network (with the manual instructions), gated or missing repository,
+            a hash mismatch, or a conversion error (the staging folder is kept for the next run).
+    """
+    root = Path(root).expanduser()
+    src = staging_dir(root, cache_dir)
+    if is_offline(offline):
+        raise WeightsError(
+            "cannot download weights (offline / no network): " + manual_instructions(root, src)
+        )
+    if snapshot is None:
+        from huggingface_hub import snapshot_download as snapshot
+    src.mkdir(parents=True, exist_ok=True)
+    with _hub_progress(progress):
+        for repo in HUB_REPOS:
+            with _download_errors(root, src, repo.repo_id):
+                _fetch_repo(repo, src, snapshot)
+    with _download_errors(root, src, "the emotion priors"):
+        fetch_priors(src / PRIORS_DIR, fetch=fetch, prior_sha256=prior_sha256, progress=progress)
+    logger.info("converting %s into %s", src, root)
+    _install(src, root)
+    shutil.rmtree(src)
+    logger.info("weights ready in %s", root)
+    return root
+
+
+def ensure_weights(
+    root: Path, *, offline: bool | None = None, progress: bool = True, **download_options: Any
+) -> Path:
+    """``root`` if its tree is complete, else :func:`download_weights` into it (generate's first use).
+
+    ``download_options`` go to :func:`download_weights` (``cache_dir``, ``snapshot``, ``fetch``, ...).
+    """
+    root = Path(root).expanduser()
+    missing = missing_files(root)
+    if not missing:
+        return root
+    logger.warning(
+        "weights tree %s is incomplete (%d files missing, e.g. %s); downloading the public weights",
+        root, len(missing), missing[0],
+    )  # fmt: skip
+    return download_weights(root, offline=offline, progress=progress, **download_options)

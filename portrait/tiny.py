@@ -1,0 +1,354 @@
+"""Tiny seeded random weight trees for tests: every component at the project's tiny sizes.
+
+:func:`write_tiny_weights` writes either our own layout (``layout="portrait"``, see :mod:`portrait.layout`)
+or the DICE-Talk research release layout (``layout="dice-talk"``, spec section 8) that
+:func:`portrait.convert.convert_dice_talk` converts. Both layouts hold the *same* random values:
+
+* the adapters (AudioProjector, EmotionModel, PoseGuider) and the trained UNet (``unet.pth``) are float32;
+* the VAE and the CLIP image encoder are drawn in float32 and rounded through float16, so the release
+  tree stores them as **real float16** in its ``*.fp16.safetensors`` files (as the release does) while
+  the portrait tree stores the same values in float32; converting the release tree with ``dtype="fp32"``
+  therefore reproduces the portrait tree tensor for tensor;
+* the release's SVD base UNet (``unet/diffusion_pytorch_model.fp16.safetensors``) holds *different*
+  random values (float16, no adapter keys): ``unet.pth`` overlays all of them, as in the release.
+
+Every parameter is redrawn from a generator seeded with ``seed`` and the component name, including the
+zero-initialised ones (PoseGuider ``conv_out``), with fan-in scaling so activations stay O(1). The same seed
+gives byte-identical safetensors files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from portrait.layout import EMOTION_PRIOR_KEY, EMOTIONS_DIR, RELEASE_EMOTIONS
+
+logger = logging.getLogger(__name__)
+
+LAYOUTS = ("portrait", "dice-talk")
+PRIOR_DIM = 256
+PRIOR_STD = 0.85
+
+
+def tiny_unet_config() -> dict[str, Any]:
+    """Constructor arguments of the tiny (Portrait)UNet (without the adapter arguments)."""
+    return {
+        "block_out_channels": (32, 64),
+        "down_block_types": ("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
+        "up_block_types": ("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
+        "layers_per_block": 1,
+        "num_attention_heads": (2, 4),
+        "cross_attention_dim": 32,
+        "addition_time_embed_dim": 8,
+        "projection_class_embeddings_input_dim": 24,
+    }
+
+
+def tiny_vae_config() -> dict[str, Any]:
+    """Constructor arguments of the tiny ``AutoencoderKLTemporalDecoder`` (4 blocks → scale factor 8)."""
+    return {
+        "block_out_channels": (32, 32, 64, 64),
+        "down_block_types": ("DownEncoderBlock2D",) * 4,
+        "layers_per_block": 1,
+    }
+
+
+def tiny_clip_config() -> dict[str, Any]:
+    """``CLIPVisionConfig`` arguments (image_size must stay 224: the CLIP preprocessing is fixed)."""
+    return {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "image_size": 224,
+        "patch_size": 32,
+        "projection_dim": 32,
+    }
+
+
+def tiny_whisper_config() -> dict[str, Any]:
+    """``WhisperConfig`` arguments: d_model 16, 2 encoder layers (3 hidden states), 80 mel bins."""
+    return {
+        "d_model": 16,
+        "encoder_layers": 2,
+        "decoder_layers": 1,
+        "encoder_attention_heads": 2,
+        "decoder_attention_heads": 2,
+        "encoder_ffn_dim": 32,
+        "decoder_ffn_dim": 32,
+        "num_mel_bins": 80,
+        "max_source_positions": 1500,
+        "max_target_positions": 32,
+        "vocab_size": 64,
+        "pad_token_id": 0,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "decoder_start_token_id": 1,
+        "begin_suppress_tokens": None,
+        "suppress_tokens": None,
+    }
+
+
+def tiny_audio_projector_config() -> dict[str, Any]:
+    """``AudioProjector`` arguments matching the tiny Whisper (3 hidden states × 16 channels)."""
+    return {
+        "seq_len": 10,
+        "blocks": 3,
+        "channels": 16,
+        "intermediate_dim": 32,
+        "output_dim": 32,
+        "context_tokens": 4,
+    }
+
+
+def tiny_emotion_config() -> dict[str, Any]:
+    """``EmotionModel`` arguments (prior_dim stays 256, the release prior width)."""
+    return {
+        "prior_dim": PRIOR_DIM,
+        "dim": 32,
+        "intermediate_dim": 32,
+        "context_tokens": 4,
+        "codebook_size": 8,
+        "num_heads": 8,
+    }
+
+
+def tiny_pose_guider_config() -> dict[str, Any]:
+    """``PoseGuider`` arguments (32 output channels = the tiny UNet's first block)."""
+    return {
+        "conditioning_embedding_channels": 32,
+        "conditioning_channels": 3,
+        "block_out_channels": (4, 8, 8, 16),
+    }
+
+
+def svd_xt_scheduler_config() -> dict[str, Any]:
+    """The SVD-XT ``scheduler/scheduler_config.json`` (spec 6.6), as the release ships it."""
+    return {
+        "_class_name": "EulerDiscreteScheduler",
+        "_diffusers_version": "0.24.0.dev0",
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "clip_sample": False,
+        "interpolation_type": "linear",
+        "num_train_timesteps": 1000,
+        "prediction_type": "v_prediction",
+        "set_alpha_to_one": False,
+        "sigma_max": 700.0,
+        "sigma_min": 0.002,
+        "skip_prk_steps": True,
+        "steps_offset": 1,
+        "timestep_spacing": "leading",
+        "timestep_type": "continuous",
+        "trained_betas": None,
+        "use_karras_sigmas": True,
+    }
+
+
+#: Tiny stand-in for the release's unused emotion classifier (1280 → 512 → 256 → 22 there).
+TINY_CLASSIFIER_SHAPES: dict[str, tuple[int, ...]] = {
+    "classifier.fc1.weight": (8, 40),
+    "classifier.fc1.bias": (8,),
+    "classifier.fc2.weight": (6, 8),
+    "classifier.fc2.bias": (6,),
+    "classifier.fc3.weight": (22, 6),
+    "classifier.fc3.bias": (22,),
+}
+
+
+def _generator(seed: int, name: str) -> torch.Generator:
+    """A CPU generator seeded from ``seed`` and a stable hash of ``name`` (independent streams)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+
+
+def _random_like(name: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    """A float32 random tensor for parameter ``name``: fan-in scaled weights, near-1 scales, small biases."""
+    noise = torch.randn(shape, generator=gen, dtype=torch.float32)
+    if len(shape) >= 2:
+        fan_in = int(np.prod(shape[1:]))
+        return noise / fan_in**0.5
+    if name.endswith("bias"):
+        return 0.1 * noise
+    return 1.0 + 0.1 * noise  # norm scales, mix factors, class embeddings
+
+
+@torch.no_grad()
+def randomize_(module: nn.Module, seed: int, name: str, fp16_values: bool = False) -> nn.Module:
+    """Redraw every floating parameter of ``module`` in place (deterministic in ``seed`` and ``name``).
+
+    Args:
+        module: any module; buffers are left alone.
+        seed: base seed.
+        name: component name mixed into the seed.
+        fp16_values: round the values through float16 (they stay float32 tensors).
+    """
+    gen = _generator(seed, name)
+    for pname, param in module.named_parameters():
+        if param.is_floating_point():
+            value = _random_like(pname, tuple(param.shape), gen)
+            if fp16_values:
+                value = value.half().float()
+            param.copy_(value)
+    return module
+
+
+def emotion_priors(seed: int, dim: int = PRIOR_DIM) -> dict[str, np.ndarray]:
+    """One float32 ``(1, dim)`` prior per release emotion: zero mean per vector, std ``PRIOR_STD``."""
+    gen = _generator(seed, "emotions")
+    priors = {}
+    for name in RELEASE_EMOTIONS:
+        mu = torch.randn(1, dim, generator=gen, dtype=torch.float64)
+        mu = (mu - mu.mean()) / mu.std(unbiased=False) * PRIOR_STD
+        priors[name] = mu.to(torch.float32).numpy()
+    return priors
+
+
+def _build_models(seed: int) -> dict[str, Any]:
+    """Every tiny component with seeded random weights (shared by both layouts)."""
+    from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, WhisperConfig, WhisperModel
+
+    from portrait.models.audio import AudioProjector
+    from portrait.models.emotion import EmotionModel
+    from portrait.models.interpolation import IFNet
+    from portrait.models.pose_guider import PoseGuider
+    from portrait.models.unet import PortraitUNet
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # construction-time init is overwritten, but keep the global RNG untouched
+        models = {
+            "unet": randomize_(PortraitUNet(**tiny_unet_config()), seed, "unet"),
+            "svd_unet": randomize_(UNetSpatioTemporalConditionModel(**tiny_unet_config()), seed, "svd_unet"),
+            "vae": randomize_(
+                AutoencoderKLTemporalDecoder(**tiny_vae_config()), seed, "vae", fp16_values=True
+            ),
+            "image_encoder": randomize_(
+                CLIPVisionModelWithProjection(CLIPVisionConfig(**tiny_clip_config())),
+                seed,
+                "image_encoder",
+                fp16_values=True,
+            ),
+            "audio_encoder": randomize_(
+                WhisperModel(WhisperConfig(**tiny_whisper_config())), seed, "audio_encoder"
+            ),
+            "audio_projector": randomize_(
+                AudioProjector(**tiny_audio_projector_config()), seed, "audio_projector"
+            ),
+            "emotion_model": randomize_(EmotionModel(**tiny_emotion_config()), seed, "emotion_model"),
+            "pose_guider": randomize_(PoseGuider(**tiny_pose_guider_config()), seed, "pose_guider"),
+            "interpolation": randomize_(IFNet(channels=8), seed, "interpolation"),
+        }
+    for model in models.values():
+        model.eval()
+    return models
+
+
+def _feature_extractor():
+    from transformers import WhisperFeatureExtractor
+
+    return WhisperFeatureExtractor(feature_size=80)
+
+
+def _write_portrait(root: Path, models: dict[str, Any], priors: dict[str, np.ndarray]) -> None:
+    from diffusers import EulerDiscreteScheduler
+    from safetensors.torch import save_file
+
+    from portrait.convert import write_manifest
+
+    for name in ("unet", "vae", "audio_projector", "emotion_model", "pose_guider", "interpolation"):
+        models[name].save_pretrained(root / name, safe_serialization=True)
+    for name in ("image_encoder", "audio_encoder"):
+        models[name].save_pretrained(root / name)
+    _feature_extractor().save_pretrained(root / "audio_encoder")
+    EulerDiscreteScheduler.from_config(svd_xt_scheduler_config()).save_pretrained(root / "scheduler")
+    (root / EMOTIONS_DIR).mkdir()
+    for name, mu in priors.items():
+        save_file({EMOTION_PRIOR_KEY: torch.from_numpy(mu)}, root / EMOTIONS_DIR / f"{name}.safetensors")
+    write_manifest(root)
+
+
+def _classifier_tensors(seed: int) -> dict[str, torch.Tensor]:
+    gen = _generator(seed, "classifier")
+    return {k: _random_like(k, shape, gen) for k, shape in TINY_CLASSIFIER_SHAPES.items()}
+
+
+def _write_dice_talk(root: Path, models: dict[str, Any], priors: dict[str, np.ndarray], seed: int) -> None:
+    from transformers import WhisperForConditionalGeneration
+
+    release = root / "DICE-Talk"
+    release.mkdir()
+    torch.save(models["unet"].state_dict(), release / "unet.pth")
+    torch.save(models["pose_guider"].state_dict(), release / "pose_guider.pth")
+    torch.save(models["audio_projector"].state_dict(), release / "audio_linear.pth")
+    torch.save(
+        {**models["emotion_model"].state_dict(), **_classifier_tensors(seed)}, release / "emo_model.pth"
+    )
+
+    (root / "RIFE").mkdir()  # the release pickles RIFE with a DataParallel "module." prefix (spec 7.1)
+    torch.save(
+        {f"module.{k}": v for k, v in models["interpolation"].state_dict().items()},
+        root / "RIFE" / "flownet.pkl",
+    )
+
+    svd = root / "stable-video-diffusion-img2vid-xt"
+    models["svd_unet"].half().save_pretrained(svd / "unet", variant="fp16")
+    models["vae"].half().save_pretrained(svd / "vae", variant="fp16")
+    models["image_encoder"].half().save_pretrained(svd / "image_encoder", variant="fp16")
+    (svd / "scheduler").mkdir(parents=True)
+    (svd / "scheduler" / "scheduler_config.json").write_text(
+        json.dumps(svd_xt_scheduler_config(), indent=2) + "\n"
+    )
+
+    # The public whisper-tiny checkpoint is a WhisperForConditionalGeneration ("model." key prefix).
+    with torch.random.fork_rng(devices=[]):  # its construction-time init is overwritten just below
+        whisper = WhisperForConditionalGeneration(models["audio_encoder"].config)
+    whisper.model.load_state_dict(models["audio_encoder"].state_dict())
+    whisper.save_pretrained(root / "whisper-tiny")
+    _feature_extractor().save_pretrained(root / "whisper-tiny")
+
+    emo_dir = root / "examples" / "emo"
+    emo_dir.mkdir(parents=True)
+    for name, mu in priors.items():
+        # The release format: a 0-d object array holding {'mu': (1, 256) float32}, pickled by np.save.
+        np.save(emo_dir / f"{name}.npy", np.array({"mu": mu}, dtype=object))
+
+
+def write_tiny_weights(root: Path, layout: str = "portrait", seed: int = 0) -> Path:
+    """Write a complete tiny random weights tree.
+
+    Args:
+        root: folder to write into; created if missing, must be empty.
+        layout: ``"portrait"`` (our tree: one folder per component, ``emotions/``, ``manifest.json``) or
+            ``"dice-talk"`` (``DICE-Talk/*.pth``, ``stable-video-diffusion-img2vid-xt/``, ``whisper-tiny/``,
+            ``examples/emo/*.npy``: the release layout, spec section 8).
+        seed: weights and priors are a pure function of it.
+
+    Returns:
+        ``root``.
+
+    Raises:
+        ValueError: unknown layout or non-empty ``root``.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    root = Path(root)
+    if root.exists() and any(root.iterdir()):
+        raise ValueError(f"{root} is not empty; write the tiny weights into a new folder")
+    root.mkdir(parents=True, exist_ok=True)
+    models = _build_models(seed)
+    priors = emotion_priors(seed)
+    if layout == "portrait":
+        _write_portrait(root, models, priors)
+    else:
+        _write_dice_talk(root, models, priors, seed)
+    logger.info("wrote tiny %s weights (seed %d) to %s", layout, seed, root)
+    return root

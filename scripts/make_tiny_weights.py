@@ -1,0 +1,40 @@
+"""Write a tiny seeded random weights tree (for tests and demos; see portrait.tiny).
+
+Usage: python scripts/make_tiny_weights.py DIR [--layout portrait|dice-talk] [--seed N]
+
+``--layout dice-talk`` writes the research-release layout that ``portrait-gen convert --from-dice-talk DIR``
+converts; ``portrait`` (default) writes a ready-to-load weights tree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dir", type=Path, help="folder to create (must be empty or absent)")
+    parser.add_argument("--layout", choices=("portrait", "dice-talk"), default="portrait")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    try:
+        from portrait.tiny import write_tiny_weights
+    except ModuleNotFoundError:  # a source checkout without `pip install -e .`
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from portrait.tiny import write_tiny_weights
+
+    try:
+        write_tiny_weights(args.dir, layout=args.layout, seed=args.seed)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
