@@ -34,6 +34,7 @@ from portrait.emotion import (
 from portrait.emotion import load_timeline_file
 from portrait.errors import InputError, PortraitError, WeightsError
 from portrait.layout import AUDIO_PREPROCESSOR_FILE
+from portrait.models.identity import IdentityEncoding
 from portrait.models.audio import frame_audio_windows, whisper_hidden_states
 from portrait.models.interpolation import midframes
 from portrait.preprocess.audio import AudioFeatures, audio_features, load_audio
@@ -310,8 +311,63 @@ def _versions() -> dict[str, str]:
     }
 
 
-def generate(job: Job, engine: Engine, cfg: RenderConfig, progress: bool = True) -> Result:
-    """Render ``job`` into ``job.output`` (+ ``<output>.json``). No partial output survives a failure."""
+@dataclass(frozen=True)
+class PreparedImage:
+    """The image side of a job, reusable for every job animating the same photo (batch rendering)."""
+
+    tensors: PortraitTensors
+    info: dict[str, Any]
+    identity: IdentityEncoding | None
+
+
+#: Cache of prepared images: key from :func:`image_cache_key` → :class:`PreparedImage`.
+ImageCache = dict[tuple, PreparedImage]
+
+
+def image_cache_key(job: Job, cfg: RenderConfig) -> tuple:
+    """What the prepared image depends on: the file (path, size, mtime), the face choice and preprocessing."""
+    stat = job.image.stat()
+    pre = cfg.preprocess
+    return (
+        str(job.image.resolve()),
+        stat.st_size,
+        stat.st_mtime_ns,
+        job.face_box,
+        job.face_index,
+        pre.crop,
+        pre.expand_ratio,
+        pre.min_resolution,
+        pre.face_area,
+        pre.face_selection,
+        cfg.sampling.noise_aug_strength,
+    )
+
+
+def prepare_identity(
+    job: Job, engine: Engine, cfg: RenderConfig, cache: ImageCache | None = None
+) -> PreparedImage:
+    """Image tensors + identity encoding (CLIP embedding, VAE latents), from ``cache`` when possible."""
+    key = image_cache_key(job, cfg) if cache is not None else None
+    if cache is not None and key in cache:
+        return cache[key]
+    tensors, info = prepare_image(job, engine, cfg)
+    identity = None
+    if cfg.sampling.noise_aug_strength == 0:  # else the pipeline encodes with the seeded noise (draw #1)
+        zeros = torch.zeros_like(tensors.ref_image)
+        identity = engine.pipe.encode_identity(tensors.ref_image, tensors.clip_image, zeros, 0.0)
+    prepared = PreparedImage(tensors, info, identity)
+    if cache is not None:
+        cache[key] = prepared
+    return prepared
+
+
+def generate(
+    job: Job, engine: Engine, cfg: RenderConfig, progress: bool = True, cache: ImageCache | None = None
+) -> Result:
+    """Render ``job`` into ``job.output`` (+ ``<output>.json``). No partial output survives a failure.
+
+    ``cache``: reuse prepared images (face detection, CLIP and VAE encodings) across jobs of one process.
+    """
     started = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -321,7 +377,8 @@ def generate(job: Job, engine: Engine, cfg: RenderConfig, progress: bool = True)
         return now
 
     check_output(job)
-    tensors, image_info = prepare_image(job, engine, cfg)
+    prepared = prepare_identity(job, engine, cfg, cache)
+    tensors, image_info = prepared.tensors, prepared.info
     t = lap("image", started)
     features, windows = prepare_audio(job, engine, cfg)
     t = lap("audio", t)
@@ -353,6 +410,7 @@ def generate(job: Job, engine: Engine, cfg: RenderConfig, progress: bool = True)
         motion_bucket_id_exp=s.motion_bucket_id_exp,
         retrieval=s.retrieval,
         generator=generator,
+        identity=prepared.identity,
         output_type="latent",
     ).latents
     t = lap("sampling", t)
