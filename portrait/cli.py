@@ -21,6 +21,14 @@ from pathlib import Path
 from portrait import __version__
 from portrait.cli_generate import EPILOG as GENERATE_EPILOG
 from portrait.cli_generate import add_generate_arguments, run_generate
+from portrait.cli_tools import (
+    add_doctor_arguments,
+    add_download_arguments,
+    add_emotions_arguments,
+    run_doctor,
+    run_download,
+    run_emotions,
+)
 from portrait.errors import PortraitError
 
 logger = logging.getLogger(__name__)
@@ -96,6 +104,21 @@ COMMANDS: dict[str, Command] = {
         add_arguments=add_generate_arguments,
         run=run_generate,
         epilog=GENERATE_EPILOG,
+    ),
+    "download": Command(
+        help="download the official weights and convert them (the only networked command)",
+        add_arguments=add_download_arguments,
+        run=run_download,
+    ),
+    "doctor": Command(
+        help="check ffmpeg, the weights tree and its hashes, the device and library versions",
+        add_arguments=add_doctor_arguments,
+        run=run_doctor,
+    ),
+    "emotions": Command(
+        help="list the emotion bank and the --emotion syntax",
+        add_arguments=add_emotions_arguments,
+        run=run_emotions,
     ),
     "convert": Command(
         help="convert the DICE-Talk research release into a portrait weights tree",

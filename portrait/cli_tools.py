@@ -66,7 +66,9 @@ def run_download(args: argparse.Namespace) -> int:
 
     root = resolve_weights_root(args.weights)
     quiet = getattr(args, "quiet", False)
-    download_weights(root, cache_dir=args.cache_dir, offline=False, progress=not quiet)
+    download_weights(
+        root, cache_dir=args.cache_dir, offline=None, progress=not quiet
+    )  # honours HF_HUB_OFFLINE
     if not quiet:
         print(f"weights ready in {root}")
     return EXIT_OK

@@ -11,8 +11,8 @@ Sources (the files the DICE-Talk release is made of, spec section 8):
   :data:`PRIORS_COMMIT`, each checked against :data:`PRIOR_SHA256`.
 
 :func:`download_weights` fetches them into a staging folder laid out as the release (``SRC`` of
-:func:`portrait.convert.convert_dice_talk`), converts it into the weights tree, adds the optional
-``interpolation/`` and ``face_detector/`` parts, rewrites ``manifest.json`` and deletes the staging folder.
+:func:`portrait.convert.convert_dice_talk`), converts it into the weights tree (RIFE included), copies the
+detector into ``face_detector/``, rewrites ``manifest.json`` and deletes the staging folder.
 An interrupted run leaves the staging folder behind and the next run resumes from it (huggingface_hub resumes
 its own files; the priors resume from ``<name>.npy.part`` with an HTTP Range request). Offline (argument or
 ``HF_HUB_OFFLINE=1``) or without network it fails at once with the list of files to fetch by hand.
@@ -317,35 +317,14 @@ def _fetch_repo(repo: HubRepo, src: Path, snapshot: SnapshotFn) -> None:
         logger.warning("%s has no %s; that optional part is skipped", repo.repo_id, name)
 
 
-def _replace_dir(target: Path, build: Callable[[Path], None]) -> None:
-    """Build a folder next to ``target`` with ``build(tmp)``, then swap it in (the old one is deleted)."""
-    tmp, old = target.with_name(f".{target.name}.partial"), target.with_name(f".{target.name}.old")
-    for path in (tmp, old):
-        shutil.rmtree(path, ignore_errors=True)
-    try:
-        build(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if target.exists():
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _copy_into(src_file: Path) -> Callable[[Path], None]:
-    def build(folder: Path) -> None:
-        folder.mkdir(parents=True)
-        shutil.copyfile(src_file, folder / src_file.name)
-
-    return build
-
-
 def _install(src: Path, root: Path) -> None:
     """Convert the staging folder into ``root`` (release parts and RIFE), add the face detector, manifest."""
     convert_dice_talk(src, root, overwrite=True, emotions_dir=src / PRIORS_DIR)
     if (src / YOLO_FILE).is_file():
-        _replace_dir(root / FACE_DETECTOR_DIR, _copy_into(src / YOLO_FILE))
+        target = root / FACE_DETECTOR_DIR / YOLO_FILE
+        target.parent.mkdir(exist_ok=True)
+        shutil.copyfile(src / YOLO_FILE, target.with_name(f".{YOLO_FILE}.partial"))
+        os.replace(target.with_name(f".{YOLO_FILE}.partial"), target)
         write_manifest(root)  # the converter's manifest covers face_detector/ too
 
 

@@ -41,7 +41,8 @@ def test_parsing_imports_nothing_heavy() -> None:
         "import sys, argparse\nfrom portrait import cli_tools\n"
         "for add in (cli_tools.add_download_arguments, cli_tools.add_doctor_arguments, "
         "cli_tools.add_emotions_arguments):\n    add(argparse.ArgumentParser())\n"
-        "print(','.join(m for m in ('torch', 'diffusers', 'transformers', 'huggingface_hub') if m in sys.modules))"
+        "heavy = ('torch', 'diffusers', 'transformers', 'huggingface_hub')\n"
+        "print(','.join(m for m in heavy if m in sys.modules))"
     )
     env = {
         **os.environ,
@@ -68,22 +69,17 @@ def test_download_resolves_the_weights_root(monkeypatch: pytest.MonkeyPatch, tmp
     monkeypatch.setenv("PORTRAIT_WEIGHTS", str(tmp_path / "env"))
     args = _parse(cli_tools.add_download_arguments, ["--cache-dir", str(tmp_path / "cache")])
     assert cli_tools.run_download(args) == 0
-    assert calls == [
-        (tmp_path / "env", {"cache_dir": tmp_path / "cache", "offline": False, "progress": True})
-    ]
+    assert calls == [(tmp_path / "env", {"cache_dir": tmp_path / "cache", "offline": None, "progress": True})]
     assert f"weights ready in {tmp_path / 'env'}" in capsys.readouterr().out
 
     args = _parse(cli_tools.add_download_arguments, ["--weights", str(tmp_path / "w")])
     args.quiet = True
     cli_tools.run_download(args)
-    assert calls[-1] == (tmp_path / "w", {"cache_dir": None, "offline": False, "progress": False})
+    assert calls[-1] == (tmp_path / "w", {"cache_dir": None, "offline": None, "progress": False})
 
 
 def test_download_offline_error_propagates(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    import portrait.hub
-
-    monkeypatch.setattr(portrait.hub, "is_offline", lambda offline=None: True)
     with pytest.raises(WeightsError, match="portrait-gen convert --from-dice-talk"):
         cli_tools.run_download(_parse(cli_tools.add_download_arguments, ["--weights", str(tmp_path / "w")]))
 
@@ -92,7 +88,7 @@ def test_doctor_passes_on_a_complete_tree(tree: Path, capsys) -> None:
     assert cli_tools.run_doctor(_parse(cli_tools.add_doctor_arguments, ["--weights", str(tree)])) == 0
     out = capsys.readouterr().out
     for needed in ("[  ok] ffmpeg:", f"[  ok] weights tree: {tree} complete", "[  ok] weights hashes:",
-                   "[  ok] emotion priors: 8", "[warn] interpolation: absent", "[  ok] face_detector: present",
+                   "[  ok] emotion priors: 8", "] interpolation:", "[  ok] face_detector: present",
                    "[  ok] torch:", "[  ok] diffusers:", "[  ok] transformers:", "device:",
                    "all required checks passed"):  # fmt: skip
         assert needed in out, needed
@@ -128,7 +124,10 @@ def test_doctor_reports_a_missing_manifest_and_ffmpeg(tree: Path, monkeypatch: p
 
     monkeypatch.setattr(ffmpeg, "ffmpeg_binary", no_ffmpeg)
     (tree / "manifest.json").unlink()
+    shutil.rmtree(tree / "interpolation", ignore_errors=True)
     checks = {c.name: c for c in cli_tools.doctor_checks(tree)}
+    assert not checks["interpolation"].ok and not checks["interpolation"].required
+    assert "[warn] interpolation: absent (optional)" == checks["interpolation"].line()
     assert not checks["ffmpeg"].ok and "imageio-ffmpeg" in checks["ffmpeg"].detail
     assert not checks["weights hashes"].ok and "manifest.json is missing" in checks["weights hashes"].detail
     assert checks["weights tree"].ok

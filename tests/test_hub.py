@@ -74,14 +74,6 @@ class FakeHub:
             raise ConnectionResetError("connection reset by peer (simulated)")
 
 
-def _write_flownet(path: Path) -> None:
-    """A tiny RIFE HDv3 checkpoint in the release format (DataParallel ``module.`` keys)."""
-    torch.manual_seed(0)
-    state = IFNet(channels=8, teacher=True).state_dict()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({f"module.{k}": v for k, v in state.items()}, path)
-
-
 @pytest.fixture(scope="module")
 def hub_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Path]]:
     """The fake hub's repositories (with unrequested extra files) and prior URLs → files."""
@@ -90,7 +82,7 @@ def hub_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     repos = base / "repos"
     dice = repos / DICE_TALK_REPO.repo_id
     shutil.copytree(release / "DICE-Talk", dice / "DICE-Talk")
-    _write_flownet(dice / FLOWNET_FILE)
+    shutil.copytree(release / "RIFE", dice / "RIFE")
     (dice / YOLO_FILE).write_bytes(YOLO_BYTES)
     (dice / "README.md").write_text("not requested")
     shutil.copytree(release / SVD_REPO.subdir, repos / SVD_REPO.repo_id)
@@ -251,12 +243,14 @@ def test_the_default_fetcher_without_network(
     tmp_path: Path, fake: FakeHub, sha_table: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def unreachable(*args, **kwargs):
-        raise ConnectionRefusedError(111, "Connection refused")
+        raise ConnectionRefusedError(111, "refused by the test")
 
     monkeypatch.setattr(socket, "create_connection", unreachable)
     monkeypatch.setattr(socket, "getaddrinfo", unreachable)
     root = tmp_path / "weights"
-    with pytest.raises(WeightsError, match="offline / no network: <urlopen error") as info:
+    with pytest.raises(
+        WeightsError, match=r"offline / no network: <urlopen error \[Errno 111\] refused by the test>"
+    ) as info:
         download_weights(root, snapshot=fake.snapshot, prior_sha256=sha_table, progress=False, offline=False)
     _assert_manual_instructions(str(info.value), root)
 
