@@ -230,38 +230,47 @@ class PortraitPipeline(DiffusionPipeline):
         )
 
     # ------------------------------------------------------------------ sampling
-    def _denoise_window(
+    def _denoise_windows(
         self,
         latents: torch.Tensor,
-        idx: torch.Tensor,
+        group: torch.Tensor,
         cond: _Conditioning,
         t: torch.Tensor,
         sigma: torch.Tensor,
         sigma_next: torch.Tensor,
         scale_ref: torch.Tensor,
         scale_emo: torch.Tensor,
-    ) -> torch.Tensor:
-        """One UNet call on one window (spec 6.10 c–g); returns the stepped latents (1, F, 4, h, w)."""
-        x = sampling.gather_frames(latents, idx)
-        window = idx.shape[0]
-        model_input = sampling.scale_model_input(torch.cat([x, x, x]), sigma)
-        model_input = torch.cat([model_input, cond.cond_latents], dim=2)
+        fast_attention: bool,
+    ) -> list[torch.Tensor]:
+        """One UNet call on k windows (spec 6.10 c–g); returns k stepped latents (1, F, 4, h, w).
+
+        The batch is window-major: [uncond, drop, cond] of window 1, then of window 2, ... With k = 1 this
+        is exactly the reference's call; k > 1 batches the independent windows of a step (same maths).
+        """
+        k, window = group.shape
+        xs = [sampling.gather_frames(latents, idx) for idx in group]
+        model_input = torch.cat([sampling.scale_model_input(torch.cat([x, x, x]), sigma) for x in xs])
+        model_input = torch.cat([model_input, cond.cond_latents.repeat(k, 1, 1, 1, 1)], dim=2)
 
         def branches(table: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
             u = uncond[None].expand(window, *uncond.shape)
-            return torch.cat([u, u, sampling.gather_frames(table[None], idx)[0]])
+            return torch.cat([torch.cat([u, u, sampling.gather_frames(table[None], idx)[0]]) for idx in group])
 
         v = self.unet(
             model_input,
             t,
-            encoder_hidden_states=cond.image_context,
-            added_time_ids=cond.added_time_ids,
+            encoder_hidden_states=cond.image_context.repeat(k, 1, 1),
+            added_time_ids=cond.added_time_ids.repeat(k, 1),
             adapter_tokens=(branches(cond.audio, cond.audio_uncond), branches(cond.emotion, cond.emotion_uncond)),
             face_mask=cond.face_mask,
             pose_features=cond.pose,
+            compact_temporal_context=fast_attention,
         ).sample
-        guided = sampling.combine_guidance(v, scale_ref, scale_emo)
-        return sampling.euler_step(x, guided, sigma, sigma_next)
+        stepped = []
+        for j, x in enumerate(xs):
+            guided = sampling.combine_guidance(v[3 * j : 3 * j + 3], scale_ref, scale_emo)
+            stepped.append(sampling.euler_step(x, guided, sigma, sigma_next))
+        return stepped
 
     # ------------------------------------------------------------------ decoding
     @torch.inference_mode()
@@ -312,6 +321,8 @@ class PortraitPipeline(DiffusionPipeline):
         identity: IdentityEncoding | None = None,
         output_type: str = "pt",
         callback: StepCallback | None = None,
+        window_batch: int = 1,
+        fast_attention: bool = False,
     ) -> PortraitPipelineOutput:
         """Generate N frames of the portrait speaking the audio.
 
@@ -326,12 +337,17 @@ class PortraitPipeline(DiffusionPipeline):
             identity: precomputed :meth:`encode_identity` result (RNG draw #1 still happens).
             output_type: ``"pt"`` (decoded frames) or ``"latent"``.
             callback: called after each denoising step with (step, num_steps, latents).
+            window_batch: windows per UNet call (1 = the reference's call shapes; more = fewer, larger
+                calls, same maths, not bit-identical).
+            fast_attention: compact temporal cross-attention context (see ``PortraitUNet.forward``).
         """
         # 1. Check inputs.
         self.check_inputs(
             ref_image, clip_image, face_mask, audio_windows, emotion_priors,
             num_inference_steps, frames_per_window, overlap, decode_chunk_size, latents,
         )
+        if window_batch < 1:
+            raise InputError(f"window_batch must be >= 1, got {window_batch}")
         if output_type not in ("pt", "latent"):
             raise InputError(f"output_type must be 'pt' or 'latent', got {output_type!r}")
         device, dtype = self._execution_device, self.unet.dtype
@@ -374,11 +390,12 @@ class PortraitPipeline(DiffusionPipeline):
                 windows = sampling.window_indices(length, frames_per_window, overlap, shift)
                 acc = torch.zeros_like(latents)
                 count = torch.zeros((1, length) + (1,) * (latents.ndim - 2), dtype=dtype, device=device)
-                for idx in windows:
-                    stepped = self._denoise_window(
-                        latents, idx, cond, t, sigmas[i], sigmas[i + 1], scale_ref[i], scale_emo[i]
+                for group in windows.split(window_batch):
+                    stepped = self._denoise_windows(
+                        latents, group, cond, t, sigmas[i], sigmas[i + 1], scale_ref[i], scale_emo[i], fast_attention
                     )
-                    sampling.scatter_add_frames(acc, count, idx, stepped)
+                    for idx, x in zip(group, stepped):
+                        sampling.scatter_add_frames(acc, count, idx, x)
                 latents = sampling.average_frames(acc, count)
                 if callback is not None:
                     callback(i, len(timesteps), latents)

@@ -35,6 +35,19 @@ def test_frames_match_the_reference_transcription(tiny_pipe, num_frames):
     assert (ours - expected).abs().max() <= 1e-3
 
 
+@pytest.mark.parametrize("window_batch, fast", [(1, True), (3, False), (4, True)])
+def test_optimised_paths_match_the_reference_path(tiny_pipe, window_batch, fast):
+    """Batched windows and the compact temporal context change kernels, not the maths."""
+    ref, clip, mask, windows, prior = _inputs(40)
+    noise = torch.randn(1, 65, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    plain = tiny_pipe(ref, clip, mask, windows, prior, num_inference_steps=3, latents=noise).frames
+    fast_frames = tiny_pipe(
+        ref, clip, mask, windows, prior, num_inference_steps=3, latents=noise,
+        window_batch=window_batch, fast_attention=fast,
+    ).frames
+    assert (plain - fast_frames).abs().max() <= 1e-4
+
+
 def test_seeded_runs_are_deterministic_and_seed_sensitive(tiny_pipe):
     ref, clip, mask, windows, prior = _inputs(27)
     run = lambda seed: tiny_pipe(  # noqa: E731

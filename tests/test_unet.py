@@ -137,3 +137,18 @@ def test_save_load_round_trip(unet, tmp_path):
 def test_set_adapter_scales_checks_length(unet):
     with pytest.raises(ValueError, match="adapter scales"):
         unet.set_adapter_scales((1.0,))
+
+
+def test_compact_temporal_context_and_cached_mask_match_the_reference_routing(unet):
+    sample, t, clip, ids, tokens, mask = _inputs()
+    pose = torch.randn(1, 1, 32, H, H)
+    with torch.no_grad():
+        ref = unet(sample, t, clip, ids, adapter_tokens=tokens, face_mask=mask, pose_features=pose).sample
+        fast = unet(sample, t, clip, ids, adapter_tokens=tokens, face_mask=mask, pose_features=pose,
+                    compact_temporal_context=True).sample
+        # a different mask object must not hit the cached downsample of the previous one
+        other = unet(sample, t, clip, ids, adapter_tokens=tokens, face_mask=1 - mask, pose_features=pose,
+                     compact_temporal_context=True).sample
+        ref_other = unet(sample, t, clip, ids, adapter_tokens=tokens, face_mask=1 - mask, pose_features=pose).sample
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(other, ref_other, atol=1e-5, rtol=1e-5)
