@@ -97,6 +97,22 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
         "--crop", action="store_true", default=None, help="animate a square crop around the face"
     )
     face.add_argument(
+        "--full-frame",
+        "--paste-back",
+        dest="full_frame",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="animate a crop around the face and paste it back into the whole photo at its resolution "
+        "(default: on when the crop is smaller than the photo; --no-full-frame: the resized photo only)",
+    )
+    face.add_argument(
+        "--max-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="cap on the long side of the full-frame output in pixels (default: the photo's size)",
+    )
+    face.add_argument(
         "--no-interpolate",
         dest="interpolate",
         action="store_false",
@@ -120,6 +136,8 @@ def config_values(args: argparse.Namespace) -> dict[str, Any]:
         "preprocess.min_resolution": args.size,
         "preprocess.crop": args.crop,
         "video.interpolate": args.interpolate,
+        "video.full_frame": args.full_frame,
+        "video.max_size": args.max_size,
         "runtime.weights": str(args.weights) if args.weights is not None else None,
         "runtime.device": args.device,
         "runtime.dtype": args.dtype,

@@ -47,6 +47,10 @@ __all__ = [
 DTYPES: tuple[str, ...] = ("auto", "fp16", "bf16", "fp32")
 #: Accepted ``preprocess.face_selection`` values: the reference's maxface quirk (spec 1.2) or the largest.
 FACE_SELECTIONS: tuple[str, ...] = ("reference", "largest")
+#: torch.compile modes: off, the repeated UNet blocks one class at a time (short compile), or the whole UNet.
+COMPILE_MODES = ("off", "blocks", "full")
+#: Memory tiers: everything on the GPU, whole models swapped to the CPU when idle, or layer-by-layer offload.
+OFFLOAD_MODES = ("none", "model", "sequential")
 _DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 _CODEC_RE = re.compile(r"[A-Za-z0-9_]+")
 _DEFAULT_SOURCE = "packaged default.yaml"
@@ -92,12 +96,23 @@ class PreprocessConfig:
 
 @dataclass(frozen=True)
 class VideoConfig:
-    """Interpolation, encoding and muxing (spec section 7)."""
+    """Interpolation, encoding and muxing (spec section 7), and full-frame paste-back (issue 8).
+
+    ``full_frame``: ``"auto"`` (paste the animated face crop back into the whole photo when the crop is
+    smaller than the photo), ``True`` or ``False`` (the reference: the working image only).
+    ``max_size``: cap on the long side of full-frame output (None: the photo's size, even-rounded).
+    ``feather``: blend feather width as a fraction of the face box; ``color_match``: match the crop's
+    per-channel colour statistics to the photo around the seam.
+    """
 
     interpolate: bool = True
     crf: int = 17
     mux_crf: int = 18
     audio_codec: str = "aac"
+    full_frame: bool | str = "auto"
+    max_size: int | None = None
+    feather: float = 0.1
+    color_match: bool = True
 
 
 @dataclass(frozen=True)
@@ -107,7 +122,10 @@ class RuntimeConfig:
     device: str = "auto"
     dtype: str = "auto"
     weights: str | None = None
-    compile: bool = False
+    compile: str = "off"
+    fast_attention: bool = True
+    window_batch: int = 1
+    offload: str = "none"
     offline: bool = False
 
 
@@ -356,6 +374,12 @@ def _video_problems(v: VideoConfig) -> list[str]:
             out.append(_bad(f"video.{name}", getattr(v, name), "must be in [0, 51]"))
     if not _CODEC_RE.fullmatch(v.audio_codec):
         out.append(_bad("video.audio_codec", v.audio_codec, "must be an ffmpeg encoder name such as aac"))
+    if not isinstance(v.full_frame, bool) and v.full_frame != "auto":
+        out.append(_bad("video.full_frame", v.full_frame, "must be auto, true or false"))
+    if v.max_size is not None and v.max_size < 64:
+        out.append(_bad("video.max_size", v.max_size, "must be >= 64 pixels or null"))
+    if not 0 <= v.feather <= 1:
+        out.append(_bad("video.feather", v.feather, "must be in [0, 1]"))
     return out
 
 
@@ -367,4 +391,10 @@ def _runtime_problems(r: RuntimeConfig) -> list[str]:
         out.append(_bad("runtime.dtype", r.dtype, f"must be one of {', '.join(DTYPES)}"))
     if r.weights is not None and not r.weights.strip():
         out.append(_bad("runtime.weights", r.weights, "must be a folder path or null"))
+    if r.compile not in COMPILE_MODES:
+        out.append(_bad("runtime.compile", r.compile, f"must be one of {', '.join(COMPILE_MODES)}"))
+    if r.window_batch < 1:
+        out.append(_bad("runtime.window_batch", r.window_batch, "must be >= 1"))
+    if r.offload not in OFFLOAD_MODES:
+        out.append(_bad("runtime.offload", r.offload, f"must be one of {', '.join(OFFLOAD_MODES)}"))
     return out

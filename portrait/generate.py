@@ -48,6 +48,7 @@ from portrait.preprocess.face import (
 )
 from portrait.preprocess.image import PortraitTensors, load_image, prepare_portrait
 from portrait.render.mux import mux_audio
+from portrait.render.paste import FramePaster, clip_box, wants_full_frame
 from portrait.render.video import VideoWriter, to_uint8_frames
 from portrait.weights import load_component, load_emotion_bank, load_pipeline, resolve_weights_root
 
@@ -122,8 +123,10 @@ def load_engine(cfg: RenderConfig, detector: str | FaceDetector = "auto") -> Eng
     root = resolve_weights_root(cfg.runtime.weights)
     device = resolve_device(cfg.runtime.device)
     dtype = resolve_dtype(cfg.runtime.dtype, device)
-    pipe = load_pipeline(root, device=device, dtype=dtype)
+    offload = cfg.runtime.offload != "none" and device.type == "cuda"
+    pipe = load_pipeline(root, device="cpu" if offload else device, dtype=dtype)
     pipe.unet.set_adapter_scales((cfg.sampling.ip_audio_scale, cfg.sampling.ip_emo_scale))
+    apply_runtime_options(pipe, cfg.runtime.offload if offload else "none", cfg.runtime.compile, device)
     try:
         extractor = WhisperFeatureExtractor.from_pretrained((root / AUDIO_PREPROCESSOR_FILE).parent)
     except OSError as err:
@@ -146,6 +149,22 @@ def load_engine(cfg: RenderConfig, detector: str | FaceDetector = "auto") -> Eng
         device,
         dtype,
     )
+
+
+def apply_runtime_options(pipe: Any, offload: str, compile_mode: str, device: torch.device) -> None:
+    """Memory tier (CPU offload) and torch.compile, both output-preserving."""
+    if offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    if compile_mode == "off":
+        return
+    # A persistent compile cache makes every later process start warm.
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "portrait" / "inductor"))
+    if compile_mode == "blocks":
+        pipe.unet.compile_repeated_blocks(fullgraph=True, dynamic=False)
+    else:
+        pipe.unet = torch.compile(pipe.unet, fullgraph=False, dynamic=False)
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -185,8 +204,15 @@ def precheck(job: Job, cfg: RenderConfig, emotion_names: list[str], detector: Fa
         check_schedule_fits(parse_emotion(job.emotion, emotion_names), len(samples) / pre.sample_rate)
 
 
-def prepare_image(job: Job, engine: Engine, cfg: RenderConfig) -> tuple[PortraitTensors, dict[str, Any]]:
-    """Decode, find the face, optionally crop, and build the pipeline's image tensors (spec 1.2–1.4)."""
+def prepare_image(
+    job: Job, engine: Engine, cfg: RenderConfig
+) -> tuple[PortraitTensors, dict[str, Any], np.ndarray | None]:
+    """Decode, find the face, optionally crop, and build the pipeline's image tensors (spec 1.2–1.4).
+
+    In full-frame mode (``video.full_frame``; "auto": when the face crop is smaller than the photo) the
+    face crop is animated and the whole photo, (H, W, 3) uint8, is returned to paste it back into;
+    otherwise the third value is None.
+    """
     image = load_image(job.image)
     if job.face_box is not None:
         check_face_box(job.face_box, image.size)
@@ -197,14 +223,17 @@ def prepare_image(job: Job, engine: Engine, cfg: RenderConfig) -> tuple[Portrait
         face = select_face(faces, cfg.preprocess.face_selection, job.face_index, source=str(job.image))
         box, how = face.box, f"{engine.detector.name} ({len(faces)} found)"
     info: dict[str, Any] = {"face_box": [round(float(v), 2) for v in box], "face_detection": how}
-    if cfg.preprocess.crop:
-        crop = reference_crop_box(box, image.width, image.height, cfg.preprocess.expand_ratio)
+    crop = reference_crop_box(box, image.width, image.height, cfg.preprocess.expand_ratio)
+    full_frame = wants_full_frame(cfg.video.full_frame, crop, image.size)
+    photo = np.asarray(image) if full_frame else None
+    info["full_frame"] = full_frame
+    if cfg.preprocess.crop or full_frame:
         image = crop_image(image, crop)
         box = (box[0] - crop[0], box[1] - crop[1], box[2], box[3])
         info["crop_box"] = list(crop)
     tensors = prepare_portrait(image, box, cfg.preprocess.min_resolution, cfg.preprocess.face_area)
     info["size"] = list(tensors.size)
-    return tensors, info
+    return tensors, info, photo
 
 
 def prepare_audio(job: Job, engine: Engine, cfg: RenderConfig) -> tuple[AudioFeatures, torch.Tensor]:
@@ -318,6 +347,7 @@ class PreparedImage:
     tensors: PortraitTensors
     info: dict[str, Any]
     identity: IdentityEncoding | None
+    photo: np.ndarray | None = None  # full-frame mode: the whole photo (H, W, 3) uint8 to paste into
 
 
 #: Cache of prepared images: key from :func:`image_cache_key` → :class:`PreparedImage`.
@@ -340,6 +370,7 @@ def image_cache_key(job: Job, cfg: RenderConfig) -> tuple:
         pre.face_area,
         pre.face_selection,
         cfg.sampling.noise_aug_strength,
+        cfg.video.full_frame,
     )
 
 
@@ -350,12 +381,12 @@ def prepare_identity(
     key = image_cache_key(job, cfg) if cache is not None else None
     if cache is not None and key in cache:
         return cache[key]
-    tensors, info = prepare_image(job, engine, cfg)
+    tensors, info, photo = prepare_image(job, engine, cfg)
     identity = None
     if cfg.sampling.noise_aug_strength == 0:  # else the pipeline encodes with the seeded noise (draw #1)
         zeros = torch.zeros_like(tensors.ref_image)
         identity = engine.pipe.encode_identity(tensors.ref_image, tensors.clip_image, zeros, 0.0)
-    prepared = PreparedImage(tensors, info, identity)
+    prepared = PreparedImage(tensors, info, identity, photo)
     if cache is not None:
         cache[key] = prepared
     return prepared
@@ -411,14 +442,19 @@ def generate(
         retrieval=s.retrieval,
         generator=generator,
         identity=prepared.identity,
+        window_batch=cfg.runtime.window_batch,
+        fast_attention=cfg.runtime.fast_attention,
         output_type="latent",
     ).latents
     t = lap("sampling", t)
 
     fps = s.fps * (2 if engine.interpolator is not None else 1)
+    paster = full_frame_paster(prepared, cfg)
     work = Path(tempfile.mkdtemp(prefix=".portrait-", dir=job.output.resolve().parent))
     try:
-        written = _encode(job, engine, cfg, latents, features.num_frames, fps, work / "silent.mp4", progress)
+        written = _encode(
+            job, engine, cfg, latents, features.num_frames, fps, work / "silent.mp4", progress, paster
+        )
         t = lap("decode_encode", t)
         mux_audio(
             work / "silent.mp4",
@@ -446,6 +482,7 @@ def generate(
         "device": str(engine.device),
         "dtype": str(engine.dtype).removeprefix("torch."),
         **image_info,
+        "output_size": list(paster.size) if paster is not None else image_info["size"],
         "timings": timings,
         "versions": _versions(),
         "config": config_to_dict(cfg),
@@ -453,6 +490,32 @@ def generate(
     sidecar = job.output.with_name(job.output.name + ".json")
     _write_json(sidecar, info)
     return Result(job.output, sidecar, info)
+
+
+def full_frame_paster(prepared: PreparedImage, cfg: RenderConfig) -> FramePaster | None:
+    """A :class:`FramePaster` for one video in full-frame mode (None otherwise); not cached: it keeps the
+    colour statistics of its first frame."""
+    if prepared.photo is None:
+        return None
+    photo, info = prepared.photo, prepared.info
+    crop = clip_box(tuple(info["crop_box"]), (photo.shape[1], photo.shape[0]))
+    return FramePaster(
+        photo,
+        crop,
+        tuple(info["face_box"]),
+        max_size=cfg.video.max_size,
+        feather=cfg.video.feather,
+        color_match=cfg.video.color_match,
+    )
+
+
+def _output_frames(chunk: torch.Tensor, paster: FramePaster | None) -> Iterator[np.ndarray]:
+    """uint8 (n, H, W, 3) frames to write: the working-size chunk, or its frames pasted one by one."""
+    if paster is None:
+        yield to_uint8_frames(chunk)
+        return
+    for i in range(len(chunk)):
+        yield paster.paste(chunk[i : i + 1])
 
 
 def _encode(
@@ -464,8 +527,13 @@ def _encode(
     fps: float,
     silent: Path,
     progress: bool,
+    paster: FramePaster | None = None,
 ) -> int:
-    """Decode → interpolate → (dump PNGs) → H.264, chunk by chunk; returns the number of frames written."""
+    """Decode → interpolate → (paste) → (dump PNGs) → H.264, chunk by chunk; returns the frames written.
+
+    With a ``paster`` (full-frame mode) each frame is pasted into the photo one at a time, so memory stays
+    flat in the video length and in the chunk size.
+    """
     from tqdm.auto import tqdm
 
     total = 2 * num_frames if engine.interpolator is not None else num_frames
@@ -475,10 +543,10 @@ def _encode(
     with tqdm(total=total, desc="encoding", unit="frame", disable=not progress) as bar:
         with VideoWriter(silent, fps=fps, crf=cfg.video.crf, progress=bar) as writer:
             for chunk in interpolated(chunks, engine.interpolator):
-                frames = to_uint8_frames(chunk)
-                if job.dump_frames is not None:
-                    _dump_png(frames, job.dump_frames, writer.frames_written)
-                writer.write(frames)
+                for frames in _output_frames(chunk, paster):
+                    if job.dump_frames is not None:
+                        _dump_png(frames, job.dump_frames, writer.frames_written)
+                    writer.write(frames)
             written = writer.frames_written
     return written
 

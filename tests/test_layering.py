@@ -40,20 +40,26 @@ LAYERS: dict[str, int] = {
     "hub": 2,
     "tiny": 2,
     "generate": 3,
+    "benchmark": 3,
     "cli": 4,
     "cli_generate": 4,
     "cli_tools": 4,
     "batch": 4,
+    "batch_manifest": 4,
+    "batch_ray": 4,
+    "batch_worker": 4,
+    "app_handler": 4,
 }
 #: L1 sub-packages whose modules may import each other.
 SUBPACKAGES = frozenset({"models", "preprocess", "motion", "render"})
 #: Units that take plain values, never a config object.
 NO_CONFIG = frozenset({"models", "sampling"})
 #: The only units allowed to print (they own the terminal).
-MAY_PRINT = frozenset({"cli", "cli_generate", "cli_tools", "batch"})
+MAY_PRINT = frozenset({"cli", "cli_generate", "cli_tools", "batch", "benchmark"})  # benchmark prints JSON lines
 #: Order inside a layer: a module may import a same-layer module of strictly lower rank (acyclic by
 #: construction). L0: errors is the leaf. L2: pipeline < weights < converters < convert < hub, tiny.
-#: L4: cli assembles the commands of cli_tools and cli_generate.
+#: L4: batch_manifest < batch_ray, batch_worker < batch; cli assembles the commands of cli_tools,
+#: cli_generate and batch.
 INTRA_LAYER_ORDER: dict[str, int] = {
     "errors": 0,
     "layout": 1,
@@ -66,9 +72,15 @@ INTRA_LAYER_ORDER: dict[str, int] = {
     "convert": 3,
     "hub": 4,
     "tiny": 4,
+    "generate": 0,
+    "benchmark": 1,
     "cli_tools": 0,
     "cli_generate": 0,
-    "cli": 1,
+    "batch_manifest": 0,
+    "batch_ray": 1,
+    "batch_worker": 1,
+    "batch": 2,
+    "cli": 3,
 }
 #: The package root must stay import-free, so it ranks below every layer as an import target.
 ROOT_TARGET_LAYER = -1

@@ -1,0 +1,27 @@
+"""The benchmark's CPU tiny mode (what CI can run): it renders, reports every metric, and checks frames."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from portrait.benchmark import main
+
+
+def test_tiny_compare_prints_both_runs_and_a_matching_summary(capsys):
+    assert main(["--tiny", "--compare", "--seconds", "2.5", "--steps", "2"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    base, opt, summary = lines
+    frames = 31  # 2.5 s → 62 units → 31 frames
+    windows = math.ceil((frames + 25) / 25)
+    assert base["variant"] == "baseline" and opt["variant"] == "optimised"
+    assert base["frames"] == opt["frames"] == frames
+    assert base["unet_calls"] == 2 * windows  # one call per window per step (reference shapes)
+    assert opt["unet_calls"] == 2 * math.ceil(windows / opt["window_batch"])
+    for run in (base, opt):
+        assert set(run["stage_seconds"]) >= {
+            "audio_encoding", "identity_encoding", "sampling", "decode_and_interpolation", "encode_and_mux",
+        }
+        assert run["seconds_per_video_second"] > 0 and run["achieved_tflops"] is not None
+        assert run["peak_host_gib"] > 0
+    assert summary["frames_match"] and summary["psnr_db"] >= 40
