@@ -153,3 +153,29 @@ def test_corrupt_weight_file_is_named(weights, tmp_path, capsys):
     (broken / "pose_guider" / "diffusion_pytorch_model.safetensors").write_bytes(b"garbage")
     assert run(broken, "-o", str(tmp_path / "x.mp4")) == 1
     assert "pose_guider" in capsys.readouterr().err
+
+
+def test_emotion_timeline_run_records_its_schedule(weights, tmp_path):
+    out = tmp_path / "timeline.mp4"
+    assert run(weights, "--no-interpolate", "--emotion", "0:neutral, 1.5:happy:0.8, 3:sad", "-o", str(out)) == 0
+    schedule = json.loads(out.with_name("timeline.mp4.json").read_text())["emotion_schedule"]
+    assert [row["time"] for row in schedule] == [0.0, 1.0, 2.0, 3.0]
+    assert schedule[0]["emotion"] == {"neutral": 1.0} and schedule[1]["emotion"] == {"neutral": 1.0}
+    assert schedule[2]["emotion"] == {"happy": 0.8}
+    assert schedule[3]["emotion"] == {"happy": 0.8}  # the 0.5-s ramp to sad starts at t = 3
+
+
+def test_single_emotion_at_intensity_one_is_bit_identical(weights, tmp_path):
+    frames = {}
+    for spec in ("sad", "sad:1"):
+        folder = tmp_path / spec.replace(":", "_").replace("+", "_")
+        assert run(weights, "--no-interpolate", "--emotion", spec, "-o", str(folder) + ".mp4",
+                   "--dump-frames", str(folder)) == 0
+        frames[spec] = [np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))]
+    assert all(np.array_equal(a, b) for a, b in zip(frames["sad"], frames["sad:1"]))
+    assert len(frames["sad"]) == len(frames["sad:1"]) == 48
+
+
+def test_timeline_beyond_the_audio_is_rejected_before_any_work(weights, tmp_path, capsys):
+    assert run(weights, "--emotion", "0:neutral, 9:happy", "-o", str(tmp_path / "x.mp4")) == 1
+    assert "beyond the audio" in capsys.readouterr().err
