@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from portrait import __version__
+from portrait.app_launch import add_app_arguments, run_app
 from portrait.cli_generate import EPILOG as GENERATE_EPILOG
 from portrait.cli_generate import add_generate_arguments, run_generate
 from portrait.cli_tools import (
@@ -119,6 +120,11 @@ COMMANDS: dict[str, Command] = {
         help="list the emotion bank and the --emotion syntax",
         add_arguments=add_emotions_arguments,
         run=run_emotions,
+    ),
+    "app": Command(
+        help="serve the Gradio web demo (127.0.0.1 unless told otherwise)",
+        add_arguments=add_app_arguments,
+        run=run_app,
     ),
     "convert": Command(
         help="convert the DICE-Talk research release into a portrait weights tree",

@@ -40,6 +40,8 @@ LAYERS: dict[str, int] = {
     "hub": 2,
     "tiny": 2,
     "generate": 3,
+    "engine": 3,
+    "job_inputs": 3,
     "benchmark": 3,
     "cli": 4,
     "cli_generate": 4,
@@ -49,6 +51,7 @@ LAYERS: dict[str, int] = {
     "batch_ray": 4,
     "batch_worker": 4,
     "app_handler": 4,
+    "app_launch": 4,
 }
 #: L1 sub-packages whose modules may import each other.
 SUBPACKAGES = frozenset({"models", "preprocess", "motion", "render"})
@@ -72,10 +75,14 @@ INTRA_LAYER_ORDER: dict[str, int] = {
     "convert": 3,
     "hub": 4,
     "tiny": 4,
-    "generate": 0,
-    "benchmark": 1,
+    "engine": 0,
+    "job_inputs": 1,
+    "generate": 2,
+    "benchmark": 3,
     "cli_tools": 0,
     "cli_generate": 0,
+    "app_handler": 0,
+    "app_launch": 1,  # imported by cli for `portrait-gen app`
     "batch_manifest": 0,
     "batch_ray": 1,
     "batch_worker": 1,

@@ -1,0 +1,417 @@
+"""The web demo's logic (L4): UI values → :class:`~portrait.generate.Job` + config → mp4, face box, info.
+
+``app.py`` builds the Gradio widgets and calls :class:`Studio`; nothing here imports gradio, and nothing
+heavy (torch, the engine) is imported before the first render or :func:`run_app`. Errors stay
+:class:`~portrait.errors.PortraitError`; :func:`ui_message` turns one into a line for the page.
+
+Safety: results live in a private (0700) temporary :class:`Workspace` that is pruned as it fills and
+removed at exit; audio is capped at ``--max-seconds``; text emotion specs are parsed (never read as file
+paths); uploads are capped by the launcher (``--max-file-size``) and images by ``load_image``'s pixel cap.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import inspect
+import logging
+import math
+import os
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image, ImageDraw
+
+from portrait.config import RenderConfig, with_values
+from portrait.errors import InputError, PortraitError
+
+if TYPE_CHECKING:
+    from portrait.generate import Engine, Job
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+DEFAULT_MAX_SECONDS = 60.0
+DEFAULT_MAX_FILE_SIZE = "25mb"
+DEFAULT_QUEUE_SIZE = 16
+#: Finished runs kept in the workspace (older ones are pruned), and their longest life in seconds.
+KEEP_RUNS = 16
+RUN_MAX_AGE = 3600.0
+#: Environment variable read for ``--auth`` when the flag is absent (keeps the password out of ``ps``).
+AUTH_ENV = "PORTRAIT_APP_AUTH"
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+#: Suffixes of an uploaded emotion prior (.safetensors / .npy) or timeline (.json / .yaml) file.
+EMOTION_FILE_SUFFIXES = (".safetensors", ".npy", ".json", ".yaml", ".yml")
+PREVIEW_SIDE = 768
+FACE_COLOUR, CROP_COLOUR = (0, 230, 64), (255, 160, 0)
+_UNIT_SECONDS = 0.04  # the reference's audio time base (generate.UNIT_SECONDS, not imported: torch)
+#: CLI hints in library messages → what to do on the page.
+_UI_HINTS = (
+    ("pass --face-box X,Y,W,H to give the face position", "enter the face position in Advanced → Face box"),
+    ("set preprocess.max_audio_units or trim it", "trim it"),
+)
+
+#: Sidecar keys also shown in the info panel.
+_PANEL_EXTRAS = ("face_box", "crop_box", "size", "full_frame", "interpolated", "device")
+
+Progress = Callable[[float, str], None]
+
+#: Framing choices → config values: full frame when the face crop is smaller than the photo (auto), always
+#: full frame (the animated crop pasted back into the photo), the whole photo resized (the reference), or a
+#: square crop around the face.
+FRAMINGS: dict[str, dict[str, Any]] = {
+    "auto": {"preprocess.crop": False, "video.full_frame": "auto"},
+    "full": {"preprocess.crop": False, "video.full_frame": True},
+    "photo": {"preprocess.crop": False, "video.full_frame": False},
+    "crop": {"preprocess.crop": True, "video.full_frame": False},
+}
+
+
+class Cancelled(PortraitError):
+    """The user cancelled the render."""
+
+
+@dataclass(frozen=True)
+class AppRequest:
+    """The values of the page's widgets (None: the launch config's default).
+
+    ``timeline``: rows ``(time s, emotion, intensity)`` (list of lists, ``{"data": rows}`` or a DataFrame);
+    ``emotion_text``: a full spec (mixes, timelines) that wins over the dropdown and the table;
+    ``emotion_file``: an uploaded prior / timeline file that wins over everything; ``seed`` < 0 or
+    ``random_seed``: a fresh random seed; ``framing``: one of :data:`FRAMINGS`; ``face_box``: ``"X,Y,W,H"``
+    or empty (detect); ``max_size``: cap on the full-frame output's long side.
+    """
+
+    image: str | Path | None
+    audio: str | Path | None
+    emotion: str = "neutral"
+    intensity: float = 1.0
+    timeline: Any = None
+    emotion_text: str = ""
+    emotion_file: str | Path | None = None
+    ref_scale: float | None = None
+    emo_scale: float | None = None
+    steps: int | None = None
+    seed: int | None = None
+    random_seed: bool = False
+    framing: str | None = None
+    interpolate: bool | None = None
+    size: int | None = None
+    face_box: str = ""
+    face_index: int | None = None
+    max_size: int | None = None
+
+
+@dataclass
+class AppResult:
+    """One finished render: the mp4, its sidecar JSON, the input with the face box, the info panel."""
+
+    video: Path
+    sidecar: Path
+    preview: Image.Image
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------ UI values → job
+def _is_blank(cell: Any) -> bool:
+    text = "" if cell is None else str(cell).strip()
+    return text in ("", "nan", "None")
+
+
+def _number(cell: Any, what: str) -> float:
+    try:
+        value = float(str(cell).strip())
+    except ValueError:
+        raise InputError(f"{what} must be a number, got {cell!r}") from None
+    if not math.isfinite(value):
+        raise InputError(f"{what} must be finite, got {cell!r}")
+    return value
+
+
+def timeline_rows(table: Any) -> list[tuple[float, str, float]]:
+    """Non-blank rows ``(time, emotion, intensity)`` of the timeline table; a blank intensity means 1."""
+    if table is None:
+        return []
+    if isinstance(table, Mapping):
+        table = table.get("data") or []
+    elif hasattr(table, "columns") and hasattr(table, "values"):  # a pandas DataFrame
+        table = table.values.tolist()
+    rows = []
+    for number, row in enumerate(table, start=1):
+        cells = (list(row) + [None, None, None])[:3]
+        if all(_is_blank(c) for c in cells):
+            continue
+        time_cell, name, weight = cells
+        if _is_blank(time_cell) or _is_blank(name):
+            raise InputError(f"emotion timeline row {number} needs a time and an emotion, got {list(row)}")
+        intensity = 1.0 if _is_blank(weight) else _number(weight, f"emotion timeline row {number} intensity")
+        rows.append((_number(time_cell, f"emotion timeline row {number} time"), str(name).strip(), intensity))
+    return rows
+
+
+def _term(name: str, intensity: float) -> str:
+    return name if intensity == 1 else f"{name}:{intensity:g}"
+
+
+def emotion_spec(emotion: str, intensity: float = 1.0, timeline: Any = None, text: str = "") -> str:
+    """The ``--emotion`` spec of the page: ``text`` if given, else the timeline table, else ``name[:w]``.
+
+    >>> emotion_spec("happy", 0.5, [[0, "neutral", ""], [2.5, "happy", 0.8]])
+    '0:neutral, 2.5:happy:0.8'
+    """
+    if text and text.strip():
+        return text.strip()
+    rows = timeline_rows(timeline)
+    if rows:
+        return ", ".join(f"{t:g}:{_term(name, w)}" for t, name, w in rows)
+    return _term(str(emotion).strip(), float(intensity))
+
+
+def resolve_seed(seed: float | None, random_seed: bool = False) -> int:
+    """The seed to use: a fresh random one when asked (``random_seed``, no seed, or a negative seed)."""
+    if random_seed or seed is None or seed < 0:
+        return secrets.randbelow(2**31)
+    if seed != int(seed) or seed >= 2**63:
+        raise InputError(f"seed {seed!r} must be a whole number in [0, 2^63)")
+    return int(seed)
+
+
+def request_values(request: AppRequest) -> dict[str, Any]:
+    """Dotted config values of one request (None: keep the launch config's value)."""
+
+    def whole(value: float | None) -> int | None:
+        return None if value is None else int(round(float(value)))
+
+    return {
+        "sampling.steps": whole(request.steps),
+        "sampling.ref_scale_min": request.ref_scale,
+        "sampling.ref_scale_max": request.ref_scale,
+        "sampling.emo_scale_min": request.emo_scale,
+        "sampling.emo_scale_max": request.emo_scale,
+        "preprocess.min_resolution": whole(request.size),
+        "video.interpolate": request.interpolate,
+        "video.max_size": whole(request.max_size),
+        **framing_values(request.framing),
+    }
+
+
+def framing_values(framing: str | None) -> dict[str, Any]:
+    """Config values of a :data:`FRAMINGS` choice (None: keep the launch config's framing)."""
+    if framing is None:
+        return {}
+    if framing not in FRAMINGS:
+        raise InputError(f"framing {framing!r} must be one of {', '.join(FRAMINGS)}")
+    return FRAMINGS[framing]
+
+
+def default_framing(cfg: RenderConfig) -> str:
+    """The :data:`FRAMINGS` choice matching ``cfg``."""
+    if cfg.preprocess.crop:
+        return "crop"
+    full = getattr(cfg.video, "full_frame", False)
+    return "auto" if full == "auto" else "full" if full else "photo"
+
+
+def _existing(path: str | Path | None, what: str) -> Path:
+    if path is None or not str(path).strip():
+        raise InputError(f"no {what} given; upload one")
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"the {what} upload {path.name} is missing; upload it again")
+    return path
+
+
+# ----------------------------------------------------------------------------------------- presentation
+def draw_face_box(
+    image: Image.Image,
+    face_box: tuple[float, float, float, float],
+    crop_box: tuple[int, int, int, int] | None = None,
+    max_side: int = PREVIEW_SIDE,
+) -> Image.Image:
+    """A copy of ``image`` (RGB) with the face box ``(x, y, w, h)`` in green and the crop ``(x1, y1, x2, y2)``
+    in orange, downscaled to at most ``max_side`` pixels."""
+    out = image.convert("RGB")
+    draw = ImageDraw.Draw(out)
+    width = max(2, round(max(out.size) / 160))
+    x, y, w, h = (float(v) for v in face_box)
+    draw.rectangle((x, y, x + w, y + h), outline=FACE_COLOUR, width=width)
+    if crop_box is not None:
+        draw.rectangle(tuple(float(v) for v in crop_box), outline=CROP_COLOUR, width=width)
+    out.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return out
+
+
+def summary(info: Mapping[str, Any], seconds: float) -> dict[str, Any]:
+    """The info panel: duration, frames, seconds taken, seed used (and what the render resolved)."""
+    panel = {"duration_s": info["audio_seconds"], "frames": info["video_frames"], "fps": info["fps"]}
+    panel |= {"seconds_taken": round(seconds, 2), "seed": info["seed"], "emotion": info["emotion"]}
+    return panel | {key: info.get(key) for key in _PANEL_EXTRAS}
+
+
+def ui_message(err: BaseException, paths: Mapping[str, str] = {}) -> str:  # noqa: B006 (read only)
+    """One readable line for the page: CLI hints replaced, server paths replaced by ``paths``' names."""
+    text = " ".join(str(err).split())
+    for old, new in _UI_HINTS:
+        text = text.replace(old, new)
+    for path in sorted(paths, key=len, reverse=True):
+        text = text.replace(path, paths[path])
+    return text
+
+
+# -------------------------------------------------------------------------------------------- workspace
+class Workspace:
+    """A private (0700) temporary folder for one app process; runs are pruned, the folder removed at exit."""
+
+    def __init__(self, parent: Path | None = None, keep: int = KEEP_RUNS, max_age: float = RUN_MAX_AGE):
+        self.root = Path(tempfile.mkdtemp(prefix="portrait-app-", dir=parent)).resolve()
+        os.chmod(self.root, 0o700)
+        self.runs = self.root / "runs"
+        self.runs.mkdir(mode=0o700)
+        self.keep, self.max_age = keep, max_age
+        atexit.register(self.cleanup)
+
+    def new_run(self) -> Path:
+        """A fresh folder for one render (after pruning old ones)."""
+        self.prune()
+        return Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=self.runs))
+
+    def prune(self, now: float | None = None) -> list[Path]:
+        """Remove runs older than ``max_age`` and all but the newest ``keep - 1``; returns what went."""
+        now = time.time() if now is None else now
+        runs = sorted(self.runs.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
+        gone = [p for i, p in enumerate(runs) if i >= self.keep - 1 or now - p.stat().st_mtime > self.max_age]
+        for path in gone:
+            shutil.rmtree(path, ignore_errors=True)
+        return gone
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------- studio
+class Studio:
+    """Loads the engine once (lazily, under a lock) and renders one request at a time."""
+
+    def __init__(
+        self,
+        cfg: RenderConfig,
+        *,
+        detector: str = "auto",
+        max_seconds: float = DEFAULT_MAX_SECONDS,
+        workspace: Workspace | None = None,
+    ):
+        units = min(cfg.preprocess.max_audio_units, math.ceil(max_seconds / _UNIT_SECONDS))
+        self.cfg = with_values(cfg, {"preprocess.max_audio_units": units})
+        self.max_seconds = units * _UNIT_SECONDS
+        self.detector = detector
+        self.workspace = workspace if workspace is not None else Workspace()
+        self._engine: Engine | None = None
+        self._load_lock = threading.Lock()
+        self._render_lock = threading.Lock()
+        self._running: str | None = None
+        self._cancelled: set[str] = set()
+
+    def engine(self) -> Engine:
+        """The loaded engine (loaded on the first call)."""
+        with self._load_lock:
+            if self._engine is None:
+                from portrait.generate import load_engine
+
+                started = time.perf_counter()
+                self._engine = load_engine(self.cfg, detector=self.detector)
+                logger.info("engine loaded in %.1f s", time.perf_counter() - started)
+            return self._engine
+
+    def emotion_names(self) -> list[str]:
+        """The emotions of the loaded bank (sorted)."""
+        return sorted(self.engine().bank)
+
+    def job(self, request: AppRequest, output: Path) -> tuple[Job, RenderConfig]:
+        """Validate ``request`` into a job writing ``output`` and its config (raises PortraitError)."""
+        from portrait.emotion import parse_emotion
+        from portrait.generate import Job
+        from portrait.preprocess.face import parse_face_box
+
+        image, audio = _existing(request.image, "portrait"), _existing(request.audio, "audio")
+        cfg = with_values(self.cfg, request_values(request))
+        if request.emotion_file:
+            spec = str(_existing(request.emotion_file, "emotion file"))
+            if Path(spec).suffix.lower() not in EMOTION_FILE_SUFFIXES:
+                raise InputError(
+                    f"emotion file {Path(spec).name}: use one of {', '.join(EMOTION_FILE_SUFFIXES)}"
+                )
+        else:
+            spec = emotion_spec(request.emotion, request.intensity, request.timeline, request.emotion_text)
+            parse_emotion(spec, self.emotion_names())  # text is a spec, never a server file path
+        box = parse_face_box(request.face_box) if request.face_box and request.face_box.strip() else None
+        index = None if request.face_index is None else int(request.face_index)
+        seed = resolve_seed(request.seed, request.random_seed)
+        return Job(image, audio, output, emotion=spec, face_box=box, face_index=index, seed=seed), cfg
+
+    def run(
+        self, request: AppRequest, progress: Progress | None = None, session: str | None = None
+    ) -> AppResult:
+        """Render one request into a fresh workspace run; raises PortraitError (see :func:`ui_message`)."""
+        from portrait.generate import generate
+        from portrait.preprocess.image import load_image
+
+        report = progress or (lambda fraction, what: None)
+        started = time.perf_counter()
+        self._cancelled.discard(session or "")
+        report(0.0, "loading models")
+        engine = self.engine()
+        job, cfg = self.job(request, self.workspace.new_run() / "portrait.mp4")
+        if not cfg.video.interpolate and engine.interpolator is not None:
+            engine = dataclasses.replace(engine, interpolator=None)  # the engine decides per job
+        report(0.02, "waiting for the previous render" if self._render_lock.locked() else "rendering")
+        with self._render_lock:
+            self._running = session
+            try:
+                self._check_cancelled()
+                extra = {"callback": self._step_callback} if _accepts_callback(generate) else {}
+                result = generate(job, engine, cfg, progress=True, **extra)
+            finally:
+                self._running = None
+        info = result.info
+        crop = tuple(info["crop_box"]) if info.get("crop_box") else None
+        preview = draw_face_box(load_image(job.image), tuple(info["face_box"]), crop)
+        panel = summary(info, time.perf_counter() - started)
+        if request.emotion_file:  # the upload's name, not its server path
+            panel["emotion"] = f"file {Path(request.emotion_file).name}"
+        report(1.0, "done")
+        return AppResult(result.output, result.sidecar, preview, panel)
+
+    def cancel(self, session: str | None) -> bool:
+        """Ask ``session``'s render to stop (at its next sampling step, when generate takes a callback)."""
+        if session is None or self._running != session:
+            return False
+        self._cancelled.add(session)
+        return True
+
+    def _check_cancelled(self) -> None:
+        if self._running is not None and self._running in self._cancelled:
+            raise Cancelled("the render was cancelled")
+
+    def _step_callback(self, step: int, steps: int, latents: Any) -> None:
+        self._check_cancelled()
+
+    def message(self, err: BaseException, request: AppRequest) -> str:
+        """:func:`ui_message` with upload paths shown as their file names and the workspace hidden."""
+        paths = {str(self.workspace.root): "<workspace>"}
+        for value in (request.image, request.audio, request.emotion_file):
+            if value:
+                paths[str(value)] = Path(value).name
+                paths[str(Path(value).resolve())] = Path(value).name
+        return ui_message(err, paths)
+
+
+def _accepts_callback(function: Callable[..., Any]) -> bool:
+    return "callback" in inspect.signature(function).parameters

@@ -1,0 +1,137 @@
+"""Launching the web demo: flags, exposure warnings, weights check, engine start (``portrait-gen app``).
+
+The widgets live in the top-level ``app.py``; the request handling in :mod:`portrait.app_handler`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from portrait.app_handler import (
+    AUTH_ENV,
+    DEFAULT_HOST,
+    DEFAULT_MAX_FILE_SIZE,
+    DEFAULT_MAX_SECONDS,
+    DEFAULT_PORT,
+    DEFAULT_QUEUE_SIZE,
+    LOOPBACK_HOSTS,
+    Studio,
+    Workspace,
+)
+from portrait.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    """How to serve the page (the launcher's flags)."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    share: bool = False
+    auth: tuple[str, str] | None = None
+    max_file_size: str = DEFAULT_MAX_FILE_SIZE
+    queue_size: int = DEFAULT_QUEUE_SIZE
+
+
+def parse_auth(text: str | None) -> tuple[str, str] | None:
+    """``"user:pass"`` → ``("user", "pass")``; None/empty → None."""
+    if not text:
+        return None
+    user, sep, password = text.partition(":")
+    if not sep or not user or not password:
+        raise ConfigError("--auth must be USER:PASSWORD with both parts non-empty")
+    return user, password
+
+
+def exposure_warnings(options: LaunchOptions) -> list[str]:
+    """Warnings for a page reachable from other machines without a password."""
+    if options.auth is not None:
+        return []
+    out = []
+    if options.share:
+        out.append("--share publishes the demo on a public gradio.live URL without a password; add --auth")
+    if options.host not in LOOPBACK_HOSTS:
+        out.append(f"--host {options.host} exposes the demo to the network without a password; add --auth")
+    return out
+
+
+def add_app_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``python app.py`` / ``portrait-gen app``."""
+    net = parser.add_argument_group("serving")
+    net.add_argument("--host", default=DEFAULT_HOST, help="interface (default 127.0.0.1: this machine only)")
+    net.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    net.add_argument("--share", action="store_true", help="also publish a public gradio.live link")
+    net.add_argument("--auth", default=None, metavar="USER:PASS", help=f"require a login (or ${AUTH_ENV})")
+    net.add_argument("--max-file-size", default=DEFAULT_MAX_FILE_SIZE, help="largest upload (default 25mb)")
+    net.add_argument("--max-seconds", type=float, default=DEFAULT_MAX_SECONDS, help="longest audio (60)")
+    net.add_argument("--queue-size", type=int, default=DEFAULT_QUEUE_SIZE, help="most waiting requests (16)")
+    run = parser.add_argument_group("runtime")
+    run.add_argument("--weights", type=Path, default=None, metavar="DIR", help="weights tree")
+    run.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: auto)")
+    run.add_argument("--dtype", default=None, choices=("auto", "fp16", "bf16", "fp32"), help="default: auto")
+    run.add_argument("--detector", default="auto", choices=("auto", "yolo", "insightface", "dlib"))
+    run.add_argument("--offline", action="store_true", default=None, help="never download missing weights")
+    run.add_argument("--config", type=Path, action="append", default=[], metavar="FILE.yaml", help="preset")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+
+Serve = Callable[[Studio, LaunchOptions], Any]
+
+
+def run_app(args: argparse.Namespace, serve: Serve | None = None) -> int:
+    """Build the config, load the engine once, then serve the page (blocks until it is closed).
+
+    ``serve(studio, options)``: app.py's ``serve`` (found next to the package when not given).
+    """
+    from portrait.config import load_config
+
+    if args.max_seconds <= 0:
+        raise ConfigError(f"--max-seconds must be > 0, got {args.max_seconds}")
+    auth = parse_auth(args.auth or os.environ.get(AUTH_ENV))
+    options = LaunchOptions(args.host, args.port, bool(args.share), auth, args.max_file_size, args.queue_size)
+    for warning in exposure_warnings(options):
+        logger.warning(warning)
+    values = {
+        "runtime.weights": str(args.weights) if args.weights is not None else None,
+        "runtime.device": args.device,
+        "runtime.dtype": args.dtype,
+        "runtime.offline": args.offline,
+    }
+    cfg = load_config(files=args.config, overrides=args.overrides, values=values)
+    serve = serve or _app_serve()
+    workspace = Workspace()
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(workspace.root / "gradio"))  # uploads stay private too
+    from portrait.hub import ensure_weights
+    from portrait.weights import resolve_weights_root
+
+    offline = cfg.runtime.offline or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
+    ensure_weights(resolve_weights_root(cfg.runtime.weights), offline=offline)
+    studio = Studio(cfg, detector=args.detector, max_seconds=args.max_seconds, workspace=workspace)
+    studio.engine()
+    if threading.current_thread() is threading.main_thread():  # SIGTERM closes like Ctrl-C (then atexit)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    serve(studio, options)
+    return 0
+
+
+def _app_serve() -> Serve:
+    """``serve`` of the repository's ``app.py`` (the UI is not part of the installed package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "app.py"
+    spec = importlib.util.spec_from_file_location("portrait_web_app", path)
+    if not path.is_file() or spec is None or spec.loader is None:
+        raise ConfigError(f"the web demo needs app.py from the source checkout (not found at {path})")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.serve
