@@ -20,6 +20,7 @@ from pathlib import Path
 
 from portrait import __version__
 from portrait.app_launch import add_app_arguments, run_app
+from portrait.batch import add_batch_arguments, run_batch
 from portrait.cli_generate import EPILOG as GENERATE_EPILOG
 from portrait.cli_generate import add_generate_arguments, run_generate
 from portrait.cli_tools import (
@@ -125,6 +126,11 @@ COMMANDS: dict[str, Command] = {
         help="serve the Gradio web demo (127.0.0.1 unless told otherwise)",
         add_arguments=add_app_arguments,
         run=run_app,
+    ),
+    "batch": Command(
+        help="render a manifest of jobs (also `portrait-batch`): local, static shards or Ray",
+        add_arguments=add_batch_arguments,
+        run=run_batch,
     ),
     "convert": Command(
         help="convert the DICE-Talk research release into a portrait weights tree",

@@ -1,0 +1,415 @@
+"""Batch manifests: read a JSONL or CSV job list, check every line, name and confine the outputs.
+
+One job per line: ``image``, ``audio``, optional ``emotion`` and ``output`` (a relative ``.mp4`` name inside
+the output folder) and optional per-job overrides (:data:`OVERRIDE_KEYS`). Relative input paths resolve
+against the manifest's folder. A bad line becomes an :class:`InvalidLine` (line number + reason) and does
+not stop the others; only an unreadable or empty manifest raises. Also here: the per-job result record
+(:class:`JobRecord`) and static sharding (``--shard I/N``, Slurm, torchrun).
+
+This module stays light (no torch): the CLI parses and validates before importing any model code.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
+
+import yaml
+
+from portrait.errors import InputError
+
+__all__ = [
+    "OVERRIDE_KEYS",
+    "InvalidLine",
+    "JobRecord",
+    "ManifestJob",
+    "Shard",
+    "read_manifest",
+    "resolve_shard",
+    "select_shard",
+]
+
+#: Per-job override keys → the config keys they set (``ref_scale``/``emo_scale`` set both min and max).
+OVERRIDE_KEYS: dict[str, tuple[str, ...]] = {
+    "steps": ("sampling.steps",),
+    "ref_scale": ("sampling.ref_scale_min", "sampling.ref_scale_max"),
+    "emo_scale": ("sampling.emo_scale_min", "sampling.emo_scale_max"),
+    "size": ("preprocess.min_resolution",),
+    "crop": ("preprocess.crop",),
+    "interpolate": ("video.interpolate",),
+}
+_JOB_KEYS = ("image", "audio", "emotion", "output", "seed", "face_box", "face_index", "set")
+KNOWN_KEYS: tuple[str, ...] = _JOB_KEYS + tuple(OVERRIDE_KEYS)
+_EMOTION_FILE_SUFFIXES = (".safetensors", ".npy", ".json", ".yaml", ".yml")
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+@dataclass(frozen=True)
+class ManifestJob:
+    """One valid manifest line: absolute input paths, an output inside the output folder, overrides.
+
+    ``values``: dotted config keys for :func:`portrait.config.with_values` (e.g. ``("sampling.steps", 10)``).
+    """
+
+    line: int
+    image: Path
+    audio: Path
+    output: Path
+    emotion: str = "neutral"
+    face_box: tuple[float, float, float, float] | None = None
+    face_index: int | None = None
+    seed: int | None = None
+    values: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class InvalidLine:
+    """A manifest line that cannot become a job, with the reason."""
+
+    line: int
+    error: str
+    error_class: str = "InputError"
+
+
+@dataclass
+class JobRecord:
+    """The outcome of one job: one line of ``results.jsonl``.
+
+    ``status``: ``ok``, ``skipped`` (already done), ``failed`` or ``invalid``. ``retryable`` (not written):
+    the failure may go away on another attempt (out of memory, a lost worker), unlike a bad input.
+    """
+
+    line: int
+    status: str
+    output: str | None
+    seconds: float = 0.0
+    error_class: str | None = None
+    error: str | None = None
+    attempts: int = 0
+    worker: str | None = None
+    retryable: bool = field(default=False, compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("retryable")
+        return data
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Static shard ``index`` of ``count`` (0-based) and where that came from."""
+
+    index: int = 0
+    count: int = 1
+    source: str = "default"
+
+
+class _LineError(Exception):
+    """A problem with one manifest line (becomes an :class:`InvalidLine`)."""
+
+
+# ------------------------------------------------------------------------------------------------ reading
+def read_manifest(path: Path, out_dir: Path) -> list[ManifestJob | InvalidLine]:
+    """Every job line of ``path`` (JSONL or CSV) in file order, each valid or invalid.
+
+    The format is taken from the suffix (``.jsonl``/``.ndjson``/``.json``: JSON lines, ``.csv``: CSV with a
+    header row), else sniffed from the first character. Blank lines and JSONL lines starting with ``#`` are
+    not jobs. A later job whose output equals an earlier one's is invalid.
+
+    Raises:
+        InputError: the manifest is missing, unreadable, not UTF-8, has a bad CSV header or has no job.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError as err:
+        raise InputError(f"manifest {path} does not exist") from err
+    except IsADirectoryError as err:
+        raise InputError(f"manifest {path} is a folder; give a .jsonl or .csv file") from err
+    except OSError as err:
+        raise InputError(f"cannot read manifest {path}: {err.strerror or err}") from err
+    except UnicodeDecodeError as err:
+        raise InputError(f"manifest {path} is not UTF-8 text: {err}") from err
+    suffix = path.suffix.lower()
+    is_csv = suffix == ".csv" or (suffix not in (".jsonl", ".ndjson", ".json") and not _looks_like_json(text))
+    rows = _csv_rows(text, path) if is_csv else _jsonl_rows(text)
+    if not rows:
+        raise InputError(f"manifest {path} has no jobs (one JSON object or CSV row per line)")
+    base, out_root = path.resolve().parent, Path(out_dir).resolve()
+    entries: list[ManifestJob | InvalidLine] = []
+    for line, row in rows:
+        try:
+            if isinstance(row, _LineError):
+                raise row
+            entries.append(_job_from_row(line, row, base, out_root))
+        except _LineError as err:
+            entries.append(InvalidLine(line, str(err)))
+    return _reject_duplicates(entries)
+
+
+def _looks_like_json(text: str) -> bool:
+    return text.lstrip().startswith("{")
+
+
+def _jsonl_rows(text: str) -> list[tuple[int, dict[str, Any] | _LineError]]:
+    rows: list[tuple[int, dict[str, Any] | _LineError]] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        stripped = raw.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        try:
+            row = json.loads(stripped)
+        except json.JSONDecodeError as err:
+            rows.append((number, _LineError(f"not valid JSON: {err.msg} at column {err.colno}")))
+            continue
+        if not isinstance(row, dict):
+            rows.append((number, _LineError(f"must be a JSON object, got {type(row).__name__}")))
+            continue
+        rows.append((number, {k: v for k, v in row.items() if v is not None}))
+    return rows
+
+
+def _csv_rows(text: str, path: Path) -> list[tuple[int, dict[str, Any] | _LineError]]:
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = [name.strip() for name in next(reader)]
+    except StopIteration:
+        return []
+    except csv.Error as err:
+        raise InputError(f"manifest {path}: bad CSV header: {err}") from err
+    unknown = [name for name in header if name not in KNOWN_KEYS]
+    if unknown or not {"image", "audio"} <= set(header) or len(set(header)) != len(header):
+        raise InputError(
+            f"manifest {path}: CSV header (line 1) must name image and audio once each and only known "
+            f"columns ({', '.join(KNOWN_KEYS)}); unknown: {', '.join(unknown) or 'none'}"
+        )
+    rows: list[tuple[int, dict[str, Any] | _LineError]] = []
+    end = reader.line_num
+    while True:
+        start = end + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as err:
+            rows.append((start, _LineError(f"bad CSV: {err}")))
+            end = reader.line_num
+            continue
+        end = reader.line_num
+        if not any(cell.strip() for cell in cells):
+            continue
+        if len(cells) != len(header):
+            rows.append((start, _LineError(f"has {len(cells)} cells; the header has {len(header)}")))
+            continue
+        rows.append((start, {k: v.strip() for k, v in zip(header, cells, strict=True) if v.strip()}))
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ one job
+def _job_from_row(line: int, row: Mapping[str, Any], base: Path, out_root: Path) -> ManifestJob:
+    unknown = sorted(set(row) - set(KNOWN_KEYS))
+    if unknown:
+        raise _LineError(f"unknown key(s) {', '.join(map(repr, unknown))}; known: {', '.join(KNOWN_KEYS)}")
+    for key in ("image", "audio"):
+        if key not in row:
+            raise _LineError(f"missing {key!r}")
+    image, audio = _input_path(row["image"], "image", base), _input_path(row["audio"], "audio", base)
+    emotion = _text(row.get("emotion", "neutral"), "emotion")
+    if Path(emotion).suffix.lower() in _EMOTION_FILE_SUFFIXES:
+        emotion = str(_input_path(emotion, "emotion", base))
+    if "output" in row:
+        output = _confine_output(_text(row["output"], "output"), out_root)
+    else:
+        output = out_root / f"{line}_{image.stem}_{audio.stem}.mp4"
+    values: list[tuple[str, Any]] = []
+    for key, targets in OVERRIDE_KEYS.items():
+        if key in row:
+            values.extend(zip(targets, _override_value(key, row[key], len(targets)), strict=True))
+    if "set" in row:
+        values.extend(_set_values(row["set"]))
+    return ManifestJob(
+        line,
+        image,
+        audio,
+        output,
+        emotion=emotion,
+        face_box=_face_box(row["face_box"]) if "face_box" in row else None,
+        face_index=_integer(row["face_index"], "face_index", minimum=0) if "face_index" in row else None,
+        seed=_integer(row["seed"], "seed", minimum=0) if "seed" in row else None,
+        values=tuple(values),
+    )
+
+
+def _confine_output(name: str, out_root: Path) -> Path:
+    """``name`` (relative, ``.mp4``) joined to ``out_root``; refuses anything that could land outside it."""
+    if not name.strip():
+        raise _LineError("'output' is empty")
+    if (
+        PurePosixPath(name).is_absolute()
+        or PureWindowsPath(name).is_absolute()
+        or PureWindowsPath(name).drive
+    ):
+        raise _LineError(f"output {name!r} is an absolute path; give a name relative to --out-dir")
+    if ".." in PurePosixPath(name.replace("\\", "/")).parts:
+        raise _LineError(f"output {name!r} contains '..'; outputs must stay inside --out-dir")
+    if not name.lower().endswith(".mp4") or name.lower().endswith(".partial.mp4"):
+        raise _LineError(f"output {name!r} must end in .mp4 (and not .partial.mp4)")
+    path = (out_root / name).resolve()
+    if not path.is_relative_to(out_root):
+        raise _LineError(f"output {name!r} resolves to {path}, outside --out-dir {out_root}")
+    return path
+
+
+def _reject_duplicates(entries: list[ManifestJob | InvalidLine]) -> list[ManifestJob | InvalidLine]:
+    first: dict[str, int] = {}
+    out: list[ManifestJob | InvalidLine] = []
+    for entry in entries:
+        if isinstance(entry, ManifestJob):
+            key = os.path.normcase(str(entry.output))
+            if key in first:
+                entry = InvalidLine(
+                    entry.line, f"output {entry.output} is also the output of line {first[key]}"
+                )
+            else:
+                first[key] = entry.line
+        out.append(entry)
+    return out
+
+
+def _text(value: Any, key: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _LineError(f"{key!r} must be a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def _input_path(value: Any, key: str, base: Path) -> Path:
+    path = Path(_text(value, key)).expanduser()
+    return Path(os.path.normpath(path if path.is_absolute() else base / path))
+
+
+def _integer(value: Any, key: str, minimum: int | None = None) -> int:
+    if isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            raise _LineError(f"{key!r} must be an integer, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _LineError(f"{key!r} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise _LineError(f"{key!r} must be >= {minimum}, got {value}")
+    return value
+
+
+def _number(value: Any, key: str) -> float:
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise _LineError(f"{key!r} must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _LineError(f"{key!r} must be a number, got {value!r}")
+    return float(value)
+
+
+def _boolean(value: Any, key: str) -> bool:
+    if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
+        return value.lower() in _TRUE
+    if not isinstance(value, bool):
+        raise _LineError(f"{key!r} must be true or false, got {value!r}")
+    return value
+
+
+def _override_value(key: str, value: Any, width: int) -> tuple[Any, ...]:
+    """The config value(s) of one override key (a scale may be ``[min, max]`` or ``"min,max"``)."""
+    if key in ("crop", "interpolate"):
+        return (_boolean(value, key),)
+    if key in ("steps", "size"):
+        return (_integer(value, key),)
+    parts = value.split(",") if isinstance(value, str) else value if isinstance(value, list) else [value]
+    if len(parts) not in (1, width):
+        raise _LineError(f"{key!r} must be a number or [min, max], got {value!r}")
+    numbers = tuple(_number(part, key) for part in parts)
+    return numbers * width if len(numbers) == 1 else numbers
+
+
+def _face_box(value: Any) -> tuple[float, float, float, float]:
+    parts = value.split(",") if isinstance(value, str) else value if isinstance(value, list) else None
+    if parts is None or len(parts) != 4:
+        raise _LineError(f"'face_box' must be X,Y,W,H (four numbers), got {value!r}")
+    x, y, w, h = (_number(part, "face_box") for part in parts)
+    if not (w > 0 and h > 0):
+        raise _LineError(f"'face_box' {value!r} must have a positive width and height")
+    return (x, y, w, h)
+
+
+def _set_values(value: Any) -> list[tuple[str, Any]]:
+    """``set``: a mapping of dotted config keys, or ``"a.b=1; c.d=x"``; ``runtime.*`` is per batch only."""
+    if isinstance(value, str):
+        pairs = [item.partition("=") for item in value.split(";") if item.strip()]
+        if any(not sep for _, sep, _ in pairs):
+            raise _LineError(f"'set' must be 'section.key=value; ...', got {value!r}")
+        try:
+            value = {k.strip(): yaml.safe_load(v) for k, _, v in pairs}
+        except yaml.YAMLError as err:
+            raise _LineError(f"'set' {value!r}: cannot parse a value: {err}") from None
+    if not isinstance(value, dict):
+        raise _LineError(f"'set' must be an object of dotted config keys, got {value!r}")
+    for key in value:
+        if not isinstance(key, str) or "." not in key or key.startswith("runtime."):
+            raise _LineError(f"'set' key {key!r}: give section.key (runtime.* is set for the whole batch)")
+    return sorted(value.items())
+
+
+# ------------------------------------------------------------------------------------------------ shards
+def resolve_shard(text: str | None, env: Mapping[str, str] | None = None) -> Shard:
+    """The static shard of this process.
+
+    ``--shard I/N`` wins; else a Slurm job array (``SLURM_ARRAY_TASK_ID`` relative to
+    ``SLURM_ARRAY_TASK_MIN`` in steps of ``SLURM_ARRAY_TASK_STEP``, of ``SLURM_ARRAY_TASK_COUNT``); else Slurm
+    tasks (``SLURM_PROCID`` / ``SLURM_NTASKS``); else torchrun (``RANK`` / ``WORLD_SIZE``); else 0/1.
+
+    Raises:
+        InputError: a malformed ``I/N`` or an index outside ``[0, N)``.
+    """
+    env = os.environ if env is None else env
+    if text is not None:
+        index, sep, count = text.partition("/")
+        return _shard(index, count if sep else "", f"--shard {text}")
+    if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
+        task, low = env["SLURM_ARRAY_TASK_ID"], env.get("SLURM_ARRAY_TASK_MIN", "0")
+        step = env.get("SLURM_ARRAY_TASK_STEP", "1")
+        try:
+            index = (int(task) - int(low)) // max(int(step), 1)
+        except ValueError:
+            raise InputError(
+                f"SLURM_ARRAY_TASK_ID={task!r} / _MIN={low!r} / _STEP={step!r} are not integers"
+            ) from None
+        return _shard(str(index), env["SLURM_ARRAY_TASK_COUNT"], "Slurm job array")
+    for rank, size, what in (
+        ("SLURM_PROCID", "SLURM_NTASKS", "Slurm tasks"),
+        ("RANK", "WORLD_SIZE", "torchrun"),
+    ):
+        if rank in env and size in env:
+            return _shard(env[rank], env[size], f"{what} ({rank}/{size})")
+    return Shard()
+
+
+def _shard(index: str, count: str, source: str) -> Shard:
+    try:
+        i, n = int(index), int(count)
+    except ValueError:
+        raise InputError(f"shard from {source} must be I/N with integers, got {index!r}/{count!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise InputError(f"shard {i}/{n} from {source}: need N >= 1 and 0 <= I < N")
+    return Shard(i, n, source)
+
+
+def select_shard(entries: list[ManifestJob | InvalidLine], shard: Shard) -> list[ManifestJob | InvalidLine]:
+    """Round-robin over the manifest's entries: entry k belongs to shard ``k mod N``."""
+    return entries[shard.index :: shard.count]
