@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import resource
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -181,7 +179,7 @@ def run_once(pipe: PortraitPipeline, variant: Variant, args: argparse.Namespace,
         chunks = pipe.decode_frames(latents, frames, args.decode_chunk)
         model = pipe.interpolator if args.interpolate else None
         with VideoWriter(Path(tmp) / "v.mp4", fps=25.0 if model is not None else 12.5) as writer:
-            decode_t = interp_t = encode_t = 0.0
+            decode_t = encode_t = 0.0
             stream = interpolated(chunks, model)
             while True:
                 start = time.perf_counter()
@@ -250,7 +248,7 @@ def window_call(pipe: PortraitPipeline, size: int) -> None:
         pipe.unet(**args)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny random components on the CPU (CI smoke run)")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds of synthetic audio")
@@ -267,7 +265,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decode-chunk", type=int, default=10)
     parser.add_argument("--no-interpolate", dest="interpolate", action="store_false")
     parser.add_argument("--no-flops", action="store_true", help="skip counting FLOPs (one extra UNet call)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run_benchmark(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    """Run the benchmark described by ``argv`` (see :func:`build_parser`); returns the JSON records.
+
+    One record per run; with ``--compare`` a last record holds the speed-up and the PSNR check.
+    """
+    args = build_parser().parse_args(argv)
     if args.tiny:
         args.size, args.device = min(args.size, 64), "cpu"
     if args.compile is None:
@@ -288,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run_once(pipe, variant, args)
         result["load_seconds"] = load_seconds
         results.append(result)
-        print(json.dumps({k: v for k, v in result.items() if not k.startswith("_")}), flush=True)
+    records = [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]
     if args.compare:
         base, opt = results
         summary = {
@@ -297,10 +303,5 @@ def main(argv: list[str] | None = None) -> int:
             "psnr_db": round(psnr(base["_frames"], opt["_frames"]), 2),
         }
         summary["frames_match"] = summary["psnr_db"] >= 40.0
-        print(json.dumps(summary), flush=True)
-        return 0 if summary["frames_match"] else 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        records.append(summary)
+    return records

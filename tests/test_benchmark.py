@@ -4,14 +4,28 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
-from portrait.benchmark import main
+from portrait.benchmark import run_benchmark
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
 
 
-def test_tiny_compare_prints_both_runs_and_a_matching_summary(capsys):
-    assert main(["--tiny", "--compare", "--seconds", "2.5", "--steps", "2"]) == 0
-    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
-    base, opt, summary = lines
+def test_script_prints_json_lines():
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tiny", "--seconds", "1", "--steps", "1", "--no-interpolate"],
+        capture_output=True, text=True, check=True,
+        env={**os.environ, "PYTHONPATH": str(SCRIPT.parents[1])},  # this checkout's portrait
+    ).stdout
+    (record,) = [json.loads(line) for line in out.strip().splitlines()]
+    assert record["variant"] == "optimised" and record["frames"] == 12
+
+
+def test_tiny_compare_reports_both_runs_and_a_matching_summary():
+    base, opt, summary = run_benchmark(["--tiny", "--compare", "--seconds", "2.5", "--steps", "2"])
     frames = 31  # 2.5 s → 62 units → 31 frames
     windows = math.ceil((frames + 25) / 25)
     assert base["variant"] == "baseline" and opt["variant"] == "optimised"

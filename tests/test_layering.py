@@ -58,7 +58,7 @@ SUBPACKAGES = frozenset({"models", "preprocess", "motion", "render"})
 #: Units that take plain values, never a config object.
 NO_CONFIG = frozenset({"models", "sampling"})
 #: The only units allowed to print (they own the terminal).
-MAY_PRINT = frozenset({"cli", "cli_generate", "cli_tools", "batch", "benchmark"})  # benchmark prints JSON lines
+MAY_PRINT = frozenset({"cli", "cli_generate", "cli_tools", "batch"})
 #: Order inside a layer: a module may import a same-layer module of strictly lower rank (acyclic by
 #: construction). L0: errors is the leaf. L2: pipeline < weights < converters < convert < hub, tiny.
 #: L4: batch_manifest < batch_ray, batch_worker < batch; cli assembles the commands of cli_tools,
