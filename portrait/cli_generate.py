@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,13 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--audio", type=Path, required=True, help="speech recording (any format ffmpeg reads)")
     io.add_argument(
         "--emotion", default="neutral", help="emotion spec or prior/timeline file (default: neutral)"
+    )
+    io.add_argument(
+        "--emotion-transition",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="smooth change between timeline entries (default 0.5)",
     )
     io.add_argument(
         "-o", "--output", type=Path, default=None, help="output mp4 (default: IMAGE_AUDIO.mp4 here)"
@@ -129,6 +137,7 @@ def config_values(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "sampling.steps": args.steps,
         "sampling.seed": args.seed,
+        "sampling.emotion_transition": args.emotion_transition,
         "sampling.ref_scale_min": ref[0],
         "sampling.ref_scale_max": ref[1],
         "sampling.emo_scale_min": emo[0],
@@ -194,9 +203,10 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.quiet:
         _quiet_libraries()
     offline = cfg.runtime.offline or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
-    ensure_weights(root, offline=offline, progress=not args.quiet)
+    bars = not args.quiet and sys.stderr.isatty()  # progress bars on a terminal only
+    ensure_weights(root, offline=offline, progress=bars)
     engine = load_engine(cfg, detector=detector)
-    result = generate(job, engine, cfg, progress=not args.quiet)
+    result = generate(job, engine, cfg, progress=bars)
     if not args.quiet:
         info = result.info
         print(

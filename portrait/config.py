@@ -78,6 +78,7 @@ class SamplingConfig:
     ip_emo_scale: float = 1.0
     retrieval: bool = False
     seed: int = 72589
+    emotion_transition: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -316,6 +317,8 @@ def _sampling_problems(s: SamplingConfig) -> list[str]:
     out: list[str] = []
     if s.steps < 1:
         out.append(_bad("sampling.steps", s.steps, "must be >= 1"))
+    if not s.emotion_transition >= 0:  # also rejects NaN
+        out.append(_bad("sampling.emotion_transition", s.emotion_transition, "must be >= 0 seconds"))
     if s.frames_per_window < 1:
         out.append(_bad("sampling.frames_per_window", s.frames_per_window, "must be >= 1"))
     if not 0 <= s.overlap < max(s.frames_per_window, 1):

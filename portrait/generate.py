@@ -140,7 +140,7 @@ def generate(
     t = lap("image", started)
     features, windows = prepare_audio(job, engine, cfg)
     t = lap("audio", t)
-    schedule, bank = resolve_emotion(job.emotion, engine)
+    schedule, bank = resolve_emotion(job.emotion, engine, cfg.sampling.emotion_transition)
     check_schedule_fits(schedule, features.duration)
     s = cfg.sampling
     priors = schedule_priors(schedule, bank, features.num_frames, s.fps)

@@ -17,6 +17,7 @@ import torch
 
 from portrait.config import RenderConfig
 from portrait.emotion import (
+    DEFAULT_TRANSITION,
     EmotionSchedule,
     check_schedule_fits,
     load_timeline_file,
@@ -139,7 +140,9 @@ def prepare_audio(job: Job, engine: Engine, cfg: RenderConfig) -> tuple[AudioFea
     return features, windows
 
 
-def resolve_emotion(spec: str, engine: Engine) -> tuple[EmotionSchedule, dict[str, torch.Tensor]]:
+def resolve_emotion(
+    spec: str, engine: Engine, transition: float = DEFAULT_TRANSITION
+) -> tuple[EmotionSchedule, dict[str, torch.Tensor]]:
     """An emotion spec, a prior file (.safetensors / release .npy) or a timeline file (.json/.yaml)."""
     bank = dict(engine.bank)
     path = Path(spec)
@@ -150,8 +153,8 @@ def resolve_emotion(spec: str, engine: Engine) -> tuple[EmotionSchedule, dict[st
     if suffix in (".json", ".yaml", ".yml"):
         if not path.is_file():
             raise InputError(f"emotion timeline file {path} does not exist")
-        return load_timeline_file(path, bank), bank
-    return parse_emotion(spec, bank), bank
+        return load_timeline_file(path, bank, transition), bank
+    return parse_emotion(spec, bank, transition), bank
 
 
 def load_prior_file(path: Path, dim: int) -> torch.Tensor:

@@ -42,6 +42,7 @@ SPEC_DEFAULTS = {
         "ip_emo_scale": 1.0,
         "retrieval": False,
         "seed": 72589,
+        "emotion_transition": 0.5,
     },
     "preprocess": {
         "min_resolution": 512,
