@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
-import inspect
 import logging
 import math
 import os
@@ -376,8 +375,7 @@ class Studio:
             self._running = session
             try:
                 self._check_cancelled()
-                extra = {"callback": self._step_callback} if _accepts_callback(generate) else {}
-                result = generate(job, engine, cfg, progress=True, **extra)
+                result = generate(job, engine, cfg, progress=True, callback=self._step_callback)
             finally:
                 self._running = None
         info = result.info
@@ -390,7 +388,7 @@ class Studio:
         return AppResult(result.output, result.sidecar, preview, panel)
 
     def cancel(self, session: str | None) -> bool:
-        """Ask ``session``'s render to stop (at its next sampling step, when generate takes a callback)."""
+        """Ask ``session``'s render to stop (at its next sampling step)."""
         if session is None or self._running != session:
             return False
         self._cancelled.add(session)
@@ -413,5 +411,3 @@ class Studio:
         return ui_message(err, paths)
 
 
-def _accepts_callback(function: Callable[..., Any]) -> bool:
-    return "callback" in inspect.signature(function).parameters
