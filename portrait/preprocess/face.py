@@ -13,9 +13,6 @@ from pathlib import Path
 from PIL import Image
 
 from portrait.errors import ConfigError, InputError, NoFaceError
-
-logger = logging.getLogger(__name__)
-
 from portrait.preprocess.detectors import (  # noqa: F401  (re-exported: the face API in one place)
     DETECTOR_NAMES,
     INSIGHTFACE_MODEL,
@@ -35,6 +32,8 @@ from portrait.preprocess.detectors import (  # noqa: F401  (re-exported: the fac
     yolo_grids,
     yolo_input_size,
 )
+
+logger = logging.getLogger(__name__)
 
 SELECT_MODES = ("reference", "largest")
 
