@@ -26,6 +26,7 @@ from portrait.app_handler import (
     Studio,
     Workspace,
 )
+from portrait.cli_common import add_runtime_arguments, runtime_values
 from portrait.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -75,14 +76,7 @@ def add_app_arguments(parser: argparse.ArgumentParser) -> None:
     net.add_argument("--max-file-size", default=DEFAULT_MAX_FILE_SIZE, help="largest upload (default 25mb)")
     net.add_argument("--max-seconds", type=float, default=DEFAULT_MAX_SECONDS, help="longest audio (60)")
     net.add_argument("--queue-size", type=int, default=DEFAULT_QUEUE_SIZE, help="most waiting requests (16)")
-    run = parser.add_argument_group("runtime")
-    run.add_argument("--weights", type=Path, default=None, metavar="DIR", help="weights tree")
-    run.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: auto)")
-    run.add_argument("--dtype", default=None, choices=("auto", "fp16", "bf16", "fp32"), help="default: auto")
-    run.add_argument("--detector", default="auto", choices=("auto", "yolo", "insightface", "dlib"))
-    run.add_argument("--offline", action="store_true", default=None, help="never download missing weights")
-    run.add_argument("--config", type=Path, action="append", default=[], metavar="FILE.yaml", help="preset")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_runtime_arguments(parser.add_argument_group("runtime"))
 
 
 Serve = Callable[[Studio, LaunchOptions], Any]
@@ -101,21 +95,14 @@ def run_app(args: argparse.Namespace, serve: Serve | None = None) -> int:
     options = LaunchOptions(args.host, args.port, bool(args.share), auth, args.max_file_size, args.queue_size)
     for warning in exposure_warnings(options):
         logger.warning(warning)
-    values = {
-        "runtime.weights": str(args.weights) if args.weights is not None else None,
-        "runtime.device": args.device,
-        "runtime.dtype": args.dtype,
-        "runtime.offline": args.offline,
-    }
-    cfg = load_config(files=args.config, overrides=args.overrides, values=values)
+    cfg = load_config(files=args.config, overrides=args.overrides, values=runtime_values(args))
     serve = serve or _app_serve()
     workspace = Workspace()
     os.environ.setdefault("GRADIO_TEMP_DIR", str(workspace.root / "gradio"))  # uploads stay private too
     from portrait.hub import ensure_weights
     from portrait.weights import resolve_weights_root
 
-    offline = cfg.runtime.offline or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
-    ensure_weights(resolve_weights_root(cfg.runtime.weights), offline=offline)
+    ensure_weights(resolve_weights_root(cfg.runtime.weights), offline=cfg.runtime.offline or None)
     studio = Studio(cfg, detector=args.detector, max_seconds=args.max_seconds, workspace=workspace)
     studio.engine()
     if threading.current_thread() is threading.main_thread():  # SIGTERM closes like Ctrl-C (then atexit)

@@ -43,6 +43,13 @@ from portrait.batch_manifest import (
 )
 from portrait.batch_ray import RayOptions
 from portrait.batch_worker import Worker, WorkerSettings, is_done, remove_stale, to_job
+from portrait.cli_common import (
+    add_runtime_arguments,
+    configure_logging,
+    print_error,
+    quiet_libraries,
+    runtime_values,
+)
 from portrait.config import RenderConfig, with_values
 from portrait.errors import InputError, PortraitError
 
@@ -69,12 +76,7 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retries", type=int, default=2, metavar="K", help="retries of a failed job (2)")
     parser.add_argument("--fail-fast", action="store_true", help="stop at the first invalid or failed job")
     run = parser.add_argument_group("runtime (every job)")
-    run.add_argument("--weights", type=Path, default=None, metavar="DIR", help="weights tree")
-    run.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: auto)")
-    run.add_argument("--dtype", default=None, choices=("auto", "fp16", "bf16", "fp32"))
-    run.add_argument("--config", type=Path, action="append", default=[], metavar="FILE.yaml")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    run.add_argument("--detector", default="auto", choices=("auto", "yolo", "insightface", "dlib"))
+    add_runtime_arguments(run)
     run.add_argument("--steps", type=int, default=None, help="denoising steps (a job's 'steps' wins)")
     run.add_argument("--size", type=int, default=None, help="working short side (a job's 'size' wins)")
     run.add_argument("--no-interpolate", dest="interpolate", action="store_false", default=None)
@@ -100,18 +102,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("portrait")
-    root.handlers = [h for h in root.handlers if not getattr(h, "_portrait_batch", False)] + [handler]
-    handler._portrait_batch = True  # type: ignore[attr-defined]
-    root.setLevel(logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO)
+    configure_logging(debug=args.debug, quiet=args.quiet)
     try:
         return run_batch(args)
     except PortraitError as err:
-        if args.debug:
-            logger.exception("batch failed")
-        print("error: " + " ".join(str(err).split()), file=sys.stderr)
+        print_error(err, args.debug, "batch")
         return EXIT_FAILED
 
 
@@ -125,17 +120,11 @@ def run_batch(args: argparse.Namespace) -> int:
         "sampling.steps": args.steps,
         "preprocess.min_resolution": args.size,
         "video.interpolate": args.interpolate,
-        "runtime.weights": str(args.weights) if args.weights is not None else None,
-        "runtime.device": args.device,
-        "runtime.dtype": args.dtype,
+        **runtime_values(args),
     }
     cfg = load_config(files=args.config, overrides=args.overrides, values=values)
     if getattr(args, "quiet", False):  # no weight-loading progress bars from transformers / hub either
-        import huggingface_hub.utils
-        import transformers.utils.logging
-
-        transformers.utils.logging.disable_progress_bar()
-        huggingface_hub.utils.disable_progress_bars()
+        quiet_libraries()
     ray = RayOptions(args.ray_address, args.workers, args.gpus_per_worker, args.cpus_per_worker)
     options = BatchOptions(
         args.engine, resolve_shard(args.shard), args.retries, args.fail_fast, args.detector, ray=ray
@@ -296,16 +285,15 @@ class Batch:
     def _prechecker(self) -> tuple[RenderConfig, Callable]:
         """The batch config with an absolute weights root (and this rank's GPU), and a job checker."""
         from portrait.generate import precheck
-        from portrait.layout import EMOTIONS_DIR, RELEASE_EMOTIONS
         from portrait.preprocess.face import detector_from_name
-        from portrait.weights import check_tree, resolve_weights_root
+        from portrait.weights import check_tree, emotion_names, resolve_weights_root
 
         root = resolve_weights_root(self.cfg.runtime.weights).resolve()
         check_tree(root)
         cfg = with_values(self.cfg, {"runtime.weights": str(root)})
         if self.options.engine == "local":
             cfg = _rank_device(cfg)
-        names = sorted(p.stem for p in (root / EMOTIONS_DIR).glob("*.safetensors")) or list(RELEASE_EMOTIONS)
+        names = emotion_names(root)
         detector = detector_from_name(self.options.detector, root)
         return cfg, lambda job, job_cfg: precheck(job, job_cfg, names, detector)
 

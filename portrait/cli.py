@@ -21,6 +21,7 @@ from pathlib import Path
 from portrait import __version__
 from portrait.app_launch import add_app_arguments, run_app
 from portrait.batch import add_batch_arguments, run_batch
+from portrait.cli_common import configure_logging, print_error
 from portrait.cli_generate import EPILOG as GENERATE_EPILOG
 from portrait.cli_generate import add_generate_arguments, run_generate
 from portrait.cli_tools import (
@@ -36,7 +37,6 @@ from portrait.errors import PortraitError
 logger = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
-_HANDLER_MARK = "_portrait_cli_handler"
 
 
 @dataclass(frozen=True)
@@ -193,31 +193,6 @@ def _add_common_flags(parser: argparse.ArgumentParser, default: object) -> None:
     parser.add_argument("--quiet", action="store_true", default=default, help="only warnings and errors")
 
 
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is at emit time (survives stream swaps, e.g. under pytest)."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; the property wins
-        pass
-
-
-def configure_logging(debug: bool = False, quiet: bool = False) -> None:
-    """Send ``portrait.*`` log records to stderr: INFO by default, WARNING with quiet, DEBUG with debug."""
-    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
-    root = logging.getLogger("portrait")
-    for handler in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:
-        root.removeHandler(handler)
-    handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    setattr(handler, _HANDLER_MARK, True)
-    root.addHandler(handler)
-    root.setLevel(level)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``portrait-gen``; returns the exit code (0 ok, 1 PortraitError, 2 usage)."""
     parser = build_parser()
@@ -233,9 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command].run(args)
     except PortraitError as err:
-        if args.debug:
-            logger.exception("%s failed", args.command)
-        print("error: " + " ".join(str(err).split()), file=sys.stderr)
+        print_error(err, args.debug, args.command)
         return EXIT_ERROR
 
 

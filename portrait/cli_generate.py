@@ -6,11 +6,11 @@ Parsing imports nothing heavy; :func:`run_generate` imports torch and the engine
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from portrait.cli_common import add_runtime_arguments, quiet_libraries, runtime_values
 from portrait.errors import InputError
 
 EPILOG = """commands:
@@ -44,38 +44,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument(
         "--dump-frames", type=Path, default=None, metavar="DIR", help="also write lossless PNG frames"
     )
-    run = parser.add_argument_group("runtime")
-    run.add_argument(
-        "--weights",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="weights tree (default: $PORTRAIT_WEIGHTS or ./weights)",
-    )
-    run.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: auto)")
-    run.add_argument(
-        "--dtype",
-        default=None,
-        choices=("auto", "fp16", "bf16", "fp32"),
-        help="default: fp16 on CUDA, fp32 on CPU",
-    )
-    run.add_argument("--offline", action="store_true", default=None, help="never download missing weights")
-    run.add_argument(
-        "--config",
-        type=Path,
-        action="append",
-        default=[],
-        metavar="FILE.yaml",
-        help="config preset (repeatable)",
-    )
-    run.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override, e.g. sampling.steps=10",
-    )
+    add_runtime_arguments(parser.add_argument_group("runtime"))
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--steps", type=int, default=None, help="denoising steps (default 25)")
     sampling.add_argument(
@@ -98,9 +67,6 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
         "--face-box", default=None, metavar="X,Y,W,H", help="face box in pixels (skips detection)"
     )
     face.add_argument("--face-index", type=int, default=None, metavar="N", help="which face, 0 = largest")
-    face.add_argument(
-        "--detector", default="auto", choices=("auto", "yolo", "insightface", "dlib"), help="face detector"
-    )
     face.add_argument(
         "--crop", action="store_true", default=None, help="animate a square crop around the face"
     )
@@ -147,24 +113,12 @@ def config_values(args: argparse.Namespace) -> dict[str, Any]:
         "video.interpolate": args.interpolate,
         "video.full_frame": args.full_frame,
         "video.max_size": args.max_size,
-        "runtime.weights": str(args.weights) if args.weights is not None else None,
-        "runtime.device": args.device,
-        "runtime.dtype": args.dtype,
-        "runtime.offline": args.offline,
+        **runtime_values(args),
     }
 
 
 def default_output(image: Path, audio: Path) -> Path:
     return Path(f"{image.stem}_{audio.stem}.mp4")
-
-
-def _quiet_libraries() -> None:
-    """No progress bars from transformers / huggingface_hub (``--quiet``)."""
-    import huggingface_hub.utils
-    import transformers.utils.logging
-
-    transformers.utils.logging.disable_progress_bar()
-    huggingface_hub.utils.disable_progress_bars()
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -181,9 +135,8 @@ def run_generate(args: argparse.Namespace) -> int:
 
     from portrait.generate import Job, generate, load_engine, precheck
     from portrait.hub import ensure_weights
-    from portrait.layout import EMOTIONS_DIR, RELEASE_EMOTIONS
     from portrait.preprocess.face import detector_from_name
-    from portrait.weights import resolve_weights_root
+    from portrait.weights import emotion_names, resolve_weights_root
 
     job = Job(
         args.image,
@@ -196,15 +149,14 @@ def run_generate(args: argparse.Namespace) -> int:
         dump_frames=args.dump_frames,
     )
     root = resolve_weights_root(cfg.runtime.weights)
-    names = sorted(p.stem for p in (root / EMOTIONS_DIR).glob("*.safetensors")) or list(RELEASE_EMOTIONS)
+    names = emotion_names(root)
     detector = detector_from_name(args.detector, root)
     # Inputs first: a bad file fails in a second, before any download or model load.
     precheck(job, cfg, names, detector)
     if args.quiet:
-        _quiet_libraries()
-    offline = cfg.runtime.offline or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
+        quiet_libraries()
     bars = not args.quiet and sys.stderr.isatty()  # progress bars on a terminal only
-    ensure_weights(root, offline=offline, progress=bars)
+    ensure_weights(root, offline=cfg.runtime.offline or None, progress=bars)  # None: $HF_HUB_OFFLINE
     engine = load_engine(cfg, detector=detector)
     result = generate(job, engine, cfg, progress=bars)
     if not args.quiet:

@@ -26,6 +26,7 @@ from portrait.layout import (
     EMOTION_PRIOR_KEY,
     EMOTIONS_DIR,
     MANIFEST_FILE,
+    RELEASE_EMOTIONS,
     Component,
     component,
 )
@@ -125,10 +126,14 @@ def _empty_model(comp: Component, folder: Path) -> torch.nn.Module:
         with torch.device("meta"):
             return cls.from_config(config)
     except (TypeError, ValueError, KeyError, OSError) as err:
-        raise WeightsError(f"{folder / comp.config_file} does not describe a {comp.class_name}: {err}") from err
+        raise WeightsError(
+            f"{folder / comp.config_file} does not describe a {comp.class_name}: {err}"
+        ) from err
 
 
-def check_state_dict(model: torch.nn.Module, weights_path: Path, expected_missing: tuple[str, ...] = ()) -> None:
+def check_state_dict(
+    model: torch.nn.Module, weights_path: Path, expected_missing: tuple[str, ...] = ()
+) -> None:
     """Compare a model's tensors with a safetensors file's header; raise :class:`WeightsError` on any mismatch."""
     try:
         with safe_open(str(weights_path), framework="pt") as handle:
@@ -136,13 +141,21 @@ def check_state_dict(model: torch.nn.Module, weights_path: Path, expected_missin
     except Exception as err:  # safetensors raises its own error types for corrupt headers
         raise WeightsError(f"{weights_path} is not a readable safetensors file ({err}); {_FIX}") from err
     expected = {key: tuple(t.shape) for key, t in model.state_dict().items()}
-    missing = [k for k in expected if k not in shapes and not any(fnmatch.fnmatch(k, p) for p in expected_missing)]
+    missing = [
+        k for k in expected if k not in shapes and not any(fnmatch.fnmatch(k, p) for p in expected_missing)
+    ]
     unexpected = [k for k in shapes if k not in expected]
-    wrong = [f"{k} {shapes[k]} (expected {expected[k]})" for k in expected if k in shapes and shapes[k] != expected[k]]
+    wrong = [
+        f"{k} {shapes[k]} (expected {expected[k]})"
+        for k in expected
+        if k in shapes and shapes[k] != expected[k]
+    ]
     problems = []
     for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
         if keys:
-            problems.append(f"{label}: {', '.join(keys[:8])}" + (f" (+{len(keys) - 8} more)" if len(keys) > 8 else ""))
+            problems.append(
+                f"{label}: {', '.join(keys[:8])}" + (f" (+{len(keys) - 8} more)" if len(keys) > 8 else "")
+            )
     if problems:
         raise WeightsError(f"{weights_path} does not match its config: {'; '.join(problems)}")
 
@@ -172,6 +185,11 @@ def load_component(
     if leftover:
         raise WeightsError(f"{weights_path} left tensors uninitialised: {', '.join(leftover[:8])}")
     return model.eval()
+
+
+def emotion_names(root: Path) -> list[str]:
+    """Names of the emotion priors in ``root/emotions`` (the release's eight when the tree has none yet)."""
+    return sorted(p.stem for p in (root / EMOTIONS_DIR).glob("*.safetensors")) or list(RELEASE_EMOTIONS)
 
 
 def load_emotion_bank(root: Path) -> dict[str, torch.Tensor]:

@@ -45,6 +45,7 @@ LAYERS: dict[str, int] = {
     "benchmark": 3,
     "cli": 4,
     "cli_generate": 4,
+    "cli_common": 4,
     "cli_tools": 4,
     "batch": 4,
     "batch_manifest": 4,
@@ -58,7 +59,7 @@ SUBPACKAGES = frozenset({"models", "preprocess", "motion", "render"})
 #: Units that take plain values, never a config object.
 NO_CONFIG = frozenset({"models", "sampling"})
 #: The only units allowed to print (they own the terminal).
-MAY_PRINT = frozenset({"cli", "cli_generate", "cli_tools", "batch"})
+MAY_PRINT = frozenset({"cli", "cli_common", "cli_generate", "cli_tools", "batch"})
 #: Order inside a layer: a module may import a same-layer module of strictly lower rank (acyclic by
 #: construction). L0: errors is the leaf. L2: pipeline < weights < converters < convert < hub, tiny.
 #: L4: batch_manifest < batch_ray, batch_worker < batch; cli assembles the commands of cli_tools,
@@ -79,10 +80,11 @@ INTRA_LAYER_ORDER: dict[str, int] = {
     "job_inputs": 1,
     "generate": 2,
     "benchmark": 3,
-    "cli_tools": 0,
-    "cli_generate": 0,
+    "cli_common": 0,
+    "cli_tools": 1,
+    "cli_generate": 1,
     "app_handler": 0,
-    "app_launch": 1,  # imported by cli for `portrait-gen app`
+    "app_launch": 2,  # imported by cli for `portrait-gen app`
     "batch_manifest": 0,
     "batch_ray": 1,
     "batch_worker": 1,

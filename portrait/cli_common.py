@@ -1,0 +1,99 @@
+"""What every command line of portrait shares: runtime flags, logging set-up, quiet libraries, error lines.
+
+Used by ``portrait-gen`` (generate, app, batch) and ``portrait-batch``; imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from portrait.errors import PortraitError
+
+logger = logging.getLogger(__name__)
+
+_HANDLER_MARK = "_portrait_cli_handler"
+DETECTORS = ("auto", "yolo", "insightface", "dlib")
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--weights --device --dtype --detector --offline --config --set`` (see :func:`runtime_values`)."""
+    parser.add_argument(
+        "--weights", type=Path, default=None, metavar="DIR",
+        help="weights tree (default: $PORTRAIT_WEIGHTS or ./weights)",
+    )  # fmt: skip
+    parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: auto)")
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        choices=("auto", "fp16", "bf16", "fp32"),
+        help="default: fp16 on CUDA, fp32 on CPU",
+    )
+    parser.add_argument("--detector", default="auto", choices=DETECTORS, help="face detector (default: auto)")
+    parser.add_argument("--offline", action="store_true", default=None, help="never download missing weights")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE.yaml",
+        help="config preset (repeatable)",
+    )
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="config override, e.g. sampling.steps=10 (repeatable)",
+    )  # fmt: skip
+
+
+def runtime_values(args: argparse.Namespace) -> dict[str, Any]:
+    """Dotted ``runtime.*`` config values of :func:`add_runtime_arguments`'s flags (None = not given)."""
+    return {
+        "runtime.weights": str(args.weights) if args.weights is not None else None,
+        "runtime.device": args.device,
+        "runtime.dtype": args.dtype,
+        "runtime.offline": args.offline,
+    }
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time (survives stream swaps, e.g. under pytest)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; the property wins
+        pass
+
+
+def configure_logging(debug: bool = False, quiet: bool = False) -> None:
+    """Send ``portrait.*`` log records to stderr: INFO by default, WARNING with quiet, DEBUG with debug."""
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    root = logging.getLogger("portrait")
+    for handler in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:
+        root.removeHandler(handler)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    setattr(handler, _HANDLER_MARK, True)
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+def quiet_libraries() -> None:
+    """No progress bars from transformers / huggingface_hub (``--quiet``)."""
+    import huggingface_hub.utils
+    import transformers.utils.logging
+
+    transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
+
+
+def print_error(err: PortraitError, debug: bool, what: str) -> None:
+    """The one ``error: ...`` line on stderr (the traceback too with ``--debug``)."""
+    if debug:
+        logger.exception("%s failed", what)
+    print("error: " + " ".join(str(err).split()), file=sys.stderr)
