@@ -28,6 +28,7 @@ from portrait.models.audio import frame_audio_windows, whisper_hidden_states
 from portrait.pipeline import PortraitPipeline
 from portrait.render.mux import mux_audio
 from portrait.render.video import VideoWriter, to_uint8_frames
+from portrait.weights import FP32_COMPONENTS
 
 
 @dataclass(frozen=True)
@@ -104,9 +105,8 @@ def build_pipeline(tiny: bool, device: torch.device, dtype: torch.dtype) -> Port
             pose_guider=PoseGuider(**configs["pose"]),
         )
         rife = IFNet(**configs["rife"])
-    fp32 = {"audio_encoder", "audio_projector", "emotion_model"}
     for i, (name, module) in enumerate(parts.items()):
-        parts[name] = _materialise(module, device, torch.float32 if name in fp32 else dtype, seed=i)
+        parts[name] = _materialise(module, device, torch.float32 if name in FP32_COMPONENTS else dtype, seed=i)
     pipe = PortraitPipeline(scheduler=EulerDiscreteScheduler.from_config(t.svd_xt_scheduler_config()), **parts)
     pipe.interpolator = _materialise(rife, device, torch.float32, seed=99)
     pipe.set_progress_bar_config(disable=True)

@@ -47,7 +47,7 @@ class AdapterContext:
             return {}
         return {"ip_adapter_masks": [self.face_mask] * len(self.streams)}
 
-    def temporal(self, batch: int, tokens_per_frame: int) -> tuple[torch.Tensor, list[torch.Tensor]] | CompactTemporalContext:
+    def temporal(self, batch: int, repeats: int) -> tuple[torch.Tensor, list[torch.Tensor]] | CompactTemporalContext:
         """Context for the temporal ``attn2``: window means repeated for every spatial position.
 
         With ``compact`` the means are not repeated (:class:`CompactTemporalContext`); the adapter
@@ -55,11 +55,11 @@ class AdapterContext:
         """
         if self.compact:
             return CompactTemporalContext(
-                window_mean(self.clip, batch), tuple(window_mean(s, batch) for s in self.streams), tokens_per_frame
+                window_mean(self.clip, batch), tuple(window_mean(s, batch) for s in self.streams), repeats
             )
         return (
-            window_mean_context(self.clip, batch, tokens_per_frame),
-            [window_mean_context(s, batch, tokens_per_frame) for s in self.streams],
+            window_mean_context(self.clip, batch, repeats),
+            [window_mean_context(s, batch, repeats) for s in self.streams],
         )
 
 
@@ -74,9 +74,8 @@ def window_mean_context(context: torch.Tensor, batch: int, repeats: int) -> torc
         batch: B, the number of videos in the call.
         repeats: h·w, the number of spatial positions at this resolution.
     """
-    tokens, dim = context.shape[-2:]
-    mean = context.reshape(batch, -1, tokens, dim).mean(dim=1, keepdim=True)
-    return mean.expand(batch, repeats, tokens, dim).reshape(batch * repeats, tokens, dim)
+    mean = window_mean(context, batch)  # (B, T, D)
+    return mean[:, None].expand(batch, repeats, *mean.shape[1:]).reshape(batch * repeats, *mean.shape[1:])
 
 
 def adapter_processors(
