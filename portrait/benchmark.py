@@ -60,12 +60,16 @@ def _random_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     return module
 
 
-def _materialise(module: torch.nn.Module, device: torch.device, dtype: torch.dtype, seed: int) -> torch.nn.Module:
+def _materialise(
+    module: torch.nn.Module, device: torch.device, dtype: torch.dtype, seed: int
+) -> torch.nn.Module:
     module = module.to_empty(device=device)
     for buffer_name, buffer in module.named_buffers():  # non-persistent buffers (e.g. position ids)
         if "position_ids" in buffer_name:
             buffer.copy_(torch.arange(buffer.shape[-1], device=device).expand_as(buffer))
-    return torch.nn.Module.to(_random_(module, seed), dtype).eval()  # plain cast: no diffusers fp32-module warning
+    return torch.nn.Module.to(
+        _random_(module, seed), dtype
+    ).eval()  # plain cast: no diffusers fp32-module warning
 
 
 def build_pipeline(tiny: bool, device: torch.device, dtype: torch.dtype) -> PortraitPipeline:
@@ -106,8 +110,12 @@ def build_pipeline(tiny: bool, device: torch.device, dtype: torch.dtype) -> Port
         )
         rife = IFNet(**configs["rife"])
     for i, (name, module) in enumerate(parts.items()):
-        parts[name] = _materialise(module, device, torch.float32 if name in FP32_COMPONENTS else dtype, seed=i)
-    pipe = PortraitPipeline(scheduler=EulerDiscreteScheduler.from_config(t.svd_xt_scheduler_config()), **parts)
+        parts[name] = _materialise(
+            module, device, torch.float32 if name in FP32_COMPONENTS else dtype, seed=i
+        )
+    pipe = PortraitPipeline(
+        scheduler=EulerDiscreteScheduler.from_config(t.svd_xt_scheduler_config()), **parts
+    )
     pipe.interpolator = _materialise(rife, device, torch.float32, seed=99)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -144,11 +152,15 @@ def _synthetic_inputs(pipe: PortraitPipeline, seconds: float, size: int, device:
     return mel, ref, clip, mask, prior, audio_len, audio_len // 2
 
 
-def run_once(pipe: PortraitPipeline, variant: Variant, args: argparse.Namespace, noise_seed: int = 7) -> dict[str, Any]:
+def run_once(
+    pipe: PortraitPipeline, variant: Variant, args: argparse.Namespace, noise_seed: int = 7
+) -> dict[str, Any]:
     """One end-to-end render; returns the metrics dict and the frames (uint8, CPU) under ``_frames``."""
     device = pipe.unet.device
     timer, times = _timed(device), {}
-    mel, ref, clip, mask, prior, audio_len, frames = _synthetic_inputs(pipe, args.seconds, args.size, device, 3)
+    mel, ref, clip, mask, prior, audio_len, frames = _synthetic_inputs(
+        pipe, args.seconds, args.size, device, 3
+    )
     calls = {"n": 0}
     hook = pipe.unet.register_forward_pre_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
     if device.type == "cuda":
@@ -164,11 +176,24 @@ def run_once(pipe: PortraitPipeline, variant: Variant, args: argparse.Namespace,
         with timer(times, "identity_encoding"):
             identity = pipe.encode_identity(ref, clip, torch.zeros_like(ref), 0.0)
         length = frames + 25
-        noise = torch.randn(pipe.latent_shape(length, args.size, args.size), generator=torch.Generator().manual_seed(noise_seed))
+        noise = torch.randn(
+            pipe.latent_shape(length, args.size, args.size),
+            generator=torch.Generator().manual_seed(noise_seed),
+        )
         with timer(times, "sampling"):
-            latents = pipe(ref, clip, mask, windows, prior, num_inference_steps=args.steps, latents=noise,
-                           identity=identity, output_type="latent", window_batch=variant.window_batch,
-                           fast_attention=variant.fast_attention).latents
+            latents = pipe(
+                ref,
+                clip,
+                mask,
+                windows,
+                prior,
+                num_inference_steps=args.steps,
+                latents=noise,
+                identity=identity,
+                output_type="latent",
+                window_batch=variant.window_batch,
+                fast_attention=variant.fast_attention,
+            ).latents
     hook.remove()
     kept: list[np.ndarray] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -250,16 +275,26 @@ def window_call(pipe: PortraitPipeline, size: int) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="tiny random components on the CPU (CI smoke run)")
+    parser.add_argument(
+        "--tiny", action="store_true", help="tiny random components on the CPU (CI smoke run)"
+    )
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds of synthetic audio")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default=None, choices=("fp16", "bf16", "fp32"), help="default: fp16 on CUDA")
+    parser.add_argument(
+        "--dtype", default=None, choices=("fp16", "bf16", "fp32"), help="default: fp16 on CUDA"
+    )
     parser.add_argument("--baseline", action="store_true", help="run only the plain eager path")
-    parser.add_argument("--compare", action="store_true", help="baseline and optimised in one process, with ratio")
-    parser.add_argument("--compile", default=None, choices=("off", "blocks", "full"),
-                        help=f"optimised path's compile mode (default {OPTIMISED.compile}; off with --tiny)")
+    parser.add_argument(
+        "--compare", action="store_true", help="baseline and optimised in one process, with ratio"
+    )
+    parser.add_argument(
+        "--compile",
+        default=None,
+        choices=("off", "blocks", "full"),
+        help=f"optimised path's compile mode (default {OPTIMISED.compile}; off with --tiny)",
+    )
     parser.add_argument("--window-batch", type=int, default=OPTIMISED.window_batch)
     parser.add_argument("--offload", default="none", choices=("none", "model", "sequential"))
     parser.add_argument("--decode-chunk", type=int, default=10)
@@ -299,7 +334,9 @@ def run_benchmark(argv: list[str] | None = None) -> list[dict[str, Any]]:
         base, opt = results
         summary = {
             "speedup": round(base["seconds_per_video_second"] / opt["seconds_per_video_second"], 3),
-            "sampling_speedup": round(base["stage_seconds"]["sampling"] / opt["stage_seconds"]["sampling"], 3),
+            "sampling_speedup": round(
+                base["stage_seconds"]["sampling"] / opt["stage_seconds"]["sampling"], 3
+            ),
             "psnr_db": round(psnr(base["_frames"], opt["_frames"]), 2),
         }
         summary["frames_match"] = summary["psnr_db"] >= 40.0

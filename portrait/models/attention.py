@@ -47,7 +47,9 @@ class AdapterContext:
             return {}
         return {"ip_adapter_masks": [self.face_mask] * len(self.streams)}
 
-    def temporal(self, batch: int, repeats: int) -> tuple[torch.Tensor, list[torch.Tensor]] | CompactTemporalContext:
+    def temporal(
+        self, batch: int, repeats: int
+    ) -> tuple[torch.Tensor, list[torch.Tensor]] | CompactTemporalContext:
         """Context for the temporal ``attn2``: window means repeated for every spatial position.
 
         With ``compact`` the means are not repeated (:class:`CompactTemporalContext`); the adapter
@@ -93,7 +95,9 @@ def adapter_processors(
             continue
         attention = unet.get_submodule(name.removesuffix(".processor"))
         hidden = attention.to_k.out_features
-        proc = FastAdapterAttnProcessor(hidden, cross_attention_dim, num_tokens=list(tokens), scale=list(scales))
+        proc = FastAdapterAttnProcessor(
+            hidden, cross_attention_dim, num_tokens=list(tokens), scale=list(scales)
+        )
         proc.to(dtype=attention.to_k.weight.dtype, device=attention.to_k.weight.device)
         with torch.no_grad():
             for k_ip, v_ip in zip(proc.to_k_ip, proc.to_v_ip):
@@ -146,17 +150,29 @@ class FastAdapterAttnProcessor(IPAdapterAttnProcessor2_0):
         self._cached_mask: torch.Tensor | None = None
         self._mask_cache: dict[tuple, torch.Tensor] = {}
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 scale: float = 1.0, ip_adapter_masks=None):
+    def __call__(
+        self,
+        attn,
+        hidden_states,
+        encoder_hidden_states=None,
+        attention_mask=None,
+        temb=None,
+        scale: float = 1.0,
+        ip_adapter_masks=None,
+    ):
         plain = attn.residual_connection or attn.rescale_output_factor != 1 or attn.norm_cross
         if plain or hidden_states.ndim != 3 or attention_mask is not None:
-            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb, scale, ip_adapter_masks)
+            return super().__call__(
+                attn, hidden_states, encoder_hidden_states, attention_mask, temb, scale, ip_adapter_masks
+            )
         if isinstance(encoder_hidden_states, CompactTemporalContext):
             out = self._compact(attn, hidden_states, encoder_hidden_states)
         elif isinstance(encoder_hidden_states, tuple) and ip_adapter_masks is not None:
             out = self._masked(attn, hidden_states, encoder_hidden_states, ip_adapter_masks)
         else:
-            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb, scale, ip_adapter_masks)
+            return super().__call__(
+                attn, hidden_states, encoder_hidden_states, attention_mask, temb, scale, ip_adapter_masks
+            )
         return attn.to_out[1](attn.to_out[0](out))
 
     def _compact(self, attn, hidden: torch.Tensor, ctx: CompactTemporalContext) -> torch.Tensor:
@@ -169,7 +185,9 @@ class FastAdapterAttnProcessor(IPAdapterAttnProcessor2_0):
         def attend(context: torch.Tensor, to_k, to_v) -> torch.Tensor:
             o = F.scaled_dot_product_attention(q, _heads(to_k(context), heads), _heads(to_v(context), heads))
             # (B, heads, hw·F, d) → (B·hw, F, heads·d)
-            return o.unflatten(2, (repeats, frames)).permute(0, 2, 3, 1, 4).flatten(3).flatten(0, 1).to(q.dtype)
+            return (
+                o.unflatten(2, (repeats, frames)).permute(0, 2, 3, 1, 4).flatten(3).flatten(0, 1).to(q.dtype)
+            )
 
         out = attend(ctx.clip, attn.to_k, attn.to_v)
         for tokens, weight, to_k_ip, to_v_ip in zip(ctx.streams, self.scale, self.to_k_ip, self.to_v_ip):
@@ -187,7 +205,9 @@ class FastAdapterAttnProcessor(IPAdapterAttnProcessor2_0):
             return o.transpose(1, 2).flatten(2).to(q.dtype)
 
         out = attend(clip, attn.to_k, attn.to_v)
-        for tokens, weight, to_k_ip, to_v_ip, mask in zip(streams, self.scale, self.to_k_ip, self.to_v_ip, masks):
+        for tokens, weight, to_k_ip, to_v_ip, mask in zip(
+            streams, self.scale, self.to_k_ip, self.to_v_ip, masks
+        ):
             if weight != 0:
                 tokens = tokens[:, 0] if tokens.ndim == 4 else tokens
                 out = out + weight * (attend(tokens, to_k_ip, to_v_ip) * self._mask(mask, hidden))
