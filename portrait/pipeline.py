@@ -211,11 +211,9 @@ class PortraitPipeline(DiffusionPipeline):
             return torch.cat([tokens, pad]).to(device, dtype)
 
         mask = face_mask.to(device, dtype)
-        pose_input = mask if mask.shape[1] == self.pose_guider.config.conditioning_channels else mask[:, :1].expand(
-            1, self.pose_guider.config.conditioning_channels, *mask.shape[-2:]
-        )
-        with torch.inference_mode():
-            pose = self.pose_guider(pose_input)[:, None]
+        channels = self.pose_guider.config.conditioning_channels
+        pose_input = mask[:, :1].expand(1, channels, *mask.shape[-2:]) if mask.shape[1] != channels else mask
+        pose = self.pose_guider(pose_input)[:, None]  # once: every frame's mask is the same (spec 5)
         time_ids = torch.tensor([added_time_ids], dtype=dtype, device=device).repeat(3, 1)
         return _Conditioning(
             image_context=image_context,
