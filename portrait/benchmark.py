@@ -28,7 +28,7 @@ from portrait.models.audio import frame_audio_windows, whisper_hidden_states
 from portrait.pipeline import PortraitPipeline
 from portrait.render.mux import mux_audio
 from portrait.render.video import VideoWriter, to_uint8_frames
-from portrait.weights import FP32_COMPONENTS
+from portrait.weights.load import FP32_COMPONENTS
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def build_pipeline(tiny: bool, device: torch.device, dtype: torch.dtype) -> Port
     from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, WhisperConfig, WhisperModel
 
-    from portrait import tiny as t
+    from portrait import testing as t
     from portrait.models.audio import AudioProjector
     from portrait.models.emotion import EmotionModel
     from portrait.models.interpolation import IFNet

@@ -18,7 +18,7 @@ from portrait.preprocess.face import (
     FaceDetector,
     detector_from_name,
 )
-from portrait.weights import load_component, load_emotion_bank, load_pipeline, resolve_weights_root
+from portrait.weights.load import load_component, load_emotion_bank, load_pipeline, resolve_weights_root
 
 logger = logging.getLogger(__name__)
 

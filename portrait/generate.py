@@ -24,7 +24,7 @@ import torch
 
 from portrait import __version__
 from portrait.config import RenderConfig, config_to_dict
-from portrait.emotion import (
+from portrait.preprocess.emotion import (
     check_schedule_fits,
     schedule_priors,
     schedule_summary,
@@ -37,7 +37,7 @@ from portrait.render.video import VideoWriter, to_uint8_frames
 
 logger = logging.getLogger(__name__)
 from portrait.engine import Engine, apply_runtime_options, load_engine, resolve_device, resolve_dtype
-from portrait.job_inputs import (
+from portrait.inputs import (
     UNIT_SECONDS,
     ImageCache,
     Job,

@@ -64,15 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     logging.basicConfig(level=logging.WARNING)
     sys.path.insert(0, str(REPO))
-    import app
-    from portrait.app_handler import Studio
-    from portrait.app_launch import LaunchOptions
+    from portrait.app import ui as app
+    from portrait.app.handler import Studio
+    from portrait.app.launch import LaunchOptions
     from portrait.config import load_config
 
     with tempfile.TemporaryDirectory(prefix="portrait-shot-") as scratch:
         weights = args.weights
         if weights is None:
-            from portrait.tiny import write_tiny_weights
+            from portrait.testing import write_tiny_weights
 
             weights = write_tiny_weights(Path(scratch) / "tiny", layout="portrait", seed=0)
         os.environ.setdefault("GRADIO_TEMP_DIR", str(Path(scratch) / "gradio"))

@@ -1,4 +1,4 @@
-"""Write a tiny seeded random weights tree (for tests and demos; see portrait.tiny).
+"""Write a tiny seeded random weights tree (for tests and demos; see portrait.testing).
 
 Usage: python scripts/make_tiny_weights.py DIR [--layout portrait|dice-talk] [--seed N]
 
@@ -23,10 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     try:
-        from portrait.tiny import write_tiny_weights
+        from portrait.testing import write_tiny_weights
     except ModuleNotFoundError:  # a source checkout without `pip install -e .`
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from portrait.tiny import write_tiny_weights
+        from portrait.testing import write_tiny_weights
 
     try:
         write_tiny_weights(args.dir, layout=args.layout, seed=args.seed)

@@ -39,7 +39,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory):
     """A complete tiny random-weight weights tree in our layout (seed 0)."""
-    from portrait.tiny import write_tiny_weights
+    from portrait.testing import write_tiny_weights
 
     return write_tiny_weights(tmp_path_factory.mktemp("weights") / "tiny", layout="portrait", seed=0)
 
@@ -47,7 +47,7 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def tiny_pipe(tiny_weights):
     """The tiny pipeline loaded strictly from ``tiny_weights`` (CPU, fp32). Do not mutate it."""
-    from portrait.weights import load_pipeline
+    from portrait.weights.load import load_pipeline
 
     pipe = load_pipeline(tiny_weights, device="cpu", dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)

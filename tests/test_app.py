@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from portrait.app_launch import LaunchOptions, add_app_arguments, exposure_warnings, parse_auth
-from portrait.app_handler import (
+from portrait.app.launch import LaunchOptions, add_app_arguments, exposure_warnings, parse_auth
+from portrait.app.handler import (
     AppRequest,
     Cancelled,
     Studio,
@@ -151,11 +151,7 @@ def test_importing_app_loads_neither_torch_nor_gradio():
 
 
 def test_api_parameters_are_request_fields():
-    sys.path.insert(0, str(REPO))
-    try:
-        import app
-    finally:
-        sys.path.remove(str(REPO))
+    from portrait.app import ui as app
     fields = [f.name for f in dataclasses.fields(AppRequest)]
     assert sorted(app.INPUT_NAMES) == sorted(fields)
 
@@ -263,11 +259,7 @@ def test_launched_app_through_gradio_client(studio, blank_png, short_speech, tmp
     from portrait.render.mux import probe_media
 
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
-    sys.path.insert(0, str(REPO))
-    try:
-        import app
-    finally:
-        sys.path.remove(str(REPO))
+    from portrait.app import ui as app
     demo = app.serve(studio, LaunchOptions(port=_free_port()), block=False)
     try:
         assert demo.local_url.startswith("http://127.0.0.1:")

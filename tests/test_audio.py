@@ -25,7 +25,7 @@ from portrait.preprocess.audio import (
     load_audio,
     resample,
 )
-from portrait.render.ffmpeg import ffmpeg_binary, run_ffmpeg
+from portrait.ffmpeg import ffmpeg_binary, run_ffmpeg
 
 SENTENCE = "The quick brown fox jumps over the lazy dog."
 ASSET = importlib.resources.files("portrait") / "assets" / "sample_speech.wav"

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from portrait import batch
-from portrait.batch import Batch, BatchOptions, main
-from portrait.batch_manifest import (
+from portrait.batch import main as batch
+from portrait.batch.main import Batch, BatchOptions, main
+from portrait.batch.manifest import (
     InvalidLine,
     JobRecord,
     ManifestJob,
@@ -24,7 +24,7 @@ from portrait.batch_manifest import (
     resolve_shard,
     select_shard,
 )
-from portrait.batch_worker import Worker, WorkerSettings, is_done, remove_stale
+from portrait.batch.worker import Worker, WorkerSettings, is_done, remove_stale
 from portrait.config import load_config, with_values
 from portrait.errors import InputError
 
@@ -454,7 +454,7 @@ def test_done_needs_output_and_a_readable_sidecar(tmp_path):
 
 
 def test_ray_engine_without_ray_says_how_to_install(monkeypatch):
-    from portrait.batch_ray import RayOptions, run_ray
+    from portrait.batch.ray import RayOptions, run_ray
     from portrait.errors import ConfigError
 
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray → ImportError

@@ -14,10 +14,10 @@ import soundfile as sf
 
 ray = pytest.importorskip("ray")
 
-from portrait.batch import Batch, BatchOptions, main  # noqa: E402
-from portrait.batch_manifest import JobRecord, ManifestJob  # noqa: E402
-from portrait.batch_ray import RayOptions, run_ray  # noqa: E402
-from portrait.batch_worker import Worker, is_done  # noqa: E402
+from portrait.batch.main import Batch, BatchOptions, main  # noqa: E402
+from portrait.batch.manifest import JobRecord, ManifestJob  # noqa: E402
+from portrait.batch.ray import RayOptions, run_ray  # noqa: E402
+from portrait.batch.worker import Worker, is_done  # noqa: E402
 from portrait.config import load_config  # noqa: E402
 from portrait.errors import PortraitError, WeightsError  # noqa: E402
 

@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from portrait.cli import main
+from portrait.cli.main import main
 from portrait.render.mux import probe_media
 
 ASSETS = Path(__file__).resolve().parents[1] / "portrait" / "assets"
@@ -23,7 +23,7 @@ FAST = ["--size", "64", "--steps", "2", "--quiet", "--offline"]
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
-    from portrait.tiny import write_tiny_weights
+    from portrait.testing import write_tiny_weights
 
     return write_tiny_weights(tmp_path_factory.mktemp("cli") / "w", layout="portrait", seed=1)
 
@@ -69,7 +69,7 @@ def test_same_seed_same_frames_and_dump_frames(weights, tmp_path):
 
 
 def test_help_is_instant_and_does_not_import_torch():
-    code = "import sys; from portrait.cli import main; rc = main(['--help']); print('torch' in sys.modules, rc)"
+    code = "import sys; from portrait.cli.main import main; rc = main(['--help']); print('torch' in sys.modules, rc)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "--image" in out and out.strip().endswith("False 0")
 

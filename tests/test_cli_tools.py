@@ -1,4 +1,4 @@
-"""The `download`, `doctor` and `emotions` subcommands (portrait.cli_tools)."""
+"""The `download`, `doctor` and `emotions` subcommands (portrait.cli.tools)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from portrait import cli_tools
+from portrait.cli import tools as cli_tools
 from portrait.errors import WeightsError
 from portrait.layout import RELEASE_EMOTIONS
 from portrait.preprocess.face import YOLO_WEIGHTS
@@ -38,7 +38,7 @@ def tree(tiny_weights: Path, tmp_path: Path) -> Path:
 
 def test_parsing_imports_nothing_heavy() -> None:
     code = (
-        "import sys, argparse\nfrom portrait import cli_tools\n"
+        "import sys, argparse\nfrom portrait.cli import tools as cli_tools\n"
         "for add in (cli_tools.add_download_arguments, cli_tools.add_doctor_arguments, "
         "cli_tools.add_emotions_arguments):\n    add(argparse.ArgumentParser())\n"
         "heavy = ('torch', 'diffusers', 'transformers', 'huggingface_hub')\n"
@@ -62,10 +62,10 @@ def test_parsing_imports_nothing_heavy() -> None:
 
 
 def test_download_resolves_the_weights_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys) -> None:
-    import portrait.hub
+    import portrait.weights.hub
 
     calls = []
-    monkeypatch.setattr(portrait.hub, "download_weights", lambda root, **kw: calls.append((root, kw)) or root)
+    monkeypatch.setattr(portrait.weights.hub, "download_weights", lambda root, **kw: calls.append((root, kw)) or root)
     monkeypatch.setenv("PORTRAIT_WEIGHTS", str(tmp_path / "env"))
     args = _parse(cli_tools.add_download_arguments, ["--cache-dir", str(tmp_path / "cache")])
     assert cli_tools.run_download(args) == 0
@@ -117,7 +117,7 @@ def test_doctor_on_a_missing_tree(tmp_path: Path, capsys) -> None:
 
 def test_doctor_reports_a_missing_manifest_and_ffmpeg(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from portrait.errors import FFmpegError
-    from portrait.render import ffmpeg
+    from portrait import ffmpeg
 
     def no_ffmpeg():
         raise FFmpegError("ffmpeg is not on PATH and imageio-ffmpeg is not installed")

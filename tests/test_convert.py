@@ -1,4 +1,4 @@
-"""The DICE-Talk release converter (portrait.convert) and the `portrait-gen convert` command."""
+"""The DICE-Talk release converter (portrait.weights.convert) and the `portrait-gen convert` command."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from portrait.convert import ConversionReport, convert_dice_talk
+from portrait.weights.convert import ConversionReport, convert_dice_talk
 from portrait.errors import WeightsError
 from portrait.layout import EMOTIONS_DIR, MANIFEST_FILE, RELEASE_EMOTIONS
-from portrait.tiny import (
+from portrait.testing import (
     TINY_CLASSIFIER_SHAPES,
     emotion_priors,
     tiny_audio_projector_config,
@@ -133,7 +133,7 @@ def test_svd_and_whisper_components_load_and_equal_their_sources(release: Path, 
 
 
 def test_converted_tree_loads_as_a_pipeline(converted) -> None:
-    from portrait.weights import load_pipeline, verify_manifest
+    from portrait.weights.load import load_pipeline, verify_manifest
 
     dst, _ = converted
     assert verify_manifest(dst) == []
@@ -380,7 +380,7 @@ def test_non_empty_destination_is_refused_unless_overwrite(release: Path, tmp_pa
     assert not (dst / "unet" / "stale.bin").exists()  # whole component folders are replaced
     assert (dst / "README.md").read_text() == "weights go here"
     assert not [p for p in dst.iterdir() if p.name.startswith(".partial")]
-    from portrait.weights import verify_manifest
+    from portrait.weights.load import verify_manifest
 
     assert verify_manifest(dst) == []
 
@@ -400,7 +400,7 @@ def restore_logging():
 def test_cli_convert_returns_0_then_1_with_one_error_line(
     release: Path, tmp_path: Path, capsys: pytest.CaptureFixture, restore_logging
 ) -> None:
-    from portrait.cli import main
+    from portrait.cli.main import main
 
     dst = tmp_path / "w"
     assert main(["convert", "--from-dice-talk", str(release), "--weights", str(dst), "--dtype", "fp32"]) == 0
@@ -416,7 +416,7 @@ def test_cli_convert_returns_0_then_1_with_one_error_line(
 
 
 def test_cli_usage_errors_exit_2(capsys: pytest.CaptureFixture) -> None:
-    from portrait.cli import main
+    from portrait.cli.main import main
 
     assert main([]) == 2
     assert main(["convert", "--weights", "x"]) == 2  # --from-dice-talk missing
@@ -426,7 +426,7 @@ def test_cli_usage_errors_exit_2(capsys: pytest.CaptureFixture) -> None:
 
 def test_cli_help_does_not_import_torch() -> None:
     code = (
-        "import sys\nfrom portrait.cli import main\n"
+        "import sys\nfrom portrait.cli.main import main\n"
         "codes = [main(['--help']), main(['convert', '--help'])]\n"
         "print(codes, 'torch' in sys.modules, 'numpy' in sys.modules)\n"
     )
@@ -435,7 +435,7 @@ def test_cli_help_does_not_import_torch() -> None:
     )
     assert result.stdout.strip().splitlines()[-1] == "[0, 0] False False"
     result = subprocess.run(
-        [sys.executable, "-m", "portrait.cli", "--help"],
+        [sys.executable, "-m", "portrait.cli.main", "--help"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -445,7 +445,7 @@ def test_cli_help_does_not_import_torch() -> None:
 
 
 def test_cli_routes_to_a_default_command_only_when_one_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
-    import portrait.cli as cli
+    import portrait.cli.main as cli
 
     argv = ["--quiet", "--image", "a", "--audio", "b"]
     assert cli.route(argv) == ["--quiet", "generate", "--image", "a", "--audio", "b"]
@@ -457,7 +457,7 @@ def test_cli_routes_to_a_default_command_only_when_one_is_set(monkeypatch: pytes
 
 
 def test_shape_inference_recovers_the_release_sizes_on_meta_tensors() -> None:
-    from portrait import convert_release as rel
+    from portrait.weights import release as rel
     from portrait.models.audio import AudioProjector
     from portrait.models.emotion import EmotionModel
     from portrait.models.pose_guider import PoseGuider

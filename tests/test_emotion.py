@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from portrait.emotion import (
+from portrait.preprocess.emotion import (
     MAX_INTENSITY,
     check_schedule_fits,
     frame_blend,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from portrait.convert_rife import convert_flownet
+from portrait.weights.rife import convert_flownet
 from portrait.errors import WeightsError
 from portrait.models.interpolation import IFNet, check_size, interleave_midframes, midframes, warp
 

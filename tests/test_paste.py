@@ -198,7 +198,7 @@ def test_bad_inputs_are_loud():
 # ------------------------------------------------------------------------------ end to end, tiny weights
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
-    from portrait.tiny import write_tiny_weights
+    from portrait.testing import write_tiny_weights
 
     return write_tiny_weights(tmp_path_factory.mktemp("paste") / "w", layout="portrait", seed=1)
 
@@ -225,7 +225,7 @@ def _place(size: tuple[int, int], offset: tuple[int, int]) -> Image.Image:
 def _generate(
     weights: Path, speech: Path, image: Path, out: Path, *extra: str
 ) -> tuple[dict, list[np.ndarray]]:
-    from portrait.cli import main
+    from portrait.cli.main import main
 
     frames_dir = out.with_suffix("")
     args = ["--weights", str(weights), "--image", str(image), "--audio", str(speech), "-o", str(out)]

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from portrait.errors import FFmpegError, InputError
-from portrait.render import ffmpeg as ffmpeg_module
-from portrait.render.ffmpeg import ffmpeg_binary, partial_path, run_ffmpeg
+from portrait import ffmpeg as ffmpeg_module
+from portrait.ffmpeg import ffmpeg_binary, partial_path, run_ffmpeg
 from portrait.render.mux import channel_count, mux_audio, probe_media
 from portrait.render.video import VideoWriter, to_uint8_frames
 

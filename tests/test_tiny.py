@@ -1,4 +1,4 @@
-"""Tiny seeded weight trees (portrait.tiny): determinism, completeness, non-trivial weights, layouts."""
+"""Tiny seeded weight trees (portrait.testing): determinism, completeness, non-trivial weights, layouts."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from portrait.layout import COMPONENTS, EMOTIONS_DIR, MANIFEST_FILE, RELEASE_EMOTIONS
-from portrait.tiny import TINY_CLASSIFIER_SHAPES, write_tiny_weights
+from portrait.testing import TINY_CLASSIFIER_SHAPES, write_tiny_weights
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +61,7 @@ def test_portrait_tree_has_every_component_and_a_valid_manifest(portrait_tree: P
     assert manifest["format"] == "portrait-weights" and manifest["version"] == 1
     on_disk = {k for k in _files(portrait_tree) if k != MANIFEST_FILE}
     assert set(manifest["files"]) == on_disk
-    from portrait.weights import verify_manifest
+    from portrait.weights.load import verify_manifest
 
     assert verify_manifest(portrait_tree) == []
 

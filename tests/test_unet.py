@@ -9,7 +9,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0, IPAdapterAttn
 
 from portrait.models.attention import window_mean_context
 from portrait.models.unet import PortraitUNet
-from portrait.tiny import tiny_unet_config
+from portrait.testing import tiny_unet_config
 
 B, F, H = 3, 5, 8
 

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from portrait.errors import WeightsError
-from portrait.weights import (
+from portrait.weights.load import (
     WEIGHTS_ENV,
     check_tree,
     load_component,

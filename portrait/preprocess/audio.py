@@ -185,7 +185,7 @@ def _decode(path: Path, max_seconds: float | None) -> tuple[np.ndarray, int, str
 def _ffmpeg_binary() -> str:
     """The ffmpeg to run: ``ffmpeg`` on PATH, else imageio-ffmpeg's static build.
 
-    The same rule as :func:`portrait.render.ffmpeg.ffmpeg_binary`, repeated here because preprocess may
+    The same rule as :func:`portrait.ffmpeg.ffmpeg_binary`, repeated here because preprocess may
     not import render (ARCHITECTURE.md section 2).
     """
     system = shutil.which("ffmpeg")

@@ -17,7 +17,7 @@ from typing import Any
 import ffmpeg
 
 from portrait.errors import FFmpegError, InputError
-from portrait.render.ffmpeg import media_path, partial_path, run_ffmpeg, stderr_tail
+from portrait.ffmpeg import media_path, partial_path, run_ffmpeg, stderr_tail
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from portrait.errors import FFmpegError, InputError
-from portrait.render.ffmpeg import ffmpeg_binary, format_failure, media_path, partial_path
+from portrait.ffmpeg import ffmpeg_binary, format_failure, media_path, partial_path
 
 logger = logging.getLogger(__name__)
 

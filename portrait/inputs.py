@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from portrait.config import RenderConfig
-from portrait.emotion import (
+from portrait.preprocess.emotion import (
     DEFAULT_TRANSITION,
     EmotionSchedule,
     check_schedule_fits,
@@ -46,7 +46,7 @@ UNIT_SECONDS = 0.04
 
 @dataclass(frozen=True)
 class Job:
-    """One generation request. ``emotion``: a spec (see portrait.emotion), a prior file or a timeline file."""
+    """One generation request. ``emotion``: a spec (see portrait.preprocess.emotion), a prior file or a timeline file."""
 
     image: Path
     audio: Path
@@ -162,7 +162,7 @@ def load_prior_file(path: Path, dim: int) -> torch.Tensor:
     if not path.is_file():
         raise InputError(f"emotion prior file {path} does not exist")
     if path.suffix.lower() == ".npy":
-        from portrait.convert_release import load_emotion_prior
+        from portrait.weights.release import load_emotion_prior
 
         prior = torch.from_numpy(load_emotion_prior(path))
     else:

@@ -1,7 +1,7 @@
 """The ``download``, ``doctor`` and ``emotions`` subcommands of ``portrait-gen``.
 
 Each command is a pair ``add_<name>_arguments(parser)`` / ``run_<name>(args) -> exit code`` for
-``portrait.cli.COMMANDS``. Parsing imports nothing heavy; the ``run_*`` functions import what they need. They
+``portrait.cli.main.COMMANDS``. Parsing imports nothing heavy; the ``run_*`` functions import what they need. They
 print to stdout (the CLI owns it); a :class:`~portrait.errors.PortraitError` propagates to ``cli.main``.
 """
 
@@ -60,9 +60,9 @@ def add_download_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_download(args: argparse.Namespace) -> int:
-    """Download the public weights into the weights tree (:func:`portrait.hub.download_weights`)."""
-    from portrait.hub import download_weights
-    from portrait.weights import resolve_weights_root
+    """Download the public weights into the weights tree (:func:`portrait.weights.hub.download_weights`)."""
+    from portrait.weights.hub import download_weights
+    from portrait.weights.load import resolve_weights_root
 
     root = resolve_weights_root(args.weights)
     quiet = getattr(args, "quiet", False)
@@ -107,7 +107,7 @@ def _guard(name: str, check: Callable[[], Check]) -> Check:
 
 
 def _check_ffmpeg() -> Check:
-    from portrait.render.ffmpeg import ffmpeg_binary, run_ffmpeg
+    from portrait.ffmpeg import ffmpeg_binary, run_ffmpeg
 
     binary = ffmpeg_binary()
     lines = run_ffmpeg(["-version"], timeout=30).stdout.decode(errors="replace").splitlines()
@@ -115,7 +115,7 @@ def _check_ffmpeg() -> Check:
 
 
 def _check_tree(root: Path) -> Check:
-    from portrait.weights import missing_files
+    from portrait.weights.load import missing_files
 
     if not root.is_dir():
         return Check(
@@ -134,7 +134,7 @@ def _check_tree(root: Path) -> Check:
 def _check_manifest(root: Path) -> Check:
     import json
 
-    from portrait.weights import verify_manifest
+    from portrait.weights.load import verify_manifest
 
     bad = verify_manifest(root)
     if bad:
@@ -149,14 +149,14 @@ def _check_manifest(root: Path) -> Check:
 
 
 def _check_emotions(root: Path) -> Check:
-    from portrait.weights import load_emotion_bank
+    from portrait.weights.load import load_emotion_bank
 
     bank = load_emotion_bank(root)
     return Check("emotion priors", True, f"{len(bank)}: {', '.join(bank)}")
 
 
 def _optional_checks(root: Path) -> list[Check]:
-    from portrait.hub import FACE_DETECTOR_DIR, YOLO_FILE
+    from portrait.weights.hub import FACE_DETECTOR_DIR, YOLO_FILE
 
     checks = []
     for comp in OPTIONAL_COMPONENTS:
@@ -173,7 +173,7 @@ def _optional_checks(root: Path) -> list[Check]:
 
 
 def _check_face_detection(root: Path) -> Check:
-    from portrait.hub import FACE_DETECTOR_DIR, YOLO_FILE
+    from portrait.weights.hub import FACE_DETECTOR_DIR, YOLO_FILE
 
     found = []
     if (root / FACE_DETECTOR_DIR / YOLO_FILE).is_file():
@@ -239,7 +239,7 @@ def add_doctor_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_doctor(args: argparse.Namespace) -> int:
     """Print the checklist; 0 when every required check passes, else 1 (the failures listed again)."""
-    from portrait.weights import resolve_weights_root
+    from portrait.weights.load import resolve_weights_root
 
     checks = doctor_checks(resolve_weights_root(args.weights))
     for check in checks:
@@ -265,7 +265,7 @@ def add_emotions_arguments(parser: argparse.ArgumentParser) -> None:
 def run_emotions(args: argparse.Namespace) -> int:
     """List the emotion names of the weights tree and remind the ``--emotion`` syntax."""
     from portrait.layout import EMOTIONS_DIR
-    from portrait.weights import load_emotion_bank, resolve_weights_root
+    from portrait.weights.load import load_emotion_bank, resolve_weights_root
 
     root = resolve_weights_root(args.weights)
     bank = load_emotion_bank(root)

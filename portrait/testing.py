@@ -2,7 +2,7 @@
 
 :func:`write_tiny_weights` writes either our own layout (``layout="portrait"``, see :mod:`portrait.layout`)
 or the DICE-Talk research release layout (``layout="dice-talk"``, spec section 8) that
-:func:`portrait.convert.convert_dice_talk` converts. Both layouts hold the *same* random values:
+:func:`portrait.weights.convert.convert_dice_talk` converts. Both layouts hold the *same* random values:
 
 * the adapters (AudioProjector, EmotionModel, PoseGuider) and the trained UNet (``unet.pth``) are float32;
 * the VAE and the CLIP image encoder are drawn in float32 and rounded through float16, so the release
@@ -262,7 +262,7 @@ def _write_portrait(root: Path, models: dict[str, Any], priors: dict[str, np.nda
     from diffusers import EulerDiscreteScheduler
     from safetensors.torch import save_file
 
-    from portrait.convert import write_manifest
+    from portrait.weights.convert import write_manifest
 
     for name in ("unet", "vae", "audio_projector", "emotion_model", "pose_guider", "interpolation"):
         models[name].save_pretrained(root / name, safe_serialization=True)

@@ -3,7 +3,7 @@
 Scheduling is dynamic: every idle actor gets the next queued job, so long and short jobs balance. A job whose
 actor dies (killed, pre-empted node, out of host memory) or whose task raises is queued again, up to
 ``retries`` more attempts, and the dead actor is replaced. What a worker is comes from the caller
-(``make_worker(name)``, see :class:`portrait.batch.Worker`): this module only schedules.
+(``make_worker(name)``, see :class:`portrait.batch.main.Worker`): this module only schedules.
 
 ``ray`` is an optional dependency (the ``[cluster]`` extra); it is imported when the engine runs.
 """
@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from portrait.batch_manifest import JobRecord, ManifestJob
+from portrait.batch.manifest import JobRecord, ManifestJob
 from portrait.errors import ConfigError, PortraitError
 
 logger = logging.getLogger(__name__)

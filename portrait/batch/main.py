@@ -2,12 +2,12 @@
 
 ``portrait-batch MANIFEST --out-dir DIR [--engine local|ray] [--shard I/N] [--retries K] [--fail-fast]``
 
-1. The manifest (JSONL or CSV, see :mod:`portrait.batch_manifest`) is read whole; this process keeps its
+1. The manifest (JSONL or CSV, see :mod:`portrait.batch.manifest`) is read whole; this process keeps its
    static shard. Each job is checked (config overrides, input files, face, emotion) before any model
    loads; a bad line is recorded as ``invalid`` and the others go on.
 2. A job whose output and a readable sidecar ``<output>.json`` exist is ``skipped`` (a rerun resumes).
 3. The rest render on the local engine (one process, pipeline loaded once, jobs in order) or the Ray engine
-   (:mod:`portrait.batch_ray`). One failing job is recorded and the rest continue.
+   (:mod:`portrait.batch.ray`). One failing job is recorded and the rest continue.
 4. ``DIR/results.jsonl`` (``results.shard-I-of-N.jsonl`` for a shard) gets one line per job as it ends;
    a summary line goes to stderr. Exit 0 only if every job is ok or skipped; 130 after Ctrl-C.
 """
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from portrait import __version__
-from portrait.batch_manifest import (
+from portrait.batch.manifest import (
     InvalidLine,
     JobRecord,
     ManifestJob,
@@ -41,9 +41,9 @@ from portrait.batch_manifest import (
     resolve_shard,
     select_shard,
 )
-from portrait.batch_ray import RayOptions
-from portrait.batch_worker import Worker, WorkerSettings, is_done, remove_stale, to_job
-from portrait.cli_common import (
+from portrait.batch.ray import RayOptions
+from portrait.batch.worker import Worker, WorkerSettings, is_done, remove_stale, to_job
+from portrait.cli.common import (
     add_runtime_arguments,
     configure_logging,
     print_error,
@@ -53,7 +53,7 @@ from portrait.cli_common import (
 from portrait.config import RenderConfig, with_values
 from portrait.errors import InputError, PortraitError
 
-logger = logging.getLogger("portrait.batch" if __name__ == "__main__" else __name__)  # python -m too
+logger = logging.getLogger("portrait.batch.main" if __name__ == "__main__" else __name__)  # python -m too
 
 __all__ = [
     "BatchOptions", "Batch", "Summary", "Worker", "WorkerSettings", "add_batch_arguments", "is_done",
@@ -286,7 +286,7 @@ class Batch:
         """The batch config with an absolute weights root (and this rank's GPU), and a job checker."""
         from portrait.generate import precheck
         from portrait.preprocess.face import detector_from_name
-        from portrait.weights import check_tree, emotion_names, resolve_weights_root
+        from portrait.weights.load import check_tree, emotion_names, resolve_weights_root
 
         root = resolve_weights_root(self.cfg.runtime.weights).resolve()
         check_tree(root)
@@ -315,7 +315,7 @@ class Batch:
                 return
 
     def _run_ray(self, jobs: list[ManifestJob], settings: WorkerSettings) -> None:
-        from portrait.batch_ray import run_ray
+        from portrait.batch.ray import run_ray
 
         make_worker = partial(_named_worker, self.worker_factory, settings)
         options = self.options.ray or RayOptions()

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from portrait.cli_common import add_runtime_arguments, quiet_libraries, runtime_values
+from portrait.cli.common import add_runtime_arguments, quiet_libraries, runtime_values
 from portrait.errors import InputError
 
 EPILOG = """commands:
@@ -134,9 +134,9 @@ def run_generate(args: argparse.Namespace) -> int:
     box = parse_face_box(args.face_box) if args.face_box else None
 
     from portrait.generate import Job, generate, load_engine, precheck
-    from portrait.hub import ensure_weights
+    from portrait.weights.hub import ensure_weights
     from portrait.preprocess.face import detector_from_name
-    from portrait.weights import emotion_names, resolve_weights_root
+    from portrait.weights.load import emotion_names, resolve_weights_root
 
     job = Job(
         args.image,

@@ -335,7 +335,7 @@ class Studio:
 
     def job(self, request: AppRequest, output: Path) -> tuple[Job, RenderConfig]:
         """Validate ``request`` into a job writing ``output`` and its config (raises PortraitError)."""
-        from portrait.emotion import parse_emotion
+        from portrait.preprocess.emotion import parse_emotion
         from portrait.generate import Job
         from portrait.preprocess.face import parse_face_box
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from portrait.batch_manifest import JobRecord, ManifestJob
+from portrait.batch.manifest import JobRecord, ManifestJob
 from portrait.config import RenderConfig, with_values
 from portrait.errors import InputError, PortraitError
 
@@ -46,7 +46,7 @@ def is_done(output: Path) -> bool:
 
 def remove_stale(output: Path) -> None:
     """Remove what an unfinished render of ``output`` left: partial files, an output without sidecar."""
-    from portrait.render.ffmpeg import partial_path
+    from portrait.ffmpeg import partial_path
 
     sidecar = sidecar_path(output)
     leftovers = [partial_path(output), sidecar.with_name(sidecar.name + ".partial")]

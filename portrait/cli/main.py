@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from portrait import __version__
-from portrait.app_launch import add_app_arguments, run_app
-from portrait.batch import add_batch_arguments, run_batch
-from portrait.cli_common import configure_logging, print_error
-from portrait.cli_generate import EPILOG as GENERATE_EPILOG
-from portrait.cli_generate import add_generate_arguments, run_generate
-from portrait.cli_tools import (
+from portrait.app.launch import add_app_arguments, run_app
+from portrait.batch.main import add_batch_arguments, run_batch
+from portrait.cli.common import configure_logging, print_error
+from portrait.cli.generate import EPILOG as GENERATE_EPILOG
+from portrait.cli.generate import add_generate_arguments, run_generate
+from portrait.cli.tools import (
     add_doctor_arguments,
     add_download_arguments,
     add_emotions_arguments,
@@ -90,7 +90,7 @@ def _convert_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    from portrait.convert import convert_dice_talk
+    from portrait.weights.convert import convert_dice_talk
 
     report = convert_dice_talk(
         args.src, args.dst, dtype=args.dtype, overwrite=args.overwrite, emotions_dir=args.emotions_dir

@@ -1,6 +1,6 @@
 """Launching the web demo: flags, exposure warnings, weights check, engine start (``portrait-gen app``).
 
-The widgets live in the top-level ``app.py``; the request handling in :mod:`portrait.app_handler`.
+The widgets live in the top-level ``app.py``; the request handling in :mod:`portrait.app.handler`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from portrait.app_handler import (
+from portrait.app.handler import (
     AUTH_ENV,
     DEFAULT_HOST,
     DEFAULT_MAX_FILE_SIZE,
@@ -26,7 +26,7 @@ from portrait.app_handler import (
     Studio,
     Workspace,
 )
-from portrait.cli_common import add_runtime_arguments, runtime_values
+from portrait.cli.common import add_runtime_arguments, runtime_values
 from portrait.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -99,8 +99,8 @@ def run_app(args: argparse.Namespace, serve: Serve | None = None) -> int:
     serve = serve or _app_serve()
     workspace = Workspace()
     os.environ.setdefault("GRADIO_TEMP_DIR", str(workspace.root / "gradio"))  # uploads stay private too
-    from portrait.hub import ensure_weights
-    from portrait.weights import resolve_weights_root
+    from portrait.weights.hub import ensure_weights
+    from portrait.weights.load import resolve_weights_root
 
     ensure_weights(resolve_weights_root(cfg.runtime.weights), offline=cfg.runtime.offline or None)
     studio = Studio(cfg, detector=args.detector, max_seconds=args.max_seconds, workspace=workspace)
@@ -112,13 +112,7 @@ def run_app(args: argparse.Namespace, serve: Serve | None = None) -> int:
 
 
 def _app_serve() -> Serve:
-    """``serve`` of the repository's ``app.py`` (the UI is not part of the installed package)."""
-    import importlib.util
+    """``serve`` of the packaged UI (imported late: it is the only module that imports gradio)."""
+    from portrait.app.ui import serve
 
-    path = Path(__file__).resolve().parents[1] / "app.py"
-    spec = importlib.util.spec_from_file_location("portrait_web_app", path)
-    if not path.is_file() or spec is None or spec.loader is None:
-        raise ConfigError(f"the web demo needs app.py from the source checkout (not found at {path})")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.serve
+    return serve

@@ -1,6 +1,6 @@
 """Safe readers and shape inference for the DICE-Talk research release (spec sections 3, 4.7, 8, 10).
 
-Used by :mod:`portrait.convert`. Nothing here executes code from a weights file:
+Used by :mod:`portrait.weights.convert`. Nothing here executes code from a weights file:
 
 * ``.pth`` / ``.bin`` files are read only with ``torch.load(..., weights_only=True)`` and must be flat
   state dicts of tensors;

@@ -32,8 +32,8 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from portrait import convert_release as rel
-from portrait.convert_release import RELEASE_DIR, SVD_DIR, WHISPER_DIR
+from portrait.weights import release as rel
+from portrait.weights.release import RELEASE_DIR, SVD_DIR, WHISPER_DIR
 from portrait.errors import ConfigError, WeightsError
 from portrait.layout import (
     AUDIO_PREPROCESSOR_FILE,
@@ -45,7 +45,7 @@ from portrait.layout import (
     RELEASE_EMOTIONS,
     component,
 )
-from portrait.weights import file_sha256
+from portrait.weights.load import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -370,7 +370,7 @@ def _convert_all(src: Path, tmp: Path, dtype: str, emo_folder: Path, report: Con
     )
     flownet = _find_flownet(src)
     if flownet is not None:
-        from portrait.convert_rife import convert_flownet
+        from portrait.weights.rife import convert_flownet
 
         convert_flownet(flownet, tmp / "interpolation")
         comps["interpolation"] = ComponentReport("interpolation", sources=[str(flownet)], dtype="float32")

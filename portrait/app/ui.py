@@ -1,0 +1,191 @@
+"""Gradio web demo: ``python app.py [--host 127.0.0.1] [--port 7860] [--weights DIR] [--share] [--auth U:P]``.
+
+Thin: widgets and calls. portrait.app.handler holds the logic (UI values → job, rendering, face box, limits,
+private temp files). Importing this file loads neither torch nor gradio; ``main`` loads the engine once.
+The named endpoint ``/generate`` is documented in README ("Web demo").
+"""
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from portrait.app.handler import EMOTION_FILE_SUFFIXES, AppRequest, Studio, default_framing
+from portrait.app.launch import LaunchOptions, add_app_arguments, run_app
+from portrait.errors import PortraitError
+
+logger = logging.getLogger("portrait.app")
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+SAMPLE_PORTRAIT, SAMPLE_SPEECH = ASSETS / "sample_portrait.jpg", ASSETS / "sample_speech.wav"
+EXAMPLE_EMOTIONS = (("happy", 1.0), ("sad", 0.8), ("surprised", 1.5))
+FRAMING = [
+    ("Auto (full frame when the face is small)", "auto"),
+    ("Full frame (crop animated, pasted back)", "full"),
+    ("Whole photo, resized", "photo"),
+    ("Square crop around the face", "crop"),
+]
+TIMELINE_HEADERS = ["time (s)", "emotion", "intensity"]
+#: Parameters of the ``/generate`` endpoint, in order (the names of AppRequest's fields).
+INPUT_NAMES = (
+    "image", "audio", "emotion", "intensity", "timeline", "ref_scale", "emo_scale", "steps", "seed",
+    "random_seed", "framing", "interpolate", "size", "face_box", "face_index", "max_size", "emotion_text",
+    "emotion_file",
+)  # fmt: skip
+
+
+def _main_inputs(gr: Any, studio: Studio) -> dict[str, Any]:
+    """Portrait, speech, emotion (dropdown, intensity, timeline), guidance, steps, seed, framing."""
+    cfg, names = studio.cfg, studio.emotion_names()
+    s = cfg.sampling
+    w: dict[str, Any] = {}
+    w["image"] = gr.Image(label="Portrait", type="filepath", image_mode=None, sources=["upload", "webcam"])
+    w["audio"] = gr.Audio(label="Speech", type="filepath", sources=["upload", "microphone"])
+    with gr.Row():
+        default = "neutral" if "neutral" in names else names[0]
+        w["emotion"] = gr.Dropdown(names, value=default, label="Emotion")
+        w["intensity"] = gr.Slider(0, 2, value=1, step=0.05, label="Emotion intensity")
+    with gr.Accordion("Emotion timeline", open=False):
+        gr.Markdown(
+            "Each row switches the emotion at a time in seconds (the first row at 0). When the table has "
+            "rows it replaces the emotion above. Intensity 0..2, blank = 1."
+        )
+        w["timeline"] = gr.Dataframe(
+            headers=TIMELINE_HEADERS, datatype=["number", "str", "number"], row_count=1, column_count=3,
+            type="array", label="Timeline",
+        )  # fmt: skip
+    with gr.Row():
+        w["ref_scale"] = gr.Slider(0, 10, value=s.ref_scale_min, step=0.1, label="Reference guidance")
+        w["emo_scale"] = gr.Slider(0, 15, value=s.emo_scale_min, step=0.1, label="Emotion guidance")
+    with gr.Row():
+        w["steps"] = gr.Slider(1, 100, value=s.steps, step=1, label="Steps")
+        w["seed"] = gr.Number(value=s.seed, precision=0, label="Seed (-1 = random)")
+        w["random_seed"] = gr.Checkbox(value=False, label="Random seed")
+    with gr.Row():
+        w["framing"] = gr.Radio(FRAMING, value=default_framing(cfg), label="Framing")
+        w["interpolate"] = gr.Checkbox(value=cfg.video.interpolate, label="Frame interpolation (25 fps)")
+    return w
+
+
+def _advanced_inputs(gr: Any, studio: Studio) -> dict[str, Any]:
+    """The "Advanced" accordion: size, face choice, full-frame cap, free emotion spec or file."""
+    w: dict[str, Any] = {}
+    with gr.Accordion("Advanced", open=False):
+        w["size"] = gr.Slider(
+            64, 1024, value=studio.cfg.preprocess.min_resolution, step=64, label="Size (short side, px)"
+        )
+        w["face_box"] = gr.Textbox(label="Face box X,Y,W,H (pixels; empty = detect)")
+        w["face_index"] = gr.Number(value=None, precision=0, label="Face index (0 = largest; empty = auto)")
+        w["max_size"] = gr.Number(
+            value=None, precision=0, label="Full-frame long side cap (px; empty = photo)"
+        )
+        w["emotion_text"] = gr.Textbox(
+            label="Emotion spec (overrides the emotion, intensity and timeline above)",
+            placeholder="happy:0.6+surprised:0.4   or   0:neutral, 2.5:happy:0.8, 6:sad",
+        )
+        w["emotion_file"] = gr.File(
+            label="Emotion prior or timeline file (overrides every other emotion control)",
+            type="filepath", file_types=list(EMOTION_FILE_SUFFIXES),
+        )  # fmt: skip
+    return w
+
+
+def build_demo(studio: Studio, options: LaunchOptions | None = None) -> Any:
+    """The page (a ``gr.Blocks``) calling ``studio``; the event ``/generate`` is the API."""
+    import gradio as gr
+
+    options = options or LaunchOptions()
+    with gr.Blocks(title="portrait: talking portrait", delete_cache=(1800, 3600)) as demo:
+        gr.Markdown(
+            "## portrait: a talking portrait from one photo and a speech recording\n"
+            f"Audio up to {studio.max_seconds:g} s, uploads up to {options.max_file_size}. "
+            "One render at a time; others wait in the queue."
+        )
+        with gr.Row():
+            with gr.Column():
+                widgets = _main_inputs(gr, studio) | _advanced_inputs(gr, studio)
+                with gr.Row():
+                    run = gr.Button("Generate", variant="primary")
+                    stop = gr.Button("Cancel", variant="stop")
+            with gr.Column():
+                outputs = [
+                    gr.Video(label="Result", format="mp4", interactive=False),
+                    gr.Image(
+                        label="Face used (green; orange: crop)", type="pil", format="png", interactive=False
+                    ),
+                    gr.JSON(label="Info"),
+                    gr.File(label="Sidecar JSON", interactive=False),
+                ]
+
+        # fmt: off
+        def generate(image, audio, emotion, intensity, timeline, ref_scale, emo_scale, steps, seed,
+                     random_seed, framing, interpolate, size, face_box=None, face_index=None, max_size=None,
+                     emotion_text=None, emotion_file=None, request: gr.Request = None,
+                     progress=gr.Progress(track_tqdm=True)):  # noqa: B008
+            # fmt: on  (gradio reads the annotations: gr.Request is injected, optional API parameters = None)
+            given = dict(locals())
+            values = AppRequest(**{name: given[name] for name in INPUT_NAMES})
+            session = getattr(request, "session_hash", None)
+            try:
+                out = studio.run(values, lambda f, what: progress(f, desc=what), session)
+            except PortraitError as err:
+                raise gr.Error(studio.message(err, values), print_exception=False) from None
+            return str(out.video), out.preview, out.info, str(out.sidecar)
+
+        def cancel(request: gr.Request) -> None:
+            studio.cancel(getattr(request, "session_hash", None))
+
+        inputs = [widgets[name] for name in INPUT_NAMES]
+        event = run.click(generate, inputs, outputs, api_name="generate")
+        stop.click(cancel, None, None, cancels=[event], api_name=False)
+        names = studio.emotion_names()
+        sample = [str(SAMPLE_PORTRAIT), str(SAMPLE_SPEECH)]
+        examples = [sample + [name, x] for name, x in EXAMPLE_EMOTIONS if name in names]
+        if examples and SAMPLE_PORTRAIT.is_file() and SAMPLE_SPEECH.is_file():
+            example_inputs = [widgets[name] for name in ("image", "audio", "emotion", "intensity")]
+            gr.Examples(examples, example_inputs, label="Examples (sample portrait and speech)")
+        gr.Markdown('API: `gradio_client` endpoint `/generate` (see README, "Web demo").')
+    return demo
+
+
+def serve(studio: Studio, options: LaunchOptions, block: bool = True) -> Any:
+    """Queue (one render at a time) and launch the page; ``block=False`` returns the running demo."""
+    import gradio as gr
+
+    demo = build_demo(studio, options)
+    demo.queue(default_concurrency_limit=1, max_size=options.queue_size)
+    demo.launch(
+        server_name=options.host,  # explicit: GRADIO_SERVER_NAME / GRADIO_SHARE cannot widen exposure
+        server_port=options.port,
+        share=options.share,
+        auth=options.auth,
+        max_file_size=options.max_file_size,
+        allowed_paths=[str(ASSETS)],  # the examples; results are in the temp dir, which gradio allows
+        prevent_thread_lock=not block,
+        quiet=not block,
+        theme=gr.themes.Soft(),
+    )
+    return demo
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python app.py``: 0 after the server stops, 1 on a PortraitError, 2 on a usage error."""
+    from portrait.cli.main import configure_logging
+
+    parser = argparse.ArgumentParser(prog="app.py", description="portrait web demo (Gradio)")
+    add_app_arguments(parser)
+    parser.add_argument("--debug", action="store_true", help="debug logging and full tracebacks")
+    parser.add_argument("--quiet", action="store_true", help="only warnings and errors")
+    args = parser.parse_args(argv)
+    configure_logging(debug=args.debug, quiet=args.quiet)
+    try:
+        return run_app(args, serve)
+    except PortraitError as err:
+        if args.debug:
+            logger.exception("app failed")
+        print("error: " + " ".join(str(err).split()), file=sys.stderr)
+        return 1
+
+
