@@ -16,6 +16,7 @@ import math
 import resource
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from portrait.generate import apply_runtime_options, interpolated
+from portrait.engine import apply_runtime_options
+from portrait.generate import interpolated
 from portrait.models.audio import frame_audio_windows, whisper_hidden_states
 from portrait.pipeline import PortraitPipeline
 from portrait.render.mux import mux_audio
-from portrait.render.video import VideoWriter, to_uint8_frames
+from portrait.render.video import encode_video
 from portrait.weights.load import FP32_COMPONENTS
 
 
@@ -87,7 +89,8 @@ def build_pipeline(tiny: bool, device: torch.device, dtype: torch.dtype) -> Port
     if tiny:
         configs = dict(
             unet=t.tiny_unet_config(), vae=t.tiny_vae_config(), clip=t.tiny_clip_config(),
-            whisper=t.tiny_whisper_config(), audio=t.tiny_audio_projector_config(), emotion=t.tiny_emotion_config(),
+            whisper=t.tiny_whisper_config(), audio=t.tiny_audio_projector_config(),
+            emotion=t.tiny_emotion_config(),
             pose=t.tiny_pose_guider_config(), rife=dict(channels=8),
         )  # fmt: skip
     else:
@@ -96,7 +99,8 @@ def build_pipeline(tiny: bool, device: torch.device, dtype: torch.dtype) -> Port
             clip=dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
                       patch_size=14, image_size=224, projection_dim=1024, hidden_act="gelu"),
             whisper=dict(d_model=384, encoder_layers=4, decoder_layers=4, encoder_attention_heads=6,
-                         decoder_attention_heads=6, encoder_ffn_dim=1536, decoder_ffn_dim=1536, num_mel_bins=80),
+                         decoder_attention_heads=6, encoder_ffn_dim=1536, decoder_ffn_dim=1536,
+                         num_mel_bins=80),
         )  # fmt: skip
     with torch.device("meta"):
         parts = dict(
@@ -187,7 +191,7 @@ def run_once(
                 mask,
                 windows,
                 prior,
-                num_inference_steps=args.steps,
+                steps=args.steps,
                 latents=noise,
                 identity=identity,
                 output_type="latent",
@@ -203,22 +207,25 @@ def run_once(
         sf.write(wav, np.zeros(int(args.seconds * 16000), dtype=np.float32) + 1e-3, 16000)
         chunks = pipe.decode_frames(latents, frames, args.decode_chunk)
         model = pipe.interpolator if args.interpolate else None
-        with VideoWriter(Path(tmp) / "v.mp4", fps=25.0 if model is not None else 12.5) as writer:
-            decode_t = encode_t = 0.0
+        decode_t = 0.0
+
+        def timed_chunks() -> Iterator[torch.Tensor]:  # decode (+ interpolation) time, chunk by chunk
+            nonlocal decode_t
             stream = interpolated(chunks, model)
             while True:
                 start = time.perf_counter()
-                chunk = next(stream, None)  # decode (+ interpolation) of one chunk
+                chunk = next(stream, None)
                 _sync(device)
                 decode_t += time.perf_counter() - start
                 if chunk is None:
-                    break
-                start = time.perf_counter()
-                data = to_uint8_frames(chunk)
-                writer.write(data)
-                encode_t += time.perf_counter() - start
-                if args.keep_frames:
-                    kept.append(data)
+                    return
+                yield chunk
+
+        keep = (lambda data, index: kept.append(data)) if args.keep_frames else None
+        start = time.perf_counter()
+        fps = 25.0 if model is not None else 12.5
+        encode_video(timed_chunks(), Path(tmp) / "v.mp4", fps=fps, on_frames=keep)
+        encode_t = time.perf_counter() - start - decode_t
         times["decode_and_interpolation"] = round(decode_t, 4)
         with timer(times, "encode_and_mux"):
             mux_audio(Path(tmp) / "v.mp4", wav, Path(tmp) / "out.mp4")
@@ -230,11 +237,14 @@ def run_once(
         "variant": variant.name, "device": str(device), "dtype": str(pipe.unet.dtype).removeprefix("torch."),
         "size": args.size, "steps": args.steps, "audio_seconds": args.seconds, "frames": frames,
         "seconds_per_video_second": round(total / args.seconds, 4), "stage_seconds": times,
-        "unet_calls": calls["n"], "window_batch": variant.window_batch, "fast_attention": variant.fast_attention,
+        "unet_calls": calls["n"], "window_batch": variant.window_batch,
+        "fast_attention": variant.fast_attention,
         "compile": variant.compile, "offload": variant.offload,
         "achieved_tflops": round(flops * windows_done / times["sampling"] / 1e12, 2) if flops else None,
         "tflop_per_window_call": round(flops / 1e12, 3) if flops else None,
-        "peak_gpu_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if device.type == "cuda" else None,
+        "peak_gpu_gib": (
+            round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if device.type == "cuda" else None
+        ),
         "peak_host_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
     }  # fmt: skip
     result["_frames"] = np.concatenate(kept) if kept else None
@@ -263,7 +273,8 @@ def window_call(pipe: PortraitPipeline, size: int) -> None:
     dim = pipe.unet.config.cross_attention_dim
     tokens = pipe.audio_projector.config.context_tokens
     args = dict(
-        sample=torch.randn(3, 25, 8, h, h, device=device, dtype=dtype), timestep=torch.tensor(1.0, device=device),
+        sample=torch.randn(3, 25, 8, h, h, device=device, dtype=dtype),
+        timestep=torch.tensor(1.0, device=device),
         encoder_hidden_states=torch.randn(75, 1, dim, device=device, dtype=dtype),
         added_time_ids=torch.tensor([[12.5, 8.0, 16.0]] * 3, device=device, dtype=dtype),
         adapter_tokens=tuple(torch.randn(75, tokens, dim, device=device, dtype=dtype) for _ in range(2)),

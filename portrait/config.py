@@ -26,11 +26,11 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from portrait.constants import FACE_SELECTIONS
 from portrait.errors import ConfigError
 
 __all__ = [
     "DTYPES",
-    "FACE_SELECTIONS",
     "PreprocessConfig",
     "RenderConfig",
     "RuntimeConfig",
@@ -46,7 +46,6 @@ __all__ = [
 #: Accepted ``runtime.dtype`` values.
 DTYPES: tuple[str, ...] = ("auto", "fp16", "bf16", "fp32")
 #: Accepted ``preprocess.face_selection`` values: the reference's maxface quirk (spec 1.2) or the largest.
-FACE_SELECTIONS: tuple[str, ...] = ("reference", "largest")
 #: torch.compile modes: off, the repeated UNet blocks one class at a time (short compile), or the whole UNet.
 COMPILE_MODES = ("off", "blocks", "full")
 #: Memory tiers: everything on the GPU, whole models swapped to the CPU when idle, or layer-by-layer offload.

@@ -12,12 +12,10 @@ from typing import Any
 import torch
 
 from portrait.config import RenderConfig
-from portrait.errors import InputError, WeightsError
+from portrait.errors import HINT_USE_CPU, InputError, WeightsError
 from portrait.layout import AUDIO_PREPROCESSOR_FILE
-from portrait.preprocess.face import (
-    FaceDetector,
-    detector_from_name,
-)
+from portrait.pipeline import PortraitPipeline
+from portrait.preprocess.detectors import FaceDetector, detector_from_name
 from portrait.weights.load import load_component, load_emotion_bank, load_pipeline, resolve_weights_root
 
 logger = logging.getLogger(__name__)
@@ -27,7 +25,7 @@ logger = logging.getLogger(__name__)
 class Engine:
     """Everything loaded once per process: pipeline, audio features, detector, interpolator, emotion bank."""
 
-    pipe: Any
+    pipe: PortraitPipeline
     feature_extractor: Any
     detector: FaceDetector | None
     interpolator: torch.nn.Module | None
@@ -43,7 +41,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+        raise InputError(f"device {name!r} requested but CUDA is not available", hint=HINT_USE_CPU)
     return device
 
 
@@ -67,7 +65,6 @@ def load_engine(cfg: RenderConfig, detector: str | FaceDetector = "auto") -> Eng
     dtype = resolve_dtype(cfg.runtime.dtype, device)
     offload = cfg.runtime.offload != "none" and device.type == "cuda"
     pipe = load_pipeline(root, device="cpu" if offload else device, dtype=dtype)
-    pipe.unet.set_adapter_scales((cfg.sampling.ip_audio_scale, cfg.sampling.ip_emo_scale))
     apply_runtime_options(pipe, cfg.runtime.offload if offload else "none", cfg.runtime.compile, device)
     try:
         extractor = WhisperFeatureExtractor.from_pretrained((root / AUDIO_PREPROCESSOR_FILE).parent)
@@ -93,7 +90,9 @@ def load_engine(cfg: RenderConfig, detector: str | FaceDetector = "auto") -> Eng
     )
 
 
-def apply_runtime_options(pipe: Any, offload: str, compile_mode: str, device: torch.device) -> None:
+def apply_runtime_options(
+    pipe: PortraitPipeline, offload: str, compile_mode: str, device: torch.device
+) -> None:
     """Memory tier (CPU offload) and torch.compile, both output-preserving."""
     if offload == "model":
         pipe.enable_model_cpu_offload(device=device)

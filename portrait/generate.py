@@ -1,9 +1,9 @@
-"""`generate`: one job from a photo and a recording to a finished mp4 + sidecar JSON (ARCHITECTURE §4).
+"""`generate`: one prepared job to a finished mp4 + sidecar JSON (ARCHITECTURE §3).
 
-preprocess image (detect, choose, mask) → audio (decode, Whisper features, per-frame windows) → emotion
-(per-frame priors) → pipeline (latents) → chunked VAE decode → optional frame interpolation → streamed H.264
-encode → mux with the audio → atomic rename; ``<output>.json`` records what was done.
-An :class:`Engine` holds everything that is loaded once (batch rendering reuses it).
+:func:`portrait.inputs.prepare` has decoded and checked every input; here the engine (loaded once) encodes
+identity and audio, the pipeline samples, and frames stream through decode → interpolate → paste → encode →
+mux; ``out.partial.mp4`` is renamed to ``out.mp4`` and ``<output>.json`` is written last. Per-job settings
+(guidance, adapter scales, interpolation, ...) come from ``cfg``, never from mutating the engine.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,33 +24,18 @@ import torch
 
 from portrait import __version__
 from portrait.config import RenderConfig, config_to_dict
-from portrait.preprocess.emotion import (
-    check_schedule_fits,
-    schedule_priors,
-    schedule_summary,
-)
-from portrait.errors import PortraitError
+from portrait.engine import Engine
+from portrait.inputs import IdentityCache, PreparedJob, audio_windows, emotion_bank, encode_identity
 from portrait.models.interpolation import midframes
+from portrait.preprocess.emotion import schedule_priors, schedule_summary
 from portrait.render.mux import mux_audio
 from portrait.render.paste import FramePaster, clip_box
-from portrait.render.video import VideoWriter, to_uint8_frames
+from portrait.render.video import encode_video
 
 logger = logging.getLogger(__name__)
-from portrait.engine import Engine, apply_runtime_options, load_engine, resolve_device, resolve_dtype
-from portrait.inputs import (
-    UNIT_SECONDS,
-    ImageCache,
-    Job,
-    PreparedImage,
-    check_output,
-    image_cache_key,
-    load_prior_file,
-    precheck,
-    prepare_audio,
-    prepare_identity,
-    prepare_image,
-    resolve_emotion,
-)
+
+#: Sampling keys that are not pipeline arguments (the seed becomes a generator; the transition shapes priors).
+_NOT_PIPELINE_ARGUMENTS = ("seed", "emotion_transition")
 
 
 @dataclass
@@ -62,7 +47,12 @@ class Result:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-# ---------------------------------------------------------------------------------------------- output
+def pipeline_arguments(cfg: RenderConfig) -> dict[str, Any]:
+    """The pipeline's keyword arguments from the config: they carry the config's own names."""
+    values = {k: v for k, v in asdict(cfg.sampling).items() if k not in _NOT_PIPELINE_ARGUMENTS}
+    return values | {"window_batch": cfg.runtime.window_batch, "fast_attention": cfg.runtime.fast_attention}
+
+
 def interpolated(
     chunks: Iterator[torch.Tensor], model: torch.nn.Module | None, hold_last: bool = True
 ) -> Iterator[torch.Tensor]:
@@ -80,7 +70,7 @@ def interpolated(
         frames = chunk if previous is None else torch.cat([previous[None], chunk])
         mids = midframes(model, frames[:-1], frames[1:])
         out = [frames[:1]] if previous is None else []
-        for mid, end in zip(mids, frames[1:]):
+        for mid, end in zip(mids, frames[1:], strict=True):
             out.extend([mid[None], end[None]])
         previous = chunk[-1]
         if out:
@@ -89,11 +79,16 @@ def interpolated(
         yield previous[None]
 
 
-def _dump_png(frames: np.ndarray, folder: Path, start: int) -> None:
+def _png_dumper(folder: Path) -> Callable[[np.ndarray, int], None]:
     from PIL import Image
 
-    for i, frame in enumerate(frames):
-        Image.fromarray(frame).save(folder / f"frame_{start + i:06d}.png")
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def dump(frames: np.ndarray, start: int) -> None:
+        for i, frame in enumerate(frames):
+            Image.fromarray(frame).save(folder / f"frame_{start + i:06d}.png")
+
+    return dump
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -115,17 +110,18 @@ def _versions() -> dict[str, str]:
 
 
 def generate(
-    job: Job,
+    prepared: PreparedJob,
     engine: Engine,
     cfg: RenderConfig,
     progress: bool = True,
-    cache: ImageCache | None = None,
+    cache: IdentityCache | None = None,
     callback: Callable[[int, int, torch.Tensor], None] | None = None,
 ) -> Result:
-    """Render ``job`` into ``job.output`` (+ ``<output>.json``). No partial output survives a failure.
+    """Render ``prepared`` into its job's output (+ ``<output>.json``). No partial output survives a failure.
 
-    ``cache``: reuse prepared images (face detection, CLIP and VAE encodings) across jobs of one process.
+    ``cache``: reuse identity encodings (CLIP and VAE) across jobs of one process.
     """
+    job = prepared.job
     started = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -134,55 +130,50 @@ def generate(
         timings[name] = round(now - since, 3)
         return now
 
-    check_output(job)
-    prepared = prepare_identity(job, engine, cfg, cache)
-    tensors, image_info = prepared.tensors, prepared.info
+    identity = encode_identity(prepared, engine, cfg, cache)
     t = lap("image", started)
-    features, windows = prepare_audio(job, engine, cfg)
+    features, windows = audio_windows(prepared, engine, cfg)
     t = lap("audio", t)
-    schedule, bank = resolve_emotion(job.emotion, engine, cfg.sampling.emotion_transition)
-    check_schedule_fits(schedule, features.duration)
     s = cfg.sampling
-    priors = schedule_priors(schedule, bank, features.num_frames, s.fps)
+    priors = schedule_priors(prepared.schedule, emotion_bank(prepared, engine), features.num_frames, s.fps)
     seed = s.seed if job.seed is None else job.seed
     generator = torch.Generator(engine.device).manual_seed(seed)
     engine.pipe.set_progress_bar_config(disable=not progress, desc="sampling")
+    tensors = prepared.portrait
     latents = engine.pipe(
         tensors.ref_image,
         tensors.clip_image,
         tensors.face_mask,
         windows,
         priors,
-        num_inference_steps=s.steps,
-        frames_per_window=s.frames_per_window,
-        overlap=s.overlap,
-        shift_offset=s.shift_offset,
-        min_ref_scale=s.ref_scale_min,
-        max_ref_scale=s.ref_scale_max,
-        min_emo_scale=s.emo_scale_min,
-        max_emo_scale=s.emo_scale_max,
-        i2i_noise_strength=s.i2i_noise_strength,
-        noise_aug_strength=s.noise_aug_strength,
-        fps=s.fps,
-        motion_bucket_id=s.motion_bucket_id,
-        motion_bucket_id_exp=s.motion_bucket_id_exp,
-        retrieval=s.retrieval,
+        **pipeline_arguments(cfg),
         generator=generator,
-        identity=prepared.identity,
+        identity=identity,
         callback=callback,
-        window_batch=cfg.runtime.window_batch,
-        fast_attention=cfg.runtime.fast_attention,
         output_type="latent",
     ).latents
     t = lap("sampling", t)
 
-    fps = s.fps * (2 if engine.interpolator is not None else 1)
+    interpolator = engine.interpolator if cfg.video.interpolate else None
+    fps = s.fps * (2 if interpolator is not None else 1)
     paster = full_frame_paster(prepared, cfg)
     work = Path(tempfile.mkdtemp(prefix=".portrait-", dir=job.output.resolve().parent))
     try:
-        written = _encode(
-            job, engine, cfg, latents, features.num_frames, fps, work / "silent.mp4", progress, paster
-        )
+        from tqdm.auto import tqdm
+
+        total = 2 * features.num_frames if interpolator is not None else features.num_frames
+        chunks = engine.pipe.decode_frames(latents, features.num_frames, s.decode_chunk_size)
+        dump = _png_dumper(job.dump_frames) if job.dump_frames is not None else None
+        with tqdm(total=total, desc="encoding", unit="frame", disable=not progress) as bar:
+            written = encode_video(
+                interpolated(chunks, interpolator),
+                work / "silent.mp4",
+                fps=fps,
+                crf=cfg.video.crf,
+                paster=paster,
+                on_frames=dump,
+                progress=bar,
+            )
         t = lap("decode_encode", t)
         mux_audio(
             work / "silent.mp4",
@@ -195,18 +186,19 @@ def generate(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     timings["total"] = round(time.perf_counter() - started, 3)
+    image_info = prepared.image_info
     info = {
         "output": str(job.output),
         "image": str(job.image),
         "audio": str(job.audio),
         "emotion": job.emotion,
-        "emotion_schedule": schedule_summary(schedule, features.duration),
+        "emotion_schedule": schedule_summary(prepared.schedule, features.duration),
         "seed": seed,
         "audio_seconds": round(features.duration, 3),
         "generated_frames": features.num_frames,
         "video_frames": written,
         "fps": fps,
-        "interpolated": engine.interpolator is not None,
+        "interpolated": interpolator is not None,
         "device": str(engine.device),
         "dtype": str(engine.dtype).removeprefix("torch."),
         **image_info,
@@ -220,12 +212,13 @@ def generate(
     return Result(job.output, sidecar, info)
 
 
-def full_frame_paster(prepared: PreparedImage, cfg: RenderConfig) -> FramePaster | None:
+def full_frame_paster(prepared: PreparedJob, cfg: RenderConfig) -> FramePaster | None:
     """A :class:`FramePaster` for one video in full-frame mode (None otherwise); not cached: it keeps the
     colour statistics of its first frame."""
-    if prepared.photo is None:
+    photo = prepared.photo_array
+    if photo is None:
         return None
-    photo, info = prepared.photo, prepared.info
+    info = prepared.image_info
     crop = clip_box(tuple(info["crop_box"]), (photo.shape[1], photo.shape[0]))
     return FramePaster(
         photo,
@@ -235,71 +228,3 @@ def full_frame_paster(prepared: PreparedImage, cfg: RenderConfig) -> FramePaster
         feather=cfg.video.feather,
         color_match=cfg.video.color_match,
     )
-
-
-def _output_frames(chunk: torch.Tensor, paster: FramePaster | None) -> Iterator[np.ndarray]:
-    """uint8 (n, H, W, 3) frames to write: the working-size chunk, or its frames pasted one by one."""
-    if paster is None:
-        yield to_uint8_frames(chunk)
-        return
-    for i in range(len(chunk)):
-        yield paster.paste(chunk[i : i + 1])
-
-
-def _encode(
-    job: Job,
-    engine: Engine,
-    cfg: RenderConfig,
-    latents: torch.Tensor,
-    num_frames: int,
-    fps: float,
-    silent: Path,
-    progress: bool,
-    paster: FramePaster | None = None,
-) -> int:
-    """Decode → interpolate → (paste) → (dump PNGs) → H.264, chunk by chunk; returns the frames written.
-
-    With a ``paster`` (full-frame mode) each frame is pasted into the photo one at a time, so memory stays
-    flat in the video length and in the chunk size.
-    """
-    from tqdm.auto import tqdm
-
-    total = 2 * num_frames if engine.interpolator is not None else num_frames
-    if job.dump_frames is not None:
-        job.dump_frames.mkdir(parents=True, exist_ok=True)
-    chunks = engine.pipe.decode_frames(latents, num_frames, cfg.sampling.decode_chunk_size)
-    with tqdm(total=total, desc="encoding", unit="frame", disable=not progress) as bar:
-        with VideoWriter(silent, fps=fps, crf=cfg.video.crf, progress=bar) as writer:
-            for chunk in interpolated(chunks, engine.interpolator):
-                for frames in _output_frames(chunk, paster):
-                    if job.dump_frames is not None:
-                        _dump_png(frames, job.dump_frames, writer.frames_written)
-                    writer.write(frames)
-            written = writer.frames_written
-    return written
-
-
-#: The orchestration API; the engine and input helpers are re-exported from their own modules.
-__all__ = [
-    "UNIT_SECONDS",
-    "Engine",
-    "ImageCache",
-    "Job",
-    "PortraitError",
-    "PreparedImage",
-    "Result",
-    "apply_runtime_options",
-    "check_output",
-    "generate",
-    "image_cache_key",
-    "interpolated",
-    "load_engine",
-    "load_prior_file",
-    "precheck",
-    "prepare_audio",
-    "prepare_identity",
-    "prepare_image",
-    "resolve_device",
-    "resolve_dtype",
-    "resolve_emotion",
-]

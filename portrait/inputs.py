@@ -1,52 +1,51 @@
-"""A job and its inputs: output checks, cheap prechecks, image/face, audio, emotion and identity preparation.
+"""A job and its prepared inputs: everything is checked and decoded once, before any model loads.
 
-Everything here runs before sampling; every failure is a :class:`~portrait.errors.PortraitError` that names
-the file and the fix.
+:func:`prepare` reads the photo (decode, face, crop, mask, tensors), the audio (16 kHz mono samples) and the
+emotion (a parsed schedule, or a custom prior) and returns one :class:`PreparedJob` that
+:func:`portrait.generate.generate` consumes; nothing is decoded, detected or parsed twice. Every failure is a
+:class:`~portrait.errors.PortraitError` that names the file and the fix.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from portrait.config import RenderConfig
+from portrait.constants import EMOTION_PRIOR_SUFFIXES, EMOTION_TIMELINE_SUFFIXES, UNIT_SECONDS
+from portrait.engine import Engine
+from portrait.errors import HINT_FACE_BOX, InputError
+from portrait.models.audio import frame_audio_windows, whisper_hidden_states
+from portrait.models.identity import IdentityEncoding
+from portrait.preprocess.audio import AudioFeatures, audio_features, load_audio
+from portrait.preprocess.detectors import FaceDetector
 from portrait.preprocess.emotion import (
-    DEFAULT_TRANSITION,
     EmotionSchedule,
     check_schedule_fits,
     load_timeline_file,
     parse_emotion,
 )
-from portrait.errors import InputError
-from portrait.models.audio import frame_audio_windows, whisper_hidden_states
-from portrait.models.identity import IdentityEncoding
-from portrait.preprocess.audio import AudioFeatures, audio_features, load_audio
-from portrait.preprocess.face import (
-    FaceDetector,
-    check_face_box,
-    crop_image,
-    reference_crop_box,
-    select_face,
-)
+from portrait.preprocess.face import check_face_box, crop_image, reference_crop_box, select_face
 from portrait.preprocess.image import PortraitTensors, load_image, prepare_portrait
 from portrait.render.paste import wants_full_frame
 
 logger = logging.getLogger(__name__)
-from portrait.engine import Engine
 
-#: Seconds of audio per 40-ms unit (the reference's time base).
-UNIT_SECONDS = 0.04
+#: Bank name given to a custom prior file (``--emotion my_prior.safetensors``).
+CUSTOM_PRIOR = "custom"
 
 
 @dataclass(frozen=True)
 class Job:
-    """One generation request. ``emotion``: a spec (see portrait.preprocess.emotion), a prior file or a timeline file."""
+    """One generation request. ``emotion``: a spec (see preprocess.emotion), a prior or a timeline file."""
 
     image: Path
     audio: Path
@@ -56,6 +55,42 @@ class Job:
     face_index: int | None = None
     seed: int | None = None
     dump_frames: Path | None = None
+
+
+@dataclass(frozen=True)
+class PreparedJob:
+    """A job with every input decoded and checked once (:func:`prepare`); what ``generate`` consumes.
+
+    Attributes:
+        photo: the decoded photo (EXIF-rotated RGB), before any crop.
+        portrait: the pipeline's image tensors of the (cropped) working image.
+        image_info: face box, how it was found, crop box, full-frame flag and working size (sidecar fields).
+        full_frame: paste the animated crop back into ``photo``.
+        samples: (S,) float32 mono audio at ``sample_rate`` (16 kHz).
+        schedule: the emotion schedule over time.
+        extra_priors: bank entries the job brings itself (a custom prior file), name → (1, D).
+        image_key: what the image side depends on (for reusing identity encodings across jobs).
+    """
+
+    job: Job
+    photo: Image.Image
+    portrait: PortraitTensors
+    image_info: dict[str, Any]
+    full_frame: bool
+    samples: np.ndarray
+    sample_rate: int
+    schedule: EmotionSchedule
+    extra_priors: dict[str, torch.Tensor] = field(default_factory=dict)
+    image_key: tuple = ()
+
+    @property
+    def duration(self) -> float:
+        return len(self.samples) / self.sample_rate
+
+    @property
+    def photo_array(self) -> np.ndarray | None:
+        """(H, W, 3) uint8 photo to paste into in full-frame mode; None otherwise."""
+        return np.asarray(self.photo) if self.full_frame else None
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -74,49 +109,47 @@ def check_output(job: Job) -> None:
         raise InputError(f"output {job.output} must end in .mp4")
 
 
-def precheck(job: Job, cfg: RenderConfig, emotion_names: list[str], detector: FaceDetector) -> None:
-    """Everything about a job that can fail cheaply (files, face, emotion), checked before model loading."""
+def prepare(
+    job: Job, cfg: RenderConfig, detector: FaceDetector | None, emotion_names: Iterable[str]
+) -> PreparedJob:
+    """Check and decode every input of ``job`` once (image → face → crop, audio, emotion); no model needed.
+
+    ``emotion_names``: the names of the emotion bank the job may use. ``detector`` may be None only when the
+    job gives its face box.
+    """
     check_output(job)
-    image = load_image(job.image)
-    if job.face_box is not None:
-        check_face_box(job.face_box, image.size)
-    else:
-        faces = detector.detect(np.asarray(image)[:, :, ::-1].copy())
-        select_face(faces, cfg.preprocess.face_selection, job.face_index, source=str(job.image))
+    photo = load_image(job.image)
+    image_info, tensors, full_frame = _prepare_image(job, photo, cfg, detector)
     pre = cfg.preprocess
     samples = load_audio(job.audio, pre.sample_rate, max_seconds=pre.max_audio_units * UNIT_SECONDS)
-    path = Path(job.emotion)
-    if path.suffix.lower() in (".safetensors", ".npy", ".json", ".yaml", ".yml"):
-        if not path.is_file():
-            raise InputError(f"emotion file {path} does not exist")
-        if path.suffix.lower() in (".json", ".yaml", ".yml"):
-            check_schedule_fits(load_timeline_file(path, emotion_names), len(samples) / pre.sample_rate)
-    elif emotion_names:
-        check_schedule_fits(parse_emotion(job.emotion, emotion_names), len(samples) / pre.sample_rate)
+    schedule, extra = _prepare_emotion(job.emotion, list(emotion_names), cfg.sampling.emotion_transition)
+    check_schedule_fits(schedule, len(samples) / pre.sample_rate)
+    key = image_cache_key(job, cfg)
+    return PreparedJob(
+        job, photo, tensors, image_info, full_frame, samples, pre.sample_rate, schedule, extra, key
+    )
 
 
-def prepare_image(
-    job: Job, engine: Engine, cfg: RenderConfig
-) -> tuple[PortraitTensors, dict[str, Any], np.ndarray | None]:
-    """Decode, find the face, optionally crop, and build the pipeline's image tensors (spec 1.2–1.4).
+def _prepare_image(
+    job: Job, image: Image.Image, cfg: RenderConfig, detector: FaceDetector | None
+) -> tuple[dict[str, Any], PortraitTensors, bool]:
+    """Face (given or detected), the reference's crop box, optional crop, the image tensors (spec 1.2–1.4).
 
-    In full-frame mode (``video.full_frame``; "auto": when the face crop is smaller than the photo) the
-    face crop is animated and the whole photo, (H, W, 3) uint8, is returned to paste it back into;
-    otherwise the third value is None.
+    In full-frame mode (``video.full_frame``; "auto": when the face crop is smaller than the photo) the face
+    crop is animated and pasted back into the whole photo afterwards.
     """
-    image = load_image(job.image)
     if job.face_box is not None:
         check_face_box(job.face_box, image.size)
         box, how = job.face_box, "given"
     else:
-        bgr = np.asarray(image)[:, :, ::-1].copy()
-        faces = engine.detector.detect(bgr)
+        if detector is None:
+            raise InputError(f"no face detector to find the face in {job.image}", hint=HINT_FACE_BOX)
+        faces = detector.detect(np.asarray(image)[:, :, ::-1].copy())
         face = select_face(faces, cfg.preprocess.face_selection, job.face_index, source=str(job.image))
-        box, how = face.box, f"{engine.detector.name} ({len(faces)} found)"
+        box, how = face.box, f"{detector.name} ({len(faces)} found)"
     info: dict[str, Any] = {"face_box": [round(float(v), 2) for v in box], "face_detection": how}
     crop = reference_crop_box(box, image.width, image.height, cfg.preprocess.expand_ratio)
     full_frame = wants_full_frame(cfg.video.full_frame, crop, image.size)
-    photo = np.asarray(image) if full_frame else None
     info["full_frame"] = full_frame
     if cfg.preprocess.crop or full_frame:
         image = crop_image(image, crop)
@@ -124,41 +157,27 @@ def prepare_image(
         info["crop_box"] = list(crop)
     tensors = prepare_portrait(image, box, cfg.preprocess.min_resolution, cfg.preprocess.face_area)
     info["size"] = list(tensors.size)
-    return tensors, info, photo
+    return info, tensors, full_frame
 
 
-def prepare_audio(job: Job, engine: Engine, cfg: RenderConfig) -> tuple[AudioFeatures, torch.Tensor]:
-    """Decode the audio and build the per-frame Whisper windows (N, 10, blocks, channels)."""
-    pre = cfg.preprocess
-    samples = load_audio(job.audio, pre.sample_rate, max_seconds=pre.max_audio_units * UNIT_SECONDS)
-    features = audio_features(
-        samples, engine.feature_extractor, pre.max_audio_units, pre.audio_units_per_frame
-    )
-    encoder = engine.pipe.audio_encoder.encoder
-    hidden = whisper_hidden_states(encoder, features.mel)
-    windows = frame_audio_windows(hidden, features.audio_len, features.num_frames, pre.audio_units_per_frame)
-    return features, windows
-
-
-def resolve_emotion(
-    spec: str, engine: Engine, transition: float = DEFAULT_TRANSITION
+def _prepare_emotion(
+    spec: str, names: list[str], transition: float
 ) -> tuple[EmotionSchedule, dict[str, torch.Tensor]]:
     """An emotion spec, a prior file (.safetensors / release .npy) or a timeline file (.json/.yaml)."""
-    bank = dict(engine.bank)
     path = Path(spec)
     suffix = path.suffix.lower()
-    if suffix in (".safetensors", ".npy"):
-        bank["custom"] = load_prior_file(path, next(iter(bank.values())).shape[-1])
-        return parse_emotion("custom", bank), bank
-    if suffix in (".json", ".yaml", ".yml"):
+    if suffix in EMOTION_PRIOR_SUFFIXES:
+        prior = load_prior_file(path)
+        return parse_emotion(CUSTOM_PRIOR, [CUSTOM_PRIOR], transition), {CUSTOM_PRIOR: prior}
+    if suffix in EMOTION_TIMELINE_SUFFIXES:
         if not path.is_file():
             raise InputError(f"emotion timeline file {path} does not exist")
-        return load_timeline_file(path, bank, transition), bank
-    return parse_emotion(spec, bank, transition), bank
+        return load_timeline_file(path, names, transition), {}
+    return parse_emotion(spec, names, transition), {}
 
 
-def load_prior_file(path: Path, dim: int) -> torch.Tensor:
-    """A custom emotion prior: safetensors with a ``mu`` tensor, or a release ``.npy`` (safe unpickler)."""
+def load_prior_file(path: Path) -> torch.Tensor:
+    """A custom emotion prior (1, D): safetensors holding ``mu``, or a release ``.npy`` (safe reader)."""
     if not path.is_file():
         raise InputError(f"emotion prior file {path} does not exist")
     if path.suffix.lower() == ".npy":
@@ -175,24 +194,38 @@ def load_prior_file(path: Path, dim: int) -> torch.Tensor:
         if "mu" not in tensors:
             raise InputError(f"emotion prior {path} has no tensor 'mu'")
         prior = tensors["mu"]
-    prior = prior.float().reshape(1, -1)
-    if prior.shape[1] != dim:
-        raise InputError(f"emotion prior {path} has {prior.shape[1]} values; the emotion bank uses {dim}")
-    return prior
+    return prior.float().reshape(1, -1)
 
 
-@dataclass(frozen=True)
-class PreparedImage:
-    """The image side of a job, reusable for every job animating the same photo (batch rendering)."""
+def emotion_bank(prepared: PreparedJob, engine: Engine) -> dict[str, torch.Tensor]:
+    """The engine's bank plus the job's own priors, each checked against the bank's prior size."""
+    bank = dict(engine.bank)
+    dim = next(iter(bank.values())).shape[-1]
+    for name, prior in prepared.extra_priors.items():
+        if prior.shape[-1] != dim:
+            raise InputError(
+                f"emotion prior {prepared.job.emotion} has {prior.shape[-1]} values; the bank uses {dim}"
+            )
+        bank[name] = prior
+    return bank
 
-    tensors: PortraitTensors
-    info: dict[str, Any]
-    identity: IdentityEncoding | None
-    photo: np.ndarray | None = None  # full-frame mode: the whole photo (H, W, 3) uint8 to paste into
+
+# ------------------------------------------------------------------------------------ model-side inputs
+def audio_windows(
+    prepared: PreparedJob, engine: Engine, cfg: RenderConfig
+) -> tuple[AudioFeatures, torch.Tensor]:
+    """Whisper features of the job's samples and the per-frame windows (N, 10, blocks, channels)."""
+    pre = cfg.preprocess
+    features = audio_features(
+        prepared.samples, engine.feature_extractor, pre.max_audio_units, pre.audio_units_per_frame
+    )
+    hidden = whisper_hidden_states(engine.pipe.audio_encoder.encoder, features.mel)
+    windows = frame_audio_windows(hidden, features.audio_len, features.num_frames, pre.audio_units_per_frame)
+    return features, windows
 
 
-#: Cache of prepared images: key from :func:`image_cache_key` → :class:`PreparedImage`.
-ImageCache = dict[tuple, PreparedImage]
+#: Identity encodings reused across jobs of one process: key from :func:`image_cache_key`.
+IdentityCache = dict[tuple, IdentityEncoding]
 
 
 def image_cache_key(job: Job, cfg: RenderConfig) -> tuple:
@@ -215,19 +248,20 @@ def image_cache_key(job: Job, cfg: RenderConfig) -> tuple:
     )
 
 
-def prepare_identity(
-    job: Job, engine: Engine, cfg: RenderConfig, cache: ImageCache | None = None
-) -> PreparedImage:
-    """Image tensors + identity encoding (CLIP embedding, VAE latents), from ``cache`` when possible."""
-    key = image_cache_key(job, cfg) if cache is not None else None
-    if cache is not None and key in cache:
-        return cache[key]
-    tensors, info, photo = prepare_image(job, engine, cfg)
-    identity = None
-    if cfg.sampling.noise_aug_strength == 0:  # else the pipeline encodes with the seeded noise (draw #1)
-        zeros = torch.zeros_like(tensors.ref_image)
-        identity = engine.pipe.encode_identity(tensors.ref_image, tensors.clip_image, zeros, 0.0)
-    prepared = PreparedImage(tensors, info, identity, photo)
+def encode_identity(
+    prepared: PreparedJob, engine: Engine, cfg: RenderConfig, cache: IdentityCache | None = None
+) -> IdentityEncoding | None:
+    """CLIP embedding and VAE latents of the portrait, from ``cache`` when possible.
+
+    None when noise augmentation is on: the pipeline then encodes with its seeded noise (RNG draw #1).
+    """
+    if cfg.sampling.noise_aug_strength != 0:
+        return None
+    if cache is not None and prepared.image_key in cache:
+        return cache[prepared.image_key]
+    tensors = prepared.portrait
+    zeros = torch.zeros_like(tensors.ref_image)
+    identity = engine.pipe.encode_identity(tensors.ref_image, tensors.clip_image, zeros, 0.0)
     if cache is not None:
-        cache[key] = prepared
-    return prepared
+        cache[prepared.image_key] = identity
+    return identity

@@ -33,7 +33,9 @@ class Component:
 COMPONENTS: tuple[Component, ...] = (
     Component("unet", "portrait", "PortraitUNet"),
     Component("vae", "diffusers", "AutoencoderKLTemporalDecoder"),
-    Component("image_encoder", "transformers", "CLIPVisionModelWithProjection", weights_file="model.safetensors"),
+    Component(
+        "image_encoder", "transformers", "CLIPVisionModelWithProjection", weights_file="model.safetensors"
+    ),
     Component("scheduler", "diffusers", "EulerDiscreteScheduler", "scheduler_config.json", None),
     Component("audio_encoder", "transformers", "WhisperModel", weights_file="model.safetensors"),
     Component("audio_projector", "portrait", "AudioProjector"),
@@ -42,18 +44,23 @@ COMPONENTS: tuple[Component, ...] = (
 )
 
 #: Optional components: generation works without them (interpolation off → 12.5 fps output).
-OPTIONAL_COMPONENTS: tuple[Component, ...] = (
-    Component("interpolation", "portrait", "IFNet"),
-)
+OPTIONAL_COMPONENTS: tuple[Component, ...] = (Component("interpolation", "portrait", "IFNet"),)
 
 #: Whisper feature-extractor settings, stored next to the audio encoder.
 AUDIO_PREPROCESSOR_FILE = "audio_encoder/preprocessor_config.json"
-#: Folder of emotion priors: ``emotions/<name>.safetensors`` holding one float32 tensor ``"mu"`` of shape (1, D).
+#: Folder of emotion priors: ``emotions/<name>.safetensors``, one float32 tensor ``"mu"`` of shape (1, D).
 EMOTIONS_DIR = "emotions"
 EMOTION_PRIOR_KEY = "mu"
 #: The eight emotions of the DICE-Talk release, in the order of its demo.
 RELEASE_EMOTIONS: tuple[str, ...] = (
-    "angry", "contempt", "disgusted", "fear", "happy", "neutral", "sad", "surprised",
+    "angry",
+    "contempt",
+    "disgusted",
+    "fear",
+    "happy",
+    "neutral",
+    "sad",
+    "surprised",
 )
 #: sha256 of every file of the tree, written by the converter, checked by ``portrait-gen doctor``.
 MANIFEST_FILE = "manifest.json"

@@ -18,7 +18,12 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from portrait import sampling
 from portrait.errors import InputError
-from portrait.models.identity import LATENT_SCALE, IdentityEncoding, encode_clip_image, encode_reference_latents
+from portrait.models.identity import (
+    LATENT_SCALE,
+    IdentityEncoding,
+    encode_clip_image,
+    encode_reference_latents,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +73,17 @@ class PortraitPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "image_encoder->vae->pose_guider->unet->vae"
     _optional_components = ["audio_encoder"]
 
-    def __init__(self, unet, vae, image_encoder, scheduler, pose_guider, audio_projector, emotion_model, audio_encoder=None):
+    def __init__(
+        self,
+        unet,
+        vae,
+        image_encoder,
+        scheduler,
+        pose_guider,
+        audio_projector,
+        emotion_model,
+        audio_encoder=None,
+    ):
         super().__init__()
         self.register_modules(
             unet=unet,
@@ -89,7 +104,7 @@ class PortraitPipeline(DiffusionPipeline):
         face_mask: torch.Tensor,
         audio_windows: torch.Tensor,
         emotion_priors: torch.Tensor,
-        num_inference_steps: int,
+        steps: int,
         frames_per_window: int,
         overlap: int,
         decode_chunk_size: int,
@@ -100,24 +115,38 @@ class PortraitPipeline(DiffusionPipeline):
             raise InputError(f"ref_image must be (1, 3, H, W), got {tuple(ref_image.shape)}")
         height, width = ref_image.shape[-2:]
         if height % 64 or width % 64:
-            raise InputError(f"image size must be a multiple of 64 (reference resize rule), got {width}x{height}")
+            raise InputError(
+                f"image size must be a multiple of 64 (reference resize rule), got {width}x{height}"
+            )
         if clip_image.ndim != 4 or clip_image.shape[:2] != (1, 3):
             raise InputError(f"clip_image must be (1, 3, S, S), got {tuple(clip_image.shape)}")
         if face_mask.ndim != 4 or face_mask.shape[0] != 1 or face_mask.shape[-2:] != (height, width):
             raise InputError(f"face_mask must be (1, C, {height}, {width}), got {tuple(face_mask.shape)}")
         expected = self._audio_window_shape()
         if audio_windows.ndim != 4 or tuple(audio_windows.shape[1:]) != expected:
-            raise InputError(f"audio_windows must be (N, {', '.join(map(str, expected))}), got {tuple(audio_windows.shape)}")
+            raise InputError(
+                f"audio_windows must be (N, {', '.join(map(str, expected))}), "
+                f"got {tuple(audio_windows.shape)}"
+            )
         if audio_windows.shape[0] < 1:
             raise InputError("audio is shorter than one video frame (80 ms): nothing to generate")
         num_frames = audio_windows.shape[0]
         prior_dim = self.emotion_model.config.prior_dim
-        if emotion_priors.ndim != 2 or emotion_priors.shape[1] != prior_dim or emotion_priors.shape[0] not in (1, num_frames):
-            raise InputError(f"emotion_priors must be (1 or {num_frames}, {prior_dim}), got {tuple(emotion_priors.shape)}")
-        if num_inference_steps < 1:
-            raise InputError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        if (
+            emotion_priors.ndim != 2
+            or emotion_priors.shape[1] != prior_dim
+            or emotion_priors.shape[0] not in (1, num_frames)
+        ):
+            raise InputError(
+                f"emotion_priors must be (1 or {num_frames}, {prior_dim}), got {tuple(emotion_priors.shape)}"
+            )
+        if steps < 1:
+            raise InputError(f"steps must be >= 1, got {steps}")
         if frames_per_window < 1 or not 0 <= overlap < frames_per_window:
-            raise InputError(f"need frames_per_window >= 1 and 0 <= overlap < frames_per_window, got {frames_per_window}, {overlap}")
+            raise InputError(
+                "need frames_per_window >= 1 and 0 <= overlap < frames_per_window, "
+                f"got {frames_per_window}, {overlap}"
+            )
         if decode_chunk_size < 1:
             raise InputError(f"decode_chunk_size must be >= 1, got {decode_chunk_size}")
         if latents is not None:
@@ -141,9 +170,13 @@ class PortraitPipeline(DiffusionPipeline):
     # ------------------------------------------------------------ conditioning
     @torch.inference_mode()
     def encode_identity(
-        self, ref_image: torch.Tensor, clip_image: torch.Tensor, noise: torch.Tensor, noise_aug_strength: float = 0.0
+        self,
+        ref_image: torch.Tensor,
+        clip_image: torch.Tensor,
+        noise: torch.Tensor,
+        noise_aug_strength: float = 0.0,
     ) -> IdentityEncoding:
-        """CLIP embedding and VAE latents of the portrait (VAE upcast to fp32 like the reference, spec 6.4)."""
+        """CLIP embedding and VAE latents of the portrait (VAE upcast to fp32 as in the reference)."""
         device, dtype = self._execution_device, self.unet.dtype
         image_embeds = encode_clip_image(self.image_encoder, clip_image.to(device))
         upcast = self.vae.dtype == torch.float16 and self.vae.config.force_upcast
@@ -159,17 +192,23 @@ class PortraitPipeline(DiffusionPipeline):
         return IdentityEncoding(image_embeds, ref_latent, cond_latent).to(device, dtype)
 
     @torch.inference_mode()
-    def encode_audio_tokens(self, audio_windows: torch.Tensor, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_audio_tokens(
+        self, audio_windows: torch.Tensor, chunk: int = 256
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Audio tokens per frame (N, T, D) and the unconditional tokens (T, D) = projector(zeros)."""
         param = next(self.audio_projector.parameters())
         tokens = [
             self.audio_projector(part.to(param.device, param.dtype)) for part in audio_windows.split(chunk)
         ]
-        uncond = self.audio_projector(torch.zeros_like(audio_windows[:1], device=param.device, dtype=param.dtype))
+        uncond = self.audio_projector(
+            torch.zeros_like(audio_windows[:1], device=param.device, dtype=param.dtype)
+        )
         return torch.cat(tokens), uncond[0]
 
     @torch.inference_mode()
-    def encode_emotion_tokens(self, priors: torch.Tensor, retrieval: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_emotion_tokens(
+        self, priors: torch.Tensor, retrieval: bool | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Emotion tokens per row of ``priors`` (R, T, D) and the unconditional tokens (T, D).
 
         Each distinct prior is encoded once (a clip with one emotion costs one call, not one per frame).
@@ -198,7 +237,9 @@ class PortraitPipeline(DiffusionPipeline):
 
         zeros_embed = torch.zeros_like(identity.image_embeds)
         image_tokens = torch.stack([zeros_embed, identity.image_embeds, identity.image_embeds])  # (3, 1, D)
-        image_context = image_tokens[:, None].expand(3, window, 1, image_tokens.shape[-1]).reshape(3 * window, 1, -1)
+        image_context = (
+            image_tokens[:, None].expand(3, window, 1, image_tokens.shape[-1]).reshape(3 * window, 1, -1)
+        )
         cond = identity.cond_latent
         cond_latents = torch.stack([torch.zeros_like(cond), cond, cond]).expand(3, window, *cond.shape[1:])
 
@@ -252,14 +293,19 @@ class PortraitPipeline(DiffusionPipeline):
 
         def branches(table: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
             u = uncond[None].expand(window, *uncond.shape)
-            return torch.cat([torch.cat([u, u, sampling.gather_frames(table[None], idx)[0]]) for idx in group])
+            return torch.cat(
+                [torch.cat([u, u, sampling.gather_frames(table[None], idx)[0]]) for idx in group]
+            )
 
         v = self.unet(
             model_input,
             t,
             encoder_hidden_states=cond.image_context.repeat(k, 1, 1),
             added_time_ids=cond.added_time_ids.repeat(k, 1),
-            adapter_tokens=(branches(cond.audio, cond.audio_uncond), branches(cond.emotion, cond.emotion_uncond)),
+            adapter_tokens=(
+                branches(cond.audio, cond.audio_uncond),
+                branches(cond.emotion, cond.emotion_uncond),
+            ),
             face_mask=cond.face_mask,
             pose_features=cond.pose,
             compact_temporal_context=fast_attention,
@@ -272,7 +318,9 @@ class PortraitPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ decoding
     @torch.inference_mode()
-    def decode_frames(self, latents: torch.Tensor, num_frames: int, chunk_size: int = 10) -> Iterator[torch.Tensor]:
+    def decode_frames(
+        self, latents: torch.Tensor, num_frames: int, chunk_size: int = 10
+    ) -> Iterator[torch.Tensor]:
         """Decode ``latents`` (1, L, 4, h, w) chunk by chunk over all L frames (spec 6.12).
 
         Yields (n, 3, H, W) float32 CPU frames in [0, 1], only the first ``num_frames`` in total: the padding
@@ -299,20 +347,22 @@ class PortraitPipeline(DiffusionPipeline):
         audio_windows: torch.Tensor,
         emotion_priors: torch.Tensor,
         *,
-        num_inference_steps: int = 25,
+        steps: int = 25,
         frames_per_window: int = 25,
         overlap: int = 0,
         shift_offset: int = 7,
-        min_ref_scale: float = 3.0,
-        max_ref_scale: float = 3.0,
-        min_emo_scale: float = 6.0,
-        max_emo_scale: float = 6.0,
+        ref_scale_min: float = 3.0,
+        ref_scale_max: float = 3.0,
+        emo_scale_min: float = 6.0,
+        emo_scale_max: float = 6.0,
         i2i_noise_strength: float = 1.0,
         noise_aug_strength: float = 0.0,
         fps: float = 12.5,
         motion_bucket_id: int = 8,
         motion_bucket_id_exp: int = 16,
         decode_chunk_size: int = 10,
+        ip_audio_scale: float = 1.0,
+        ip_emo_scale: float = 1.0,
         retrieval: bool | None = None,
         generator: torch.Generator | None = None,
         latents: torch.Tensor | None = None,
@@ -324,12 +374,17 @@ class PortraitPipeline(DiffusionPipeline):
     ) -> PortraitPipelineOutput:
         """Generate N frames of the portrait speaking the audio.
 
+        The keyword arguments carry the names of ``portrait.config.SamplingConfig`` (``steps``,
+        ``ref_scale_min``, ...), so a config becomes a call in one mapping.
+
         Args:
             ref_image: (1, 3, H, W) portrait in [-1, 1], H and W multiples of 64.
             clip_image: (1, 3, 224, 224) CLIP-normalised portrait.
             face_mask: (1, 3, H, W) (or (1, 1, H, W)) face-region mask in [0, 1].
             audio_windows: (N, seq_len, blocks, channels) Whisper hidden-state window per frame.
             emotion_priors: (N, D) per-frame emotion prior, or (1, D) for the whole clip.
+            ip_audio_scale, ip_emo_scale: adapter scales of the audio and emotion streams for this call
+                (0 disables a stream); the UNet's own scales are restored afterwards.
             generator: RNG for the two noise draws (``None``: the global RNG, as the reference).
             latents: (1, N + F, 4, h, w) initial noise replacing RNG draw #2 (draw #1 still happens).
             identity: precomputed :meth:`encode_identity` result (RNG draw #1 still happens).
@@ -341,8 +396,16 @@ class PortraitPipeline(DiffusionPipeline):
         """
         # 1. Check inputs.
         self.check_inputs(
-            ref_image, clip_image, face_mask, audio_windows, emotion_priors,
-            num_inference_steps, frames_per_window, overlap, decode_chunk_size, latents,
+            ref_image,
+            clip_image,
+            face_mask,
+            audio_windows,
+            emotion_priors,
+            steps,
+            frames_per_window,
+            overlap,
+            decode_chunk_size,
+            latents,
         )
         if window_batch < 1:
             raise InputError(f"window_batch must be >= 1, got {window_batch}")
@@ -354,35 +417,45 @@ class PortraitPipeline(DiffusionPipeline):
         height, width = ref_image.shape[-2:]
 
         # 2. Identity: CLIP embedding and VAE latents (RNG draw #1 is the noise-augmentation noise).
-        aug_noise = randn_tensor(tuple(ref_image.shape), generator=generator, device=device, dtype=torch.float32)
+        aug_noise = randn_tensor(
+            tuple(ref_image.shape), generator=generator, device=device, dtype=torch.float32
+        )
         if identity is None:
             identity = self.encode_identity(ref_image, clip_image, aug_noise, noise_aug_strength)
         identity = identity.to(device, dtype)
 
         # 3. Conditioning tables: audio / emotion tokens with padding, pose features, time ids.
         cond = self._conditioning(
-            identity, face_mask, audio_windows, emotion_priors, frames_per_window,
-            (fps, motion_bucket_id, motion_bucket_id_exp), retrieval,
+            identity,
+            face_mask,
+            audio_windows,
+            emotion_priors,
+            frames_per_window,
+            (fps, motion_bucket_id, motion_bucket_id_exp),
+            retrieval,
         )
 
         # 4. Timesteps and σ table (img2img strength; the σ table stays on the CPU in float32).
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        start = num_inference_steps - min(int(num_inference_steps * i2i_noise_strength), num_inference_steps)
+        self.scheduler.set_timesteps(steps, device=device)
+        start = steps - min(int(steps * i2i_noise_strength), steps)
         timesteps, sigmas = self.scheduler.timesteps[start:], self.scheduler.sigmas[start:]
         if len(timesteps) == 0:
             raise InputError(f"i2i_noise_strength {i2i_noise_strength} leaves no denoising step")
 
         # 5. Initial latents: reference latent + σ_max · noise (RNG draw #2).
         if latents is None:
-            latents = randn_tensor(self.latent_shape(length, height, width), generator=generator, device=device, dtype=dtype)
+            latents = randn_tensor(
+                self.latent_shape(length, height, width), generator=generator, device=device, dtype=dtype
+            )
         latents = sampling.initial_latents(identity.ref_latent, latents.to(device, dtype), sigmas[0])
 
         # 6. Guidance ramps over the steps.
-        scale_ref = sampling.guidance_scales(min_ref_scale, max_ref_scale, num_inference_steps).to(device, dtype)
-        scale_emo = sampling.guidance_scales(min_emo_scale, max_emo_scale, num_inference_steps).to(device, dtype)
+        scale_ref = sampling.guidance_scales(ref_scale_min, ref_scale_max, steps).to(device, dtype)
+        scale_emo = sampling.guidance_scales(emo_scale_min, emo_scale_max, steps).to(device, dtype)
 
         # 7. Denoising: cyclic shifted windows, each stepped independently, overlaps averaged.
-        with self.progress_bar(total=len(timesteps)) as progress:
+        adapter_scales = self.unet.adapter_scales((ip_audio_scale, ip_emo_scale))
+        with adapter_scales, self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
                 shift = sampling.shift_at_step(i, shift_offset, frames_per_window)
                 windows = sampling.window_indices(length, frames_per_window, overlap, shift)
@@ -390,9 +463,17 @@ class PortraitPipeline(DiffusionPipeline):
                 count = torch.zeros((1, length) + (1,) * (latents.ndim - 2), dtype=dtype, device=device)
                 for group in windows.split(window_batch):
                     stepped = self._denoise_windows(
-                        latents, group, cond, t, sigmas[i], sigmas[i + 1], scale_ref[i], scale_emo[i], fast_attention
+                        latents,
+                        group,
+                        cond,
+                        t,
+                        sigmas[i],
+                        sigmas[i + 1],
+                        scale_ref[i],
+                        scale_emo[i],
+                        fast_attention,
                     )
-                    for idx, x in zip(group, stepped):
+                    for idx, x in zip(group, stepped, strict=False):
                         sampling.scatter_add_frames(acc, count, idx, x)
                 latents = sampling.average_frames(acc, count)
                 if callback is not None:

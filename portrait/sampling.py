@@ -100,30 +100,6 @@ def window_indices(length: int, frames_per_window: int, overlap: int, shift: int
     return torch.remainder(starts[:, None] - shift + offsets[None, :], length)
 
 
-def window_counts(indices: torch.Tensor, length: int) -> torch.Tensor:
-    """How many windows cover each frame.
-
-    Args:
-        indices: LongTensor (W, F) from :func:`window_indices`, values in ``[0, length)``.
-        length: ``L``.
-
-    Returns:
-        LongTensor (length,) with the number of windows holding each frame.
-    """
-    if indices.dtype != torch.long or indices.dim() != 2:
-        raise ValueError(
-            f"indices must be a 2-d LongTensor, got {indices.dtype} of shape {tuple(indices.shape)}"
-        )
-    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= length):
-        raise ValueError(f"indices must lie in [0, {length})")
-    return torch.bincount(indices.flatten(), minlength=length)
-
-
-# --------------------------------------------------------------------------------------------------
-# Gather / scatter-average along the frame axis (dim 1)
-# --------------------------------------------------------------------------------------------------
-
-
 def gather_frames(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """Frames ``idx`` of a clip: ``x[:, idx]``.
 

@@ -25,7 +25,10 @@ def _transformer(mod, hidden, context, masks, indicator):
     frames = indicator.shape[-1]
     batch = batch_frames // frames
     clip, ips = context
-    time_ctx = (_spatial2time(clip, batch, frames, h * w), [_spatial2time(x, batch, frames, h * w) for x in ips])
+    time_ctx = (
+        _spatial2time(clip, batch, frames, h * w),
+        [_spatial2time(x, batch, frames, h * w) for x in ips],
+    )
     residual = hidden
     hidden = mod.norm(hidden)
     channels = hidden.shape[1]
@@ -36,7 +39,9 @@ def _transformer(mod, hidden, context, masks, indicator):
     hidden = mod.transformer_blocks[0](
         hidden, encoder_hidden_states=(clip, spatial_ips), cross_attention_kwargs={"ip_adapter_masks": masks}
     )
-    mixed = mod.temporal_transformer_blocks[0](hidden + emb, num_frames=frames, encoder_hidden_states=time_ctx)
+    mixed = mod.temporal_transformer_blocks[0](
+        hidden + emb, num_frames=frames, encoder_hidden_states=time_ctx
+    )
     hidden = mod.time_mixer(x_spatial=hidden, x_temporal=mixed, image_only_indicator=indicator)
     hidden = mod.proj_out(hidden).reshape(batch_frames, h, w, channels).permute(0, 3, 1, 2).contiguous()
     return hidden + residual
@@ -46,14 +51,16 @@ def reference_unet(unet, sample, t, context, added_time_ids, spatial_condition, 
     """Spec 4.4: the reference UNet forward, traversing diffusers' blocks by hand."""
     batch, frames = sample.shape[:2]
     emb = unet.time_embedding(unet.time_proj(t[None].expand(batch)).to(sample.dtype))
-    emb = emb + unet.add_embedding(unet.add_time_proj(added_time_ids.flatten()).reshape(batch, -1).to(emb.dtype))
+    emb = emb + unet.add_embedding(
+        unet.add_time_proj(added_time_ids.flatten()).reshape(batch, -1).to(emb.dtype)
+    )
     emb = emb.repeat_interleave(frames, dim=0)
     x = unet.conv_in(sample.flatten(0, 1)) + spatial_condition.flatten(0, 1)
     ind = torch.zeros(batch, frames, dtype=x.dtype)
     skips = [x]
     for block in unet.down_blocks:
         attentions = getattr(block, "attentions", [None] * len(block.resnets))
-        for resnet, attn in zip(block.resnets, attentions):
+        for resnet, attn in zip(block.resnets, attentions, strict=False):
             x = resnet(x, emb, image_only_indicator=ind)
             if attn is not None:
                 x = _transformer(attn, x, context, masks, ind)
@@ -63,11 +70,11 @@ def reference_unet(unet, sample, t, context, added_time_ids, spatial_condition, 
             skips.append(x)
     mid = unet.mid_block
     x = mid.resnets[0](x, emb, image_only_indicator=ind)
-    for attn, resnet in zip(mid.attentions, mid.resnets[1:]):
+    for attn, resnet in zip(mid.attentions, mid.resnets[1:], strict=False):
         x = resnet(_transformer(attn, x, context, masks, ind), emb, image_only_indicator=ind)
     for block in unet.up_blocks:
         attentions = getattr(block, "attentions", [None] * len(block.resnets))
-        for resnet, attn in zip(block.resnets, attentions):
+        for resnet, attn in zip(block.resnets, attentions, strict=False):
             x = resnet(torch.cat([x, skips.pop()], dim=1), emb, image_only_indicator=ind)
             if attn is not None:
                 x = _transformer(attn, x, context, masks, ind)
@@ -78,8 +85,21 @@ def reference_unet(unet, sample, t, context, added_time_ids, spatial_condition, 
 
 
 @torch.no_grad()
-def reference_generate(pipe, ref_img, clip_img, face_mask, windows, prior, noise, steps, ref_scale=3.0, emo_scale=6.0,
-                       frames_per_window=25, shift_offset=7, decode_chunk_size=10):
+def reference_generate(
+    pipe,
+    ref_img,
+    clip_img,
+    face_mask,
+    windows,
+    prior,
+    noise,
+    steps,
+    ref_scale=3.0,
+    emo_scale=6.0,
+    frames_per_window=25,
+    shift_offset=7,
+    decode_chunk_size=10,
+):
     """Spec section 6 end to end; returns (N, 3, H, W) frames in [0, 1].
 
     ``windows`` (N, 10, blocks, channels), ``prior`` (1, D), ``noise`` (1, N + F, 4, h, w) injected draw #2.
@@ -90,7 +110,9 @@ def reference_generate(pipe, ref_img, clip_img, face_mask, windows, prior, noise
     dtype = unet.dtype
     # Per-frame tokens, each computed with batch 1 (spec 2.3, 3).
     audio = [pipe.audio_projector(windows[i][None, None]).squeeze(0).squeeze(0) for i in range(n)]
-    audio_u = [pipe.audio_projector(torch.zeros_like(windows[:1][None])).squeeze(0).squeeze(0) for _ in range(n)]
+    audio_u = [
+        pipe.audio_projector(torch.zeros_like(windows[:1][None])).squeeze(0).squeeze(0) for _ in range(n)
+    ]
     emo = [pipe.emotion_model(prior)[0] for _ in range(n)]
     emo_u = [pipe.emotion_model(torch.zeros_like(prior))[0] for _ in range(n)]
     # CLIP tokens and VAE encodes (6.3, 6.4).
@@ -115,7 +137,9 @@ def reference_generate(pipe, ref_img, clip_img, face_mask, windows, prior, noise
     # Timesteps, initial latents (6.6, 6.7).
     scheduler.set_timesteps(steps)
     timesteps = scheduler.timesteps
-    latents = scheduler.add_noise(ref_latent[:, None].repeat(1, length, 1, 1, 1).to(dtype), noise.to(dtype), timesteps[:1])
+    latents = scheduler.add_noise(
+        ref_latent[:, None].repeat(1, length, 1, 1, 1).to(dtype), noise.to(dtype), timesteps[:1]
+    )
     g1 = torch.linspace(ref_scale, ref_scale, steps).to(dtype)
     g2 = torch.linspace(emo_scale, emo_scale, steps).to(dtype)
     shift = 0
@@ -128,8 +152,13 @@ def reference_generate(pipe, ref_img, clip_img, face_mask, windows, prior, noise
             x = latents[:, idx]
             inp = scheduler.scale_model_input(torch.cat([x, x, x]), t)
             inp = torch.cat([inp, latent_tables[:, idx]], dim=2)
-            context = (image_tables[:, idx].flatten(0, 1), [aud[:, idx].flatten(0, 1), emos[:, idx].flatten(0, 1)])
-            v = reference_unet(unet, inp, t, context, time_ids, pose[:, idx].repeat(3, 1, 1, 1, 1), [mask, mask])
+            context = (
+                image_tables[:, idx].flatten(0, 1),
+                [aud[:, idx].flatten(0, 1), emos[:, idx].flatten(0, 1)],
+            )
+            v = reference_unet(
+                unet, inp, t, context, time_ids, pose[:, idx].repeat(3, 1, 1, 1, 1), [mask, mask]
+            )
             v_u, v_d, v_c = v.chunk(3)
             guided = v_u + g1[i] * (v_d - v_u) + g2[i] * (v_c - v_d)
             x = scheduler.step(guided, t, x).prev_sample
@@ -140,7 +169,9 @@ def reference_generate(pipe, ref_img, clip_img, face_mask, windows, prior, noise
         latents = acc / cnt
     # Decode all L frames in chunks (6.12).
     z = latents[0] * (1 / 0.18215)
-    decoded = [vae.decode(z[s : s + decode_chunk_size], num_frames=z[s : s + decode_chunk_size].shape[0]).sample
-               for s in range(0, length, decode_chunk_size)]
+    decoded = [
+        vae.decode(z[s : s + decode_chunk_size], num_frames=z[s : s + decode_chunk_size].shape[0]).sample
+        for s in range(0, length, decode_chunk_size)
+    ]
     video = torch.cat(decoded).float()[:n]
     return (video * 0.5 + 0.5).clamp(0, 1)

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from portrait.app.launch import LaunchOptions, add_app_arguments, exposure_warnings, parse_auth
 from portrait.app.handler import (
     AppRequest,
     Cancelled,
@@ -31,6 +30,7 @@ from portrait.app.handler import (
     timeline_rows,
     ui_message,
 )
+from portrait.app.launch import LaunchOptions, add_app_arguments, exposure_warnings, parse_auth
 from portrait.config import load_config
 from portrait.errors import ConfigError, InputError, NoFaceError
 
@@ -152,6 +152,7 @@ def test_importing_app_loads_neither_torch_nor_gradio():
 
 def test_api_parameters_are_request_fields():
     from portrait.app import ui as app
+
     fields = [f.name for f in dataclasses.fields(AppRequest)]
     assert sorted(app.INPUT_NAMES) == sorted(fields)
 
@@ -186,7 +187,7 @@ def short_speech(tmp_path_factory) -> Path:
 
 
 def test_handler_renders_an_mp4_with_box_and_info(studio, short_speech):
-    from portrait.render.mux import probe_media
+    from media import probe_media
 
     timeline = [[0, "neutral", ""], [1, "sad", 1.5]]
     request = AppRequest(PORTRAIT, short_speech, "happy", 0.5, timeline, seed=-1, **FAST)
@@ -256,10 +257,11 @@ def _free_port() -> int:
 def test_launched_app_through_gradio_client(studio, blank_png, short_speech, tmp_path, monkeypatch):
     pytest.importorskip("gradio")
     client_module = pytest.importorskip("gradio_client")
-    from portrait.render.mux import probe_media
+    from media import probe_media
 
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
     from portrait.app import ui as app
+
     demo = app.serve(studio, LaunchOptions(port=_free_port()), block=False)
     try:
         assert demo.local_url.startswith("http://127.0.0.1:")

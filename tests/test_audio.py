@@ -17,6 +17,7 @@ import soxr
 import torch
 
 from portrait.errors import InputError
+from portrait.ffmpeg import ffmpeg_binary, run_ffmpeg
 from portrait.preprocess.audio import (
     PIECE_SAMPLES,
     AudioFeatures,
@@ -25,7 +26,6 @@ from portrait.preprocess.audio import (
     load_audio,
     resample,
 )
-from portrait.ffmpeg import ffmpeg_binary, run_ffmpeg
 
 SENTENCE = "The quick brown fox jumps over the lazy dog."
 ASSET = importlib.resources.files("portrait") / "assets" / "sample_speech.wav"

@@ -17,7 +17,9 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
 def test_script_prints_json_lines():
     out = subprocess.run(
         [sys.executable, str(SCRIPT), "--tiny", "--seconds", "1", "--steps", "1", "--no-interpolate"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
         env={**os.environ, "PYTHONPATH": str(SCRIPT.parents[1])},  # this checkout's portrait
     ).stdout
     (record,) = [json.loads(line) for line in out.strip().splitlines()]
@@ -34,7 +36,11 @@ def test_tiny_compare_reports_both_runs_and_a_matching_summary():
     assert opt["unet_calls"] == 2 * math.ceil(windows / opt["window_batch"])
     for run in (base, opt):
         assert set(run["stage_seconds"]) >= {
-            "audio_encoding", "identity_encoding", "sampling", "decode_and_interpolation", "encode_and_mux",
+            "audio_encoding",
+            "identity_encoding",
+            "sampling",
+            "decode_and_interpolation",
+            "encode_and_mux",
         }
         assert run["seconds_per_video_second"] > 0 and run["achieved_tflops"] is not None
         assert run["peak_host_gib"] > 0

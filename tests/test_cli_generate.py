@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from media import probe_media
 from PIL import Image
 
 from portrait.cli.main import main
-from portrait.render.mux import probe_media
 
 ASSETS = Path(__file__).resolve().parents[1] / "portrait" / "assets"
 PORTRAIT, SPEECH = ASSETS / "sample_portrait.jpg", ASSETS / "sample_speech.wav"
@@ -61,15 +61,32 @@ def test_generates_an_mp4_with_h264_and_aac_matching_the_audio(weights, tmp_path
 def test_same_seed_same_frames_and_dump_frames(weights, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     for folder in (a, b):
-        assert run(weights, "--seed", "3", "--no-interpolate", "-o", str(tmp_path / f"{folder.name}.mp4"),
-                   "--dump-frames", str(folder)) == 0
+        assert (
+            run(
+                weights,
+                "--seed",
+                "3",
+                "--no-interpolate",
+                "-o",
+                str(tmp_path / f"{folder.name}.mp4"),
+                "--dump-frames",
+                str(folder),
+            )
+            == 0
+        )
     frames_a, frames_b = sorted(a.glob("*.png")), sorted(b.glob("*.png"))
     assert len(frames_a) == 48  # 3.91 s of audio → 97 units → 48 frames at 12.5 fps
-    assert all(np.array_equal(np.asarray(Image.open(x)), np.asarray(Image.open(y))) for x, y in zip(frames_a, frames_b))
+    assert all(
+        np.array_equal(np.asarray(Image.open(x)), np.asarray(Image.open(y)))
+        for x, y in zip(frames_a, frames_b, strict=False)
+    )
 
 
 def test_help_is_instant_and_does_not_import_torch():
-    code = "import sys; from portrait.cli.main import main; rc = main(['--help']); print('torch' in sys.modules, rc)"
+    code = (
+        "import sys; from portrait.cli.main import main; rc = main(['--help']); "
+        "print('torch' in sys.modules, rc)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "--image" in out and out.strip().endswith("False 0")
 
@@ -96,7 +113,10 @@ def bad_inputs(tmp_path):
     text_audio = tmp_path / "notes.wav"
     text_audio.write_text("not audio at all")
     return {
-        "blank": blank, "zero": zero, "corrupt": corrupt, "text_audio": text_audio,
+        "blank": blank,
+        "zero": zero,
+        "corrupt": corrupt,
+        "text_audio": text_audio,
         "silent": _write_tone(tmp_path / "silent.wav", 2.0, amplitude=0.0),
         "short": _write_tone(tmp_path / "short.wav", 0.05),
     }
@@ -119,8 +139,12 @@ def bad_inputs(tmp_path):
         (dict(image="missing"), "does not exist"),
     ],
 )
-def test_bad_input_is_one_line_exit_1_and_leaves_nothing(weights, tmp_path, bad_inputs, capsys, case, fragment):
-    image = bad_inputs.get(case.get("image"), tmp_path / "nope.png" if case.get("image") == "missing" else PORTRAIT)
+def test_bad_input_is_one_line_exit_1_and_leaves_nothing(
+    weights, tmp_path, bad_inputs, capsys, case, fragment
+):
+    image = bad_inputs.get(
+        case.get("image"), tmp_path / "nope.png" if case.get("image") == "missing" else PORTRAIT
+    )
     audio = bad_inputs.get(case.get("audio"), SPEECH)
     out = tmp_path / "out" / "x.mp4"
     out.parent.mkdir()
@@ -136,7 +160,22 @@ def test_bad_input_is_one_line_exit_1_and_leaves_nothing(weights, tmp_path, bad_
 def test_output_equal_to_input_and_unwritable_folder(weights, tmp_path, capsys):
     audio = tmp_path / "a.mp4"
     shutil.copy(SPEECH, tmp_path / "a.wav")
-    assert main(["--weights", str(weights), "--image", str(PORTRAIT), "--audio", str(audio), *FAST, "-o", str(audio)]) == 1
+    assert (
+        main(
+            [
+                "--weights",
+                str(weights),
+                "--image",
+                str(PORTRAIT),
+                "--audio",
+                str(audio),
+                *FAST,
+                "-o",
+                str(audio),
+            ]
+        )
+        == 1
+    )
     assert run(weights, "-o", str(tmp_path / "missing-dir" / "x.mp4")) == 1
     assert "does not exist" in capsys.readouterr().err
 
@@ -157,7 +196,9 @@ def test_corrupt_weight_file_is_named(weights, tmp_path, capsys):
 
 def test_emotion_timeline_run_records_its_schedule(weights, tmp_path):
     out = tmp_path / "timeline.mp4"
-    assert run(weights, "--no-interpolate", "--emotion", "0:neutral, 1.5:happy:0.8, 3:sad", "-o", str(out)) == 0
+    assert (
+        run(weights, "--no-interpolate", "--emotion", "0:neutral, 1.5:happy:0.8, 3:sad", "-o", str(out)) == 0
+    )
     schedule = json.loads(out.with_name("timeline.mp4.json").read_text())["emotion_schedule"]
     assert [row["time"] for row in schedule] == [0.0, 1.0, 2.0, 3.0]
     assert schedule[0]["emotion"] == {"neutral": 1.0} and schedule[1]["emotion"] == {"neutral": 1.0}
@@ -169,10 +210,21 @@ def test_single_emotion_at_intensity_one_is_bit_identical(weights, tmp_path):
     frames = {}
     for spec in ("sad", "sad:1"):
         folder = tmp_path / spec.replace(":", "_").replace("+", "_")
-        assert run(weights, "--no-interpolate", "--emotion", spec, "-o", str(folder) + ".mp4",
-                   "--dump-frames", str(folder)) == 0
+        assert (
+            run(
+                weights,
+                "--no-interpolate",
+                "--emotion",
+                spec,
+                "-o",
+                str(folder) + ".mp4",
+                "--dump-frames",
+                str(folder),
+            )
+            == 0
+        )
         frames[spec] = [np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))]
-    assert all(np.array_equal(a, b) for a, b in zip(frames["sad"], frames["sad:1"]))
+    assert all(np.array_equal(a, b) for a, b in zip(frames["sad"], frames["sad:1"], strict=False))
     assert len(frames["sad"]) == len(frames["sad:1"]) == 48
 
 

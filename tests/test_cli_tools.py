@@ -14,7 +14,7 @@ import pytest
 from portrait.cli import tools as cli_tools
 from portrait.errors import WeightsError
 from portrait.layout import RELEASE_EMOTIONS
-from portrait.preprocess.face import YOLO_WEIGHTS
+from portrait.preprocess.detectors import YOLO_WEIGHTS
 
 REPO = Path(__file__).resolve().parents[1]
 CORRUPTED = "pose_guider/diffusion_pytorch_model.safetensors"
@@ -65,7 +65,9 @@ def test_download_resolves_the_weights_root(monkeypatch: pytest.MonkeyPatch, tmp
     import portrait.weights.hub
 
     calls = []
-    monkeypatch.setattr(portrait.weights.hub, "download_weights", lambda root, **kw: calls.append((root, kw)) or root)
+    monkeypatch.setattr(
+        portrait.weights.hub, "download_weights", lambda root, **kw: calls.append((root, kw)) or root
+    )
     monkeypatch.setenv("PORTRAIT_WEIGHTS", str(tmp_path / "env"))
     args = _parse(cli_tools.add_download_arguments, ["--cache-dir", str(tmp_path / "cache")])
     assert cli_tools.run_download(args) == 0
@@ -116,8 +118,8 @@ def test_doctor_on_a_missing_tree(tmp_path: Path, capsys) -> None:
 
 
 def test_doctor_reports_a_missing_manifest_and_ffmpeg(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from portrait.errors import FFmpegError
     from portrait import ffmpeg
+    from portrait.errors import FFmpegError
 
     def no_ffmpeg():
         raise FFmpegError("ffmpeg is not on PATH and imageio-ffmpeg is not installed")

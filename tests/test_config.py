@@ -55,12 +55,24 @@ SPEC_DEFAULTS = {
         "face_selection": "reference",
     },
     "video": {
-        "interpolate": True, "crf": 17, "mux_crf": 18, "audio_codec": "aac",
-        "full_frame": "auto", "max_size": None, "feather": 0.1, "color_match": True,
+        "interpolate": True,
+        "crf": 17,
+        "mux_crf": 18,
+        "audio_codec": "aac",
+        "full_frame": "auto",
+        "max_size": None,
+        "feather": 0.1,
+        "color_match": True,
     },
     "runtime": {
-        "device": "auto", "dtype": "auto", "weights": None, "compile": "off", "fast_attention": True,
-        "window_batch": 1, "offload": "none", "offline": False,
+        "device": "auto",
+        "dtype": "auto",
+        "weights": None,
+        "compile": "off",
+        "fast_attention": True,
+        "window_batch": 1,
+        "offload": "none",
+        "offline": False,
     },
 }
 

@@ -15,7 +15,6 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from portrait.weights.convert import ConversionReport, convert_dice_talk
 from portrait.errors import WeightsError
 from portrait.layout import EMOTIONS_DIR, MANIFEST_FILE, RELEASE_EMOTIONS
 from portrait.testing import (
@@ -26,6 +25,7 @@ from portrait.testing import (
     tiny_pose_guider_config,
     write_tiny_weights,
 )
+from portrait.weights.convert import ConversionReport, convert_dice_talk
 
 REPO = Path(__file__).resolve().parents[1]
 SVD = "stable-video-diffusion-img2vid-xt"
@@ -457,11 +457,11 @@ def test_cli_routes_to_a_default_command_only_when_one_is_set(monkeypatch: pytes
 
 
 def test_shape_inference_recovers_the_release_sizes_on_meta_tensors() -> None:
-    from portrait.weights import release as rel
     from portrait.models.audio import AudioProjector
     from portrait.models.emotion import EmotionModel
     from portrait.models.pose_guider import PoseGuider
     from portrait.models.unet import PortraitUNet
+    from portrait.weights import release as rel
 
     with torch.device("meta"):  # full size, no memory
         audio, emotion, guider = AudioProjector(), EmotionModel(), PoseGuider()

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from portrait.errors import InputError
 from portrait.preprocess.emotion import (
     MAX_INTENSITY,
     check_schedule_fits,
@@ -17,7 +18,6 @@ from portrait.preprocess.emotion import (
     schedule_priors,
     schedule_summary,
 )
-from portrait.errors import InputError
 
 NAMES = ("angry", "contempt", "disgusted", "fear", "happy", "neutral", "sad", "surprised")
 
@@ -39,13 +39,19 @@ def test_single_name_at_intensity_one_is_the_bank_entry_itself(bank):
 def test_intensity_scales_away_from_neutral(bank):
     n, s = bank["neutral"], bank["sad"]
     torch.testing.assert_close(mix_prior(parse_emotion("sad:0", NAMES).keyframes[0].mix, bank), n)
-    torch.testing.assert_close(mix_prior(parse_emotion("sad:0.6", NAMES).keyframes[0].mix, bank), n + 0.6 * (s - n))
-    torch.testing.assert_close(mix_prior(parse_emotion("sad:1.5", NAMES).keyframes[0].mix, bank), n + 1.5 * (s - n))
+    torch.testing.assert_close(
+        mix_prior(parse_emotion("sad:0.6", NAMES).keyframes[0].mix, bank), n + 0.6 * (s - n)
+    )
+    torch.testing.assert_close(
+        mix_prior(parse_emotion("sad:1.5", NAMES).keyframes[0].mix, bank), n + 1.5 * (s - n)
+    )
 
 
 def test_mixture_is_the_convex_blend_when_weights_sum_to_one(bank):
     mix = parse_emotion(" happy:0.6 + surprised:0.4 ", NAMES).keyframes[0].mix
-    torch.testing.assert_close(mix_prior(mix, bank), 0.6 * bank["happy"] + 0.4 * bank["surprised"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        mix_prior(mix, bank), 0.6 * bank["happy"] + 0.4 * bank["surprised"], atol=1e-6, rtol=0
+    )
 
 
 def test_timeline_switches_with_smooth_transitions(bank):
@@ -54,12 +60,14 @@ def test_timeline_switches_with_smooth_transitions(bank):
     priors = schedule_priors(schedule, bank, num_frames=100, fps=12.5)
     assert priors.shape == (100, 8)
     happy = bank["neutral"] + 0.8 * (bank["happy"] - bank["neutral"])
-    assert torch.equal(priors[0], bank["neutral"][0]) and torch.equal(priors[31], bank["neutral"][0])  # t < 2.5
+    assert torch.equal(priors[0], bank["neutral"][0]) and torch.equal(
+        priors[31], bank["neutral"][0]
+    )  # t < 2.5
     torch.testing.assert_close(priors[45], happy[0])  # t = 3.6: after the ramp
     assert torch.equal(priors[99], bank["sad"][0])  # t = 7.92
     mid = priors[32:38]  # t = 2.56 .. 2.96: inside the 0.5-s ramp
     dist = [(row - bank["neutral"][0]).norm() / (happy[0] - bank["neutral"][0]).norm() for row in mid]
-    assert all(0 < d < 1 for d in dist[:5]) and all(a < b for a, b in zip(dist, dist[1:]))
+    assert all(0 < d < 1 for d in dist[:5]) and all(a < b for a, b in zip(dist, dist[1:], strict=False))
 
 
 def test_zero_transition_is_a_hard_cut(bank):
@@ -79,7 +87,10 @@ def test_summary_per_second(bank):
 def test_timeline_file_json_and_yaml(tmp_path, bank):
     rows = [{"time": 0, "emotion": "neutral"}, {"time": 1.5, "emotion": "sad", "intensity": 0.5}]
     (tmp_path / "t.json").write_text(json.dumps(rows))
-    (tmp_path / "t.yaml").write_text("transition: 0.2\ntimeline:\n  - {time: 0, emotion: neutral}\n  - {time: 1.5, emotion: sad, intensity: 0.5}\n")
+    (tmp_path / "t.yaml").write_text(
+        "transition: 0.2\ntimeline:\n  - {time: 0, emotion: neutral}\n"
+        "  - {time: 1.5, emotion: sad, intensity: 0.5}\n"
+    )
     a = load_timeline_file(tmp_path / "t.json", NAMES)
     b = load_timeline_file(tmp_path / "t.yaml", NAMES)
     assert a.keyframes == b.keyframes and b.transition == 0.2

@@ -1,4 +1,4 @@
-"""portrait.weights.hub against a fake local hub: download, conversion, hashes, offline, resume (no network)."""
+"""portrait.weights.hub against a fake local hub: download, conversion, hashes, offline, resume (offline)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,13 @@ import pytest
 import torch
 from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError
 
-from portrait.weights import hub
 from portrait.errors import WeightsError
+from portrait.layout import MANIFEST_FILE, RELEASE_EMOTIONS
+from portrait.models.interpolation import IFNet
+from portrait.pipeline import PortraitPipeline
+from portrait.preprocess.detectors import YOLO_WEIGHTS
+from portrait.testing import emotion_priors, write_tiny_weights
+from portrait.weights import hub
 from portrait.weights.hub import (
     DICE_TALK_REPO,
     FLOWNET_FILE,
@@ -32,12 +37,13 @@ from portrait.weights.hub import (
     prior_url,
     staging_dir,
 )
-from portrait.layout import MANIFEST_FILE, RELEASE_EMOTIONS
-from portrait.models.interpolation import IFNet
-from portrait.pipeline import PortraitPipeline
-from portrait.preprocess.face import YOLO_WEIGHTS
-from portrait.testing import emotion_priors, write_tiny_weights
-from portrait.weights.load import file_sha256, load_component, load_emotion_bank, load_pipeline, verify_manifest
+from portrait.weights.load import (
+    file_sha256,
+    load_component,
+    load_emotion_bank,
+    load_pipeline,
+    verify_manifest,
+)
 
 YOLO_BYTES = b"stand-in for the TorchScript YOLOv5-face detector"
 

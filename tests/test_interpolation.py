@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from portrait.weights.rife import convert_flownet
 from portrait.errors import WeightsError
 from portrait.models.interpolation import IFNet, check_size, interleave_midframes, midframes, warp
+from portrait.weights.rife import convert_flownet
 
 TINY = 8  # IFNet channels of the tiny test model
 SIZE = 32  # frame height/width (multiple of 16)

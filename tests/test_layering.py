@@ -12,10 +12,10 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "portrait"
@@ -67,8 +67,8 @@ def test_package_keeps_its_contracts() -> None:
     [
         ("sampling.py", "from portrait.pipeline import PortraitPipeline", "Folders are layers"),
         ("models/identity.py", "from portrait.config import RenderConfig", "plain values"),
-        ("render/paste.py", "from portrait.models.unet import PortraitUNet", "Protocol-typed"),
-        ("pipeline.py", "from portrait.weights.load import load_component", "never reads weights"),
+        ("render/paste.py", "from portrait.models.unet import PortraitUNet", "never import models"),
+        ("pipeline.py", "from portrait.weights.load import load_component", "reads no weights"),
     ],
 )
 def test_contracts_catch_a_bad_import(tmp_path: Path, module: str, line: str, contract: str) -> None:
@@ -118,7 +118,13 @@ def test_light_modules_do_not_import_torch() -> None:
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path}
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "", f"heavy modules imported: {result.stdout.strip()}"

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from media import seam_shift
 from PIL import Image
 
 from portrait.errors import InputError
@@ -17,7 +18,6 @@ from portrait.render.paste import (
     canvas_size,
     clip_box,
     crop_is_smaller,
-    seam_shift,
     wants_full_frame,
 )
 
@@ -238,7 +238,7 @@ def _generate(
 
 
 def _video_size(path: Path) -> tuple[int, int]:
-    from portrait.render.mux import probe_media
+    from media import probe_media
 
     video = next(s for s in probe_media(path)["streams"] if s["type"] == "video")
     return video["width"], video["height"]

@@ -14,23 +14,25 @@ import torch
 from PIL import Image
 
 from portrait.errors import ConfigError, InputError, NoFaceError, WeightsError
-from portrait.preprocess.face import (
+from portrait.preprocess.detectors import (
     DlibDetector,
     Face,
     InsightFaceDetector,
     YoloFaceDetector,
     _resize_linear,
-    check_face_box,
-    crop_image,
     decode_yolo_rows,
     detector_from_name,
     nms,
-    parse_face_box,
-    reference_crop_box,
-    select_face,
     sha256_file,
     yolo_grids,
     yolo_input_size,
+)
+from portrait.preprocess.face import (
+    check_face_box,
+    crop_image,
+    parse_face_box,
+    reference_crop_box,
+    select_face,
 )
 from portrait.preprocess.image import (
     CLIP_MEAN,

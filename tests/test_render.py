@@ -9,11 +9,12 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 import torch
+from media import channel_count, probe_media
 
-from portrait.errors import FFmpegError, InputError
 from portrait import ffmpeg as ffmpeg_module
+from portrait.errors import FFmpegError, InputError
 from portrait.ffmpeg import ffmpeg_binary, partial_path, run_ffmpeg
-from portrait.render.mux import channel_count, mux_audio, probe_media
+from portrait.render.mux import mux_audio
 from portrait.render.video import VideoWriter, to_uint8_frames
 
 SPEECH = Path(str(importlib.resources.files("portrait") / "assets" / "sample_speech.wav"))

@@ -22,7 +22,6 @@ from portrait.sampling import (
     scale_model_input,
     scatter_add_frames,
     shift_at_step,
-    window_counts,
     window_indices,
 )
 
@@ -65,6 +64,30 @@ def scheduler() -> EulerDiscreteScheduler:
 
 
 # ---------------------------------------------------------------------------------------------- windows
+
+
+def window_counts(indices: torch.Tensor, length: int) -> torch.Tensor:
+    """How many windows cover each frame.
+
+    Args:
+        indices: LongTensor (W, F) from :func:`window_indices`, values in ``[0, length)``.
+        length: ``L``.
+
+    Returns:
+        LongTensor (length,) with the number of windows holding each frame.
+    """
+    if indices.dtype != torch.long or indices.dim() != 2:
+        raise ValueError(
+            f"indices must be a 2-d LongTensor, got {indices.dtype} of shape {tuple(indices.shape)}"
+        )
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= length):
+        raise ValueError(f"indices must lie in [0, {length})")
+    return torch.bincount(indices.flatten(), minlength=length)
+
+
+# --------------------------------------------------------------------------------------------------
+# Gather / scatter-average along the frame axis (dim 1)
+# --------------------------------------------------------------------------------------------------
 
 
 def test_padded_length_and_errors() -> None:

@@ -36,7 +36,9 @@ def test_adapter_processors_installed_on_every_cross_attention(unet):
     cross = [n for n in procs if n.endswith("attn2.processor")]
     assert cross and all(isinstance(procs[n], IPAdapterAttnProcessor2_0) for n in cross)
     assert all(isinstance(procs[n], AttnProcessor2_0) for n in procs if n.endswith("attn1.processor"))
-    assert any("temporal_transformer_blocks" in n for n in cross) and any(".transformer_blocks" in n for n in cross)
+    assert any("temporal_transformer_blocks" in n for n in cross) and any(
+        ".transformer_blocks" in n for n in cross
+    )
     ip_keys = [k for k in unet.state_dict() if ".processor.to_" in k]
     assert len(ip_keys) == len(cross) * 4  # to_k_ip.{0,1}, to_v_ip.{0,1}
     assert "down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor.to_k_ip.1.weight" in ip_keys
@@ -81,8 +83,24 @@ def test_each_condition_changes_the_output(unet):
     with torch.no_grad():
         base = unet(sample, t, clip, ids, adapter_tokens=tokens, face_mask=mask, pose_features=pose).sample
         variants = {
-            "audio": unet(sample, t, clip, ids, adapter_tokens=(tokens[0] + 1, tokens[1]), face_mask=mask, pose_features=pose),
-            "emotion": unet(sample, t, clip, ids, adapter_tokens=(tokens[0], tokens[1] + 1), face_mask=mask, pose_features=pose),
+            "audio": unet(
+                sample,
+                t,
+                clip,
+                ids,
+                adapter_tokens=(tokens[0] + 1, tokens[1]),
+                face_mask=mask,
+                pose_features=pose,
+            ),
+            "emotion": unet(
+                sample,
+                t,
+                clip,
+                ids,
+                adapter_tokens=(tokens[0], tokens[1] + 1),
+                face_mask=mask,
+                pose_features=pose,
+            ),
             "mask": unet(sample, t, clip, ids, adapter_tokens=tokens, face_mask=1 - mask, pose_features=pose),
             "pose": unet(sample, t, clip, ids, adapter_tokens=tokens, face_mask=mask, pose_features=pose * 2),
         }
@@ -94,9 +112,17 @@ def test_pose_features_broadcast_equals_explicit_per_frame(unet):
     sample, t, clip, ids, tokens, mask = _inputs()
     pose = torch.randn(1, 1, 32, H, H)
     with torch.no_grad():
-        broadcast = unet(sample, t, clip, ids, adapter_tokens=tokens, face_mask=mask, pose_features=pose).sample
+        broadcast = unet(
+            sample, t, clip, ids, adapter_tokens=tokens, face_mask=mask, pose_features=pose
+        ).sample
         explicit = unet(
-            sample, t, clip, ids, adapter_tokens=tokens, face_mask=mask, pose_features=pose.expand(B, F, -1, -1, -1).clone()
+            sample,
+            t,
+            clip,
+            ids,
+            adapter_tokens=tokens,
+            face_mask=mask,
+            pose_features=pose.expand(B, F, -1, -1, -1).clone(),
         ).sample
     torch.testing.assert_close(broadcast, explicit, atol=0, rtol=0)
 
@@ -144,11 +170,29 @@ def test_compact_temporal_context_and_cached_mask_match_the_reference_routing(un
     pose = torch.randn(1, 1, 32, H, H)
     with torch.no_grad():
         ref = unet(sample, t, clip, ids, adapter_tokens=tokens, face_mask=mask, pose_features=pose).sample
-        fast = unet(sample, t, clip, ids, adapter_tokens=tokens, face_mask=mask, pose_features=pose,
-                    compact_temporal_context=True).sample
+        fast = unet(
+            sample,
+            t,
+            clip,
+            ids,
+            adapter_tokens=tokens,
+            face_mask=mask,
+            pose_features=pose,
+            compact_temporal_context=True,
+        ).sample
         # a different mask object must not hit the cached downsample of the previous one
-        other = unet(sample, t, clip, ids, adapter_tokens=tokens, face_mask=1 - mask, pose_features=pose,
-                     compact_temporal_context=True).sample
-        ref_other = unet(sample, t, clip, ids, adapter_tokens=tokens, face_mask=1 - mask, pose_features=pose).sample
+        other = unet(
+            sample,
+            t,
+            clip,
+            ids,
+            adapter_tokens=tokens,
+            face_mask=1 - mask,
+            pose_features=pose,
+            compact_temporal_context=True,
+        ).sample
+        ref_other = unet(
+            sample, t, clip, ids, adapter_tokens=tokens, face_mask=1 - mask, pose_features=pose
+        ).sample
     torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(other, ref_other, atol=1e-5, rtol=1e-5)

@@ -12,7 +12,6 @@ paths); uploads are capped by the launcher (``--max-file-size``) and images by `
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import logging
 import math
 import os
@@ -29,10 +28,20 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image, ImageDraw
 
 from portrait.config import RenderConfig, with_values
-from portrait.errors import InputError, PortraitError
+from portrait.constants import EMOTION_FILE_SUFFIXES, UNIT_SECONDS
+from portrait.errors import (
+    HINT_DLIB_DETECTOR,
+    HINT_FACE_BOX,
+    HINT_SHORTER_AUDIO,
+    HINT_USE_CPU,
+    InputError,
+    PortraitError,
+    describe,
+)
 
 if TYPE_CHECKING:
-    from portrait.generate import Engine, Job
+    from portrait.engine import Engine
+    from portrait.inputs import Job
 
 logger = logging.getLogger(__name__)
 
@@ -48,15 +57,16 @@ RUN_MAX_AGE = 3600.0
 AUTH_ENV = "PORTRAIT_APP_AUTH"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 #: Suffixes of an uploaded emotion prior (.safetensors / .npy) or timeline (.json / .yaml) file.
-EMOTION_FILE_SUFFIXES = (".safetensors", ".npy", ".json", ".yaml", ".yml")
 PREVIEW_SIDE = 768
 FACE_COLOUR, CROP_COLOUR = (0, 230, 64), (255, 160, 0)
-_UNIT_SECONDS = 0.04  # the reference's audio time base (generate.UNIT_SECONDS, not imported: torch)
 #: CLI hints in library messages → what to do on the page.
-_UI_HINTS = (
-    ("pass --face-box X,Y,W,H to give the face position", "enter the face position in Advanced → Face box"),
-    ("set preprocess.max_audio_units or trim it", "trim it"),
-)
+#: The page's words for the library's hints (see portrait.errors).
+UI_HINTS = {
+    HINT_FACE_BOX: "enter the face position in Advanced → Face box",
+    HINT_SHORTER_AUDIO: "trim it",
+    HINT_USE_CPU: "the server has no GPU",
+    HINT_DLIB_DETECTOR: "start the app with --detector dlib",
+}
 
 #: Sidecar keys also shown in the info panel.
 _PANEL_EXTRAS = ("face_box", "crop_box", "size", "full_frame", "interpolated", "device")
@@ -256,10 +266,8 @@ def summary(info: Mapping[str, Any], seconds: float) -> dict[str, Any]:
 
 
 def ui_message(err: BaseException, paths: Mapping[str, str] = {}) -> str:  # noqa: B006 (read only)
-    """One readable line for the page: CLI hints replaced, server paths replaced by ``paths``' names."""
-    text = " ".join(str(err).split())
-    for old, new in _UI_HINTS:
-        text = text.replace(old, new)
+    """One readable line for the page: the hint in the page's words, server paths by ``paths``' names."""
+    text = describe(err, UI_HINTS)
     for path in sorted(paths, key=len, reverse=True):
         text = text.replace(path, paths[path])
     return text
@@ -307,9 +315,9 @@ class Studio:
         max_seconds: float = DEFAULT_MAX_SECONDS,
         workspace: Workspace | None = None,
     ):
-        units = min(cfg.preprocess.max_audio_units, math.ceil(max_seconds / _UNIT_SECONDS))
+        units = min(cfg.preprocess.max_audio_units, math.ceil(max_seconds / UNIT_SECONDS))
         self.cfg = with_values(cfg, {"preprocess.max_audio_units": units})
-        self.max_seconds = units * _UNIT_SECONDS
+        self.max_seconds = units * UNIT_SECONDS
         self.detector = detector
         self.workspace = workspace if workspace is not None else Workspace()
         self._engine: Engine | None = None
@@ -322,7 +330,7 @@ class Studio:
         """The loaded engine (loaded on the first call)."""
         with self._load_lock:
             if self._engine is None:
-                from portrait.generate import load_engine
+                from portrait.engine import load_engine
 
                 started = time.perf_counter()
                 self._engine = load_engine(self.cfg, detector=self.detector)
@@ -335,8 +343,8 @@ class Studio:
 
     def job(self, request: AppRequest, output: Path) -> tuple[Job, RenderConfig]:
         """Validate ``request`` into a job writing ``output`` and its config (raises PortraitError)."""
+        from portrait.inputs import Job
         from portrait.preprocess.emotion import parse_emotion
-        from portrait.generate import Job
         from portrait.preprocess.face import parse_face_box
 
         image, audio = _existing(request.image, "portrait"), _existing(request.audio, "audio")
@@ -349,7 +357,11 @@ class Studio:
                 )
         else:
             spec = emotion_spec(request.emotion, request.intensity, request.timeline, request.emotion_text)
-            parse_emotion(spec, self.emotion_names())  # text is a spec, never a server file path
+            if (
+                Path(spec).suffix.lower() in EMOTION_FILE_SUFFIXES
+            ):  # typed text is a spec, never a server file
+                parse_emotion(spec, self.emotion_names())  # raises: no emotion name ends in a file suffix
+                raise InputError(f"unknown emotion {spec!r}")
         box = parse_face_box(request.face_box) if request.face_box and request.face_box.strip() else None
         index = None if request.face_index is None else int(request.face_index)
         seed = resolve_seed(request.seed, request.random_seed)
@@ -360,7 +372,7 @@ class Studio:
     ) -> AppResult:
         """Render one request into a fresh workspace run; raises PortraitError (see :func:`ui_message`)."""
         from portrait.generate import generate
-        from portrait.preprocess.image import load_image
+        from portrait.inputs import prepare
 
         report = progress or (lambda fraction, what: None)
         started = time.perf_counter()
@@ -368,19 +380,18 @@ class Studio:
         report(0.0, "loading models")
         engine = self.engine()
         job, cfg = self.job(request, self.workspace.new_run() / "portrait.mp4")
-        if not cfg.video.interpolate and engine.interpolator is not None:
-            engine = dataclasses.replace(engine, interpolator=None)  # the engine decides per job
+        prepared = prepare(job, cfg, engine.detector, engine.bank)
         report(0.02, "waiting for the previous render" if self._render_lock.locked() else "rendering")
         with self._render_lock:
             self._running = session
             try:
                 self._check_cancelled()
-                result = generate(job, engine, cfg, progress=True, callback=self._step_callback)
+                result = generate(prepared, engine, cfg, progress=True, callback=self._step_callback)
             finally:
                 self._running = None
         info = result.info
         crop = tuple(info["crop_box"]) if info.get("crop_box") else None
-        preview = draw_face_box(load_image(job.image), tuple(info["face_box"]), crop)
+        preview = draw_face_box(prepared.photo, tuple(info["face_box"]), crop)
         panel = summary(info, time.perf_counter() - started)
         if request.emotion_file:  # the upload's name, not its server path
             panel["emotion"] = f"file {Path(request.emotion_file).name}"
@@ -409,5 +420,3 @@ class Studio:
                 paths[str(value)] = Path(value).name
                 paths[str(Path(value).resolve())] = Path(value).name
         return ui_message(err, paths)
-
-

@@ -12,9 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from portrait.app.handler import EMOTION_FILE_SUFFIXES, AppRequest, Studio, default_framing
+from portrait.app.handler import AppRequest, Studio, default_framing
 from portrait.app.launch import LaunchOptions, add_app_arguments, run_app
-from portrait.errors import PortraitError
+from portrait.cli.common import CLI_HINTS
+from portrait.constants import EMOTION_FILE_SUFFIXES
+from portrait.errors import PortraitError, describe
 
 logger = logging.getLogger("portrait.app")
 
@@ -172,7 +174,7 @@ def serve(studio: Studio, options: LaunchOptions, block: bool = True) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python app.py``: 0 after the server stops, 1 on a PortraitError, 2 on a usage error."""
-    from portrait.cli.main import configure_logging
+    from portrait.cli.common import configure_logging
 
     parser = argparse.ArgumentParser(prog="app.py", description="portrait web demo (Gradio)")
     add_app_arguments(parser)
@@ -185,7 +187,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PortraitError as err:
         if args.debug:
             logger.exception("app failed")
-        print("error: " + " ".join(str(err).split()), file=sys.stderr)
+        print("error: " + describe(err, CLI_HINTS), file=sys.stderr)
         return 1
-
-

@@ -51,16 +51,11 @@ from portrait.cli.common import (
     runtime_values,
 )
 from portrait.config import RenderConfig, with_values
+from portrait.constants import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from portrait.errors import InputError, PortraitError
 
 logger = logging.getLogger("portrait.batch.main" if __name__ == "__main__" else __name__)  # python -m too
 
-__all__ = [
-    "BatchOptions", "Batch", "Summary", "Worker", "WorkerSettings", "add_batch_arguments", "is_done",
-    "main", "render_manifest", "run_batch",
-]  # fmt: skip
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 STATUSES = ("ok", "skipped", "failed", "invalid")
 
 
@@ -107,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_batch(args)
     except PortraitError as err:
         print_error(err, args.debug, "batch")
-        return EXIT_FAILED
+        return EXIT_ERROR
 
 
 def run_batch(args: argparse.Namespace) -> int:
@@ -181,7 +176,7 @@ class Summary:
     def exit_code(self) -> int:
         if self.interrupted:
             return EXIT_INTERRUPTED
-        return EXIT_FAILED if self.counts["failed"] or self.counts["invalid"] or self.not_run else EXIT_OK
+        return EXIT_ERROR if self.counts["failed"] or self.counts["invalid"] or self.not_run else EXIT_OK
 
     def line(self) -> str:
         text = "portrait-batch: " + ", ".join(f"{self.counts[s]} {s}" for s in STATUSES)
@@ -284,8 +279,8 @@ class Batch:
 
     def _prechecker(self) -> tuple[RenderConfig, Callable]:
         """The batch config with an absolute weights root (and this rank's GPU), and a job checker."""
-        from portrait.generate import precheck
-        from portrait.preprocess.face import detector_from_name
+        from portrait.inputs import prepare
+        from portrait.preprocess.detectors import detector_from_name
         from portrait.weights.load import check_tree, emotion_names, resolve_weights_root
 
         root = resolve_weights_root(self.cfg.runtime.weights).resolve()
@@ -295,7 +290,9 @@ class Batch:
             cfg = _rank_device(cfg)
         names = emotion_names(root)
         detector = detector_from_name(self.options.detector, root)
-        return cfg, lambda job, job_cfg: precheck(job, job_cfg, names, detector)
+        # A full prepare of every job before any model loads; the result is dropped (memory stays flat in the
+        # manifest's length) and the worker prepares the job again when it renders it.
+        return cfg, lambda job, job_cfg: prepare(job, job_cfg, detector, names)
 
     def _run_local(self, jobs: list[ManifestJob], settings: WorkerSettings) -> None:
         shard = self.options.shard
@@ -321,13 +318,6 @@ class Batch:
         options = self.options.ray or RayOptions()
         run_ray(jobs, make_worker, self.record, remove_stale, options,
                 retries=self.options.retries, fail_fast=self.options.fail_fast)  # fmt: skip
-
-
-def render_manifest(
-    manifest: Path, out_dir: Path, cfg: RenderConfig, options: BatchOptions | None = None, **kwargs: Any
-) -> Summary:
-    """Run a batch (see :class:`Batch`) and return its summary."""
-    return Batch(manifest, out_dir, cfg, options, **kwargs).run()
 
 
 def _named_worker(factory: Callable, settings: WorkerSettings, name: str) -> Any:

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from portrait.constants import EMOTION_FILE_SUFFIXES
 from portrait.errors import InputError
 
 __all__ = [
@@ -46,7 +47,6 @@ OVERRIDE_KEYS: dict[str, tuple[str, ...]] = {
 }
 _JOB_KEYS = ("image", "audio", "emotion", "output", "seed", "face_box", "face_index", "set")
 KNOWN_KEYS: tuple[str, ...] = _JOB_KEYS + tuple(OVERRIDE_KEYS)
-_EMOTION_FILE_SUFFIXES = (".safetensors", ".npy", ".json", ".yaml", ".yml")
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 
@@ -221,7 +221,7 @@ def _job_from_row(line: int, row: Mapping[str, Any], base: Path, out_root: Path)
             raise _LineError(f"missing {key!r}")
     image, audio = _input_path(row["image"], "image", base), _input_path(row["audio"], "audio", base)
     emotion = _text(row.get("emotion", "neutral"), "emotion")
-    if Path(emotion).suffix.lower() in _EMOTION_FILE_SUFFIXES:
+    if Path(emotion).suffix.lower() in EMOTION_FILE_SUFFIXES:
         emotion = str(_input_path(emotion, "emotion", base))
     if "output" in row:
         output = _confine_output(_text(row["output"], "output"), out_root)

@@ -9,7 +9,6 @@ Used in-process by the local engine and inside each actor by the Ray engine.
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import json
 import logging
@@ -57,7 +56,7 @@ def remove_stale(output: Path) -> None:
 
 
 def to_job(entry: ManifestJob) -> Any:
-    from portrait.generate import Job
+    from portrait.inputs import Job
 
     return Job(entry.image, entry.audio, entry.output, emotion=entry.emotion, face_box=entry.face_box,
                face_index=entry.face_index, seed=entry.seed)  # fmt: skip
@@ -84,7 +83,7 @@ class Worker:
     def load(self) -> None:
         """Load the engine (once)."""
         if self.engine is None:
-            from portrait.generate import load_engine
+            from portrait.engine import load_engine
 
             cfg = with_values(self.settings.cfg, {"video.interpolate": self.settings.interpolate})
             self.engine = load_engine(cfg, detector=self.settings.detector)
@@ -121,6 +120,7 @@ class Worker:
 
     def _render(self, job: ManifestJob) -> None:
         from portrait.generate import generate
+        from portrait.inputs import prepare
 
         remove_stale(job.output)
         cfg = with_values(self.settings.cfg, dict(job.values))
@@ -129,10 +129,8 @@ class Worker:
                 raise InputError(f"{what} file {path} no longer exists (it was there when the batch started)")
         self.load()
         engine = self.engine
-        engine.pipe.unet.set_adapter_scales((cfg.sampling.ip_audio_scale, cfg.sampling.ip_emo_scale))
-        if not cfg.video.interpolate and engine.interpolator is not None:
-            engine = dataclasses.replace(engine, interpolator=None)
-        generate(to_job(job), engine, cfg, progress=False, cache=self.cache)
+        prepared = prepare(to_job(job), cfg, engine.detector, engine.bank)
+        generate(prepared, engine, cfg, progress=False, cache=self.cache)
 
     def _free_memory(self, err: BaseException) -> None:
         import torch

@@ -11,7 +11,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from portrait.errors import PortraitError
+from portrait.errors import (
+    HINT_DLIB_DETECTOR,
+    HINT_FACE_BOX,
+    HINT_SHORTER_AUDIO,
+    HINT_USE_CPU,
+    PortraitError,
+    describe,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +99,17 @@ def quiet_libraries() -> None:
     huggingface_hub.utils.disable_progress_bars()
 
 
+#: The command line's words for the library's hints (see portrait.errors).
+CLI_HINTS = {
+    HINT_FACE_BOX: "pass --face-box X,Y,W,H to give the face position",
+    HINT_SHORTER_AUDIO: "set preprocess.max_audio_units or trim it",
+    HINT_USE_CPU: "use --device cpu",
+    HINT_DLIB_DETECTOR: "or use --detector dlib",
+}
+
+
 def print_error(err: PortraitError, debug: bool, what: str) -> None:
     """The one ``error: ...`` line on stderr (the traceback too with ``--debug``)."""
     if debug:
         logger.exception("%s failed", what)
-    print("error: " + " ".join(str(err).split()), file=sys.stderr)
+    print("error: " + describe(err, CLI_HINTS), file=sys.stderr)

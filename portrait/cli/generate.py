@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from portrait.cli.common import add_runtime_arguments, quiet_libraries, runtime_values
+from portrait.config import RenderConfig
 from portrait.errors import InputError
 
 EPILOG = """commands:
-  portrait-gen download [--weights DIR]          fetch and convert the official weights (the only networked command)
+  portrait-gen download [--weights DIR]          fetch and convert the official weights (the only network use)
   portrait-gen convert --from-dice-talk SRC --weights DST
   portrait-gen doctor [--weights DIR]            check ffmpeg, weights, device, versions
   portrait-gen emotions [--weights DIR]          list the emotion bank
@@ -24,7 +25,8 @@ emotion specs: NAME, NAME:INTENSITY, happy:0.6+surprised:0.4, "0:neutral, 2.5:ha
 
 
 def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
-    """The generation flags (the CLI contract of issue 3)."""
+    """The generation flags; defaults shown in the help come from :class:`~portrait.config.RenderConfig`."""
+    D = RenderConfig()
     io = parser.add_argument_group("inputs and output")
     io.add_argument("--image", type=Path, required=True, help="portrait photo (JPEG, PNG, WebP)")
     io.add_argument("--audio", type=Path, required=True, help="speech recording (any format ffmpeg reads)")
@@ -36,7 +38,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="SECONDS",
-        help="smooth change between timeline entries (default 0.5)",
+        help=f"smooth change between timeline entries (default {D.sampling.emotion_transition:g})",
     )
     io.add_argument(
         "-o", "--output", type=Path, default=None, help="output mp4 (default: IMAGE_AUDIO.mp4 here)"
@@ -46,22 +48,30 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_runtime_arguments(parser.add_argument_group("runtime"))
     sampling = parser.add_argument_group("sampling")
-    sampling.add_argument("--steps", type=int, default=None, help="denoising steps (default 25)")
     sampling.add_argument(
-        "--seed", type=int, default=None, help="random seed (default 72589, the reference's)"
+        "--steps", type=int, default=None, help=f"denoising steps (default {D.sampling.steps})"
     )
     sampling.add_argument(
-        "--ref-scale", type=float, default=None, help="reference-image guidance (default 3.0)"
+        "--seed", type=int, default=None, help=f"random seed (default {D.sampling.seed}, the reference's)"
     )
     sampling.add_argument(
-        "--emo-scale", type=float, default=None, help="audio+emotion guidance (default 6.0)"
+        "--ref-scale",
+        type=float,
+        default=None,
+        help=f"reference-image guidance (default {D.sampling.ref_scale_min:g})",
+    )
+    sampling.add_argument(
+        "--emo-scale",
+        type=float,
+        default=None,
+        help=f"audio+emotion guidance (default {D.sampling.emo_scale_min:g})",
     )
     face = parser.add_argument_group("face and framing")
     face.add_argument(
         "--size",
         type=int,
         default=None,
-        help="short side of the generated video, multiple of 64 (default 512)",
+        help=f"short side of the generated video, multiple of 64 (default {D.preprocess.min_resolution})",
     )
     face.add_argument(
         "--face-box", default=None, metavar="X,Y,W,H", help="face box in pixels (skips detection)"
@@ -91,7 +101,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
         dest="interpolate",
         action="store_false",
         default=None,
-        help="skip frame interpolation (12.5 fps output)",
+        help=f"skip frame interpolation ({D.sampling.fps:g} fps output)",
     )
 
 
@@ -133,9 +143,12 @@ def run_generate(args: argparse.Namespace) -> int:
     output = args.output if args.output is not None else default_output(args.image, args.audio)
     box = parse_face_box(args.face_box) if args.face_box else None
 
-    from portrait.generate import Job, generate, load_engine, precheck
+    from portrait.engine import load_engine
+    from portrait.generate import generate
+    from portrait.inputs import Job, prepare
+    from portrait.layout import RELEASE_EMOTIONS
+    from portrait.preprocess.detectors import detector_from_name
     from portrait.weights.hub import ensure_weights
-    from portrait.preprocess.face import detector_from_name
     from portrait.weights.load import emotion_names, resolve_weights_root
 
     job = Job(
@@ -149,16 +162,16 @@ def run_generate(args: argparse.Namespace) -> int:
         dump_frames=args.dump_frames,
     )
     root = resolve_weights_root(cfg.runtime.weights)
-    names = emotion_names(root)
+    names = emotion_names(root) or RELEASE_EMOTIONS  # no tree yet: the download brings the release's bank
     detector = detector_from_name(args.detector, root)
-    # Inputs first: a bad file fails in a second, before any download or model load.
-    precheck(job, cfg, names, detector)
+    # Inputs first, each read once: a bad file fails in a second, before any download or model load.
+    prepared = prepare(job, cfg, detector, names)
     if args.quiet:
         quiet_libraries()
     bars = not args.quiet and sys.stderr.isatty()  # progress bars on a terminal only
     ensure_weights(root, offline=cfg.runtime.offline or None, progress=bars)  # None: $HF_HUB_OFFLINE
     engine = load_engine(cfg, detector=detector)
-    result = generate(job, engine, cfg, progress=bars)
+    result = generate(prepared, engine, cfg, progress=bars)
     if not args.quiet:
         info = result.info
         print(

@@ -32,11 +32,11 @@ from portrait.cli.tools import (
     run_download,
     run_emotions,
 )
+from portrait.constants import EXIT_ERROR, EXIT_OK, EXIT_USAGE
 from portrait.errors import PortraitError
 
 logger = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """The ``download``, ``doctor`` and ``emotions`` subcommands of ``portrait-gen``.
 
 Each command is a pair ``add_<name>_arguments(parser)`` / ``run_<name>(args) -> exit code`` for
-``portrait.cli.main.COMMANDS``. Parsing imports nothing heavy; the ``run_*`` functions import what they need. They
+``portrait.cli.main.COMMANDS``. Parsing imports nothing heavy; the ``run_*`` functions import what they need.
+They
 print to stdout (the CLI owns it); a :class:`~portrait.errors.PortraitError` propagates to ``cli.main``.
 """
 
@@ -16,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from portrait import __version__
+from portrait.constants import EXIT_ERROR, EXIT_OK
 from portrait.errors import PortraitError
 from portrait.layout import MANIFEST_FILE, OPTIONAL_COMPONENTS
 
-EXIT_OK, EXIT_FAILED = 0, 1
 #: Packages whose versions ``doctor`` reports; the first three are required.
 REQUIRED_PACKAGES = ("torch", "diffusers", "transformers")
 OTHER_PACKAGES = ("huggingface_hub", "safetensors", "numpy", "accelerate")
@@ -249,7 +250,7 @@ def run_doctor(args: argparse.Namespace) -> int:
         print(f"\n{len(failed)} required check(s) failed:")
         for check in failed:
             print(f"  - {check.name}: {check.detail}")
-        return EXIT_FAILED
+        return EXIT_ERROR
     print("\nall required checks passed")
     return EXIT_OK
 

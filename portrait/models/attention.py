@@ -100,7 +100,7 @@ def adapter_processors(
         )
         proc.to(dtype=attention.to_k.weight.dtype, device=attention.to_k.weight.device)
         with torch.no_grad():
-            for k_ip, v_ip in zip(proc.to_k_ip, proc.to_v_ip):
+            for k_ip, v_ip in zip(proc.to_k_ip, proc.to_v_ip, strict=False):
                 k_ip.weight.copy_(attention.to_k.weight)
                 v_ip.weight.copy_(attention.to_v.weight)
         processors[name] = proc
@@ -190,7 +190,8 @@ class FastAdapterAttnProcessor(IPAdapterAttnProcessor2_0):
             )
 
         out = attend(ctx.clip, attn.to_k, attn.to_v)
-        for tokens, weight, to_k_ip, to_v_ip in zip(ctx.streams, self.scale, self.to_k_ip, self.to_v_ip):
+        streams = zip(ctx.streams, self.scale, self.to_k_ip, self.to_v_ip, strict=False)
+        for tokens, weight, to_k_ip, to_v_ip in streams:
             if weight != 0:
                 out = out + weight * attend(tokens, to_k_ip, to_v_ip)
         return out
@@ -206,7 +207,7 @@ class FastAdapterAttnProcessor(IPAdapterAttnProcessor2_0):
 
         out = attend(clip, attn.to_k, attn.to_v)
         for tokens, weight, to_k_ip, to_v_ip, mask in zip(
-            streams, self.scale, self.to_k_ip, self.to_v_ip, masks
+            streams, self.scale, self.to_k_ip, self.to_v_ip, masks, strict=False
         ):
             if weight != 0:
                 tokens = tokens[:, 0] if tokens.ndim == 4 else tokens

@@ -32,7 +32,12 @@ class IdentityEncoding:
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> IdentityEncoding:
         """Copy of this encoding on ``device`` in ``dtype``."""
-        return IdentityEncoding(*(t.to(device=device, dtype=dtype) for t in (self.image_embeds, self.ref_latent, self.cond_latent)))
+        return IdentityEncoding(
+            *(
+                t.to(device=device, dtype=dtype)
+                for t in (self.image_embeds, self.ref_latent, self.cond_latent)
+            )
+        )
 
 
 def encode_clip_image(image_encoder: nn.Module, clip_image: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,9 @@ transformer modules get a forward that knows how to unpack it (:class:`AdapterTr
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.transformers.transformer_temporal import (
@@ -64,11 +67,14 @@ class AdapterTransformer(TransformerSpatioTemporalModel):
         positions = torch.arange(num_frames, device=hidden_states.device).repeat(batch, 1).reshape(-1)
         frame_emb = self.time_pos_embed(self.time_proj(positions).to(dtype=hidden_states.dtype))[:, None, :]
 
-        for block, temporal_block in zip(self.transformer_blocks, self.temporal_transformer_blocks):
+        pairs = zip(self.transformer_blocks, self.temporal_transformer_blocks, strict=False)
+        for block, temporal_block in pairs:
             hidden_states = block(
                 hidden_states, encoder_hidden_states=spatial_context, cross_attention_kwargs=spatial_kwargs
             )
-            mixed = temporal_block(hidden_states + frame_emb, num_frames=num_frames, encoder_hidden_states=time_context)
+            mixed = temporal_block(
+                hidden_states + frame_emb, num_frames=num_frames, encoder_hidden_states=time_context
+            )
             hidden_states = self.time_mixer(
                 x_spatial=hidden_states, x_temporal=mixed, image_only_indicator=image_only_indicator
             )
@@ -141,7 +147,9 @@ class PortraitUNet(UNetSpatioTemporalConditionModel):
             num_frames=num_frames,
         )
         if len(adapter_scales) != len(adapter_tokens):
-            raise ValueError(f"adapter_scales {adapter_scales} and adapter_tokens {adapter_tokens} differ in length")
+            raise ValueError(
+                f"adapter_scales {adapter_scales} and adapter_tokens {adapter_tokens} differ in length"
+            )
         for module in self.modules():
             if type(module) is TransformerSpatioTemporalModel:
                 module.__class__ = AdapterTransformer
@@ -150,6 +158,18 @@ class PortraitUNet(UNetSpatioTemporalConditionModel):
         self.set_attn_processor(
             adapter_processors(self, cross_attention_dim, tuple(adapter_scales), tuple(adapter_tokens))
         )
+
+    @contextlib.contextmanager
+    def adapter_scales(self, scales: tuple[float, ...]) -> Iterator[None]:
+        """Use ``scales`` (audio, emotion) inside the ``with`` block; the previous ones come back after it."""
+        previous = [list(proc.scale) for proc in self.attn_processors.values() if hasattr(proc, "to_k_ip")]
+        self.set_adapter_scales(scales)
+        try:
+            yield
+        finally:
+            procs = [proc for proc in self.attn_processors.values() if hasattr(proc, "to_k_ip")]
+            for proc, scale in zip(procs, previous, strict=True):
+                proc.scale = scale
 
     def set_adapter_scales(self, scales: tuple[float, ...]) -> None:
         """Set the per-stream adapter scales (audio, emotion) of every ``attn2``; 0 disables a stream."""
@@ -195,7 +215,9 @@ class PortraitUNet(UNetSpatioTemporalConditionModel):
 
         if encoder_hidden_states.shape[0] == batch and num_frames > 1:
             encoder_hidden_states = encoder_hidden_states.repeat_interleave(num_frames, dim=0)
-        context = AdapterContext(encoder_hidden_states, tuple(adapter_tokens), face_mask, compact_temporal_context)
+        context = AdapterContext(
+            encoder_hidden_states, tuple(adapter_tokens), face_mask, compact_temporal_context
+        )
 
         hidden = self.conv_in(sample.flatten(0, 1))
         if pose_features is not None:
@@ -204,7 +226,9 @@ class PortraitUNet(UNetSpatioTemporalConditionModel):
 
         skips: tuple[torch.Tensor, ...] = (hidden,)
         for block in self.down_blocks:
-            kwargs = {"encoder_hidden_states": context} if getattr(block, "has_cross_attention", False) else {}
+            kwargs = (
+                {"encoder_hidden_states": context} if getattr(block, "has_cross_attention", False) else {}
+            )
             hidden, res = block(hidden_states=hidden, temb=emb, image_only_indicator=indicator, **kwargs)
             skips += res
         hidden = self.mid_block(
@@ -212,9 +236,15 @@ class PortraitUNet(UNetSpatioTemporalConditionModel):
         )
         for block in self.up_blocks:
             res, skips = skips[-len(block.resnets) :], skips[: -len(block.resnets)]
-            kwargs = {"encoder_hidden_states": context} if getattr(block, "has_cross_attention", False) else {}
+            kwargs = (
+                {"encoder_hidden_states": context} if getattr(block, "has_cross_attention", False) else {}
+            )
             hidden = block(
-                hidden_states=hidden, temb=emb, res_hidden_states_tuple=res, image_only_indicator=indicator, **kwargs
+                hidden_states=hidden,
+                temb=emb,
+                res_hidden_states_tuple=res,
+                image_only_indicator=indicator,
+                **kwargs,
             )
 
         hidden = self.conv_out(self.conv_act(self.conv_norm_out(hidden)))

@@ -27,7 +27,8 @@ import numpy as np
 import soxr
 import torch
 
-from portrait.errors import FFmpegError, InputError, WeightsError
+from portrait.constants import SAMPLE_RATE
+from portrait.errors import HINT_SHORTER_AUDIO, FFmpegError, InputError, WeightsError
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,6 @@ __all__ = [
     "MIN_SECONDS",
     "PIECE_SAMPLES",
     "SAMPLES_PER_UNIT",
-    "SAMPLE_RATE",
     "SILENCE_PEAK",
     "audio_features",
     "load_audio",
@@ -44,7 +44,6 @@ __all__ = [
 ]
 
 #: Whisper's sampling rate; the unit and piece sizes below are counted at this rate.
-SAMPLE_RATE = 16000
 #: Samples per audio unit (40 ms at 16 kHz); the reference's ``len(audio) // 640``.
 SAMPLES_PER_UNIT = 640
 #: Samples per Whisper piece (750 units = 30 s); each becomes 3000 mel frames.
@@ -91,8 +90,8 @@ def load_audio(path: Path, sample_rate: int = SAMPLE_RATE, max_seconds: float | 
         declared = _declared_duration(stderr)
         length = f"is {declared:.1f} s long" if declared and declared > max_seconds else "is longer"
         raise InputError(
-            f"{path}: the audio {length}; the limit is {max_seconds:g} s, "
-            "set preprocess.max_audio_units or trim it"
+            f"{path}: the audio {length}; the limit is {max_seconds:g} s",
+            hint=HINT_SHORTER_AUDIO,
         )
     if seconds < MIN_SECONDS:
         raise InputError(

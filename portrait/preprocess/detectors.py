@@ -22,7 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from portrait.errors import ConfigError, InputError, WeightsError
+from portrait.constants import DETECTOR_NAMES
+from portrait.errors import HINT_DLIB_DETECTOR, HINT_FACE_BOX, ConfigError, InputError, WeightsError
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,6 @@ Box = tuple[float, float, float, float]
 YOLO_WEIGHTS = Path("face_detector") / "yoloface_v5m.pt"
 INSIGHTFACE_ROOT = Path("insightface")
 INSIGHTFACE_MODEL = "buffalo_l"
-DETECTOR_NAMES = ("auto", "yolo", "insightface", "dlib")
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class DlibDetector:
             dlib = importlib.import_module("dlib")
         except ImportError as error:
             raise InputError(
-                "the dlib face detector needs dlib: pip install dlib-bin (or pass --face-box X,Y,W,H)"
+                "the dlib face detector needs dlib: pip install dlib-bin", hint=HINT_FACE_BOX
             ) from error
         self._detector = dlib.get_frontal_face_detector()
         self.upsample = upsample
@@ -272,8 +272,8 @@ class InsightFaceDetector:
         model_dir = Path(root) / "models" / model_name
         if not any(model_dir.glob("*.onnx")):
             raise WeightsError(
-                f"insightface model {model_name!r} not found: put its .onnx files in {model_dir} "
-                "(or use --face-detector dlib)"
+                f"insightface model {model_name!r} not found: put its .onnx files in {model_dir}",
+                hint=HINT_DLIB_DETECTOR,
             )
         try:
             insightface_app = importlib.import_module("insightface.app")

@@ -147,7 +147,7 @@ def _is_number(text: str) -> bool:
 def _checked_schedule(source: str, keyframes: list[Keyframe], transition: float) -> EmotionSchedule:
     if transition < 0 or not math.isfinite(transition):
         raise InputError(f"emotion transition must be >= 0 seconds, got {transition}")
-    for prev, cur in zip(keyframes, keyframes[1:]):
+    for prev, cur in zip(keyframes, keyframes[1:], strict=False):
         if cur.time <= prev.time:
             raise _error(source, f"{cur.time:g}", "timeline times must increase")
     if keyframes[0].time < 0:
@@ -157,7 +157,9 @@ def _checked_schedule(source: str, keyframes: list[Keyframe], transition: float)
     return EmotionSchedule(tuple(keyframes), transition)
 
 
-def load_timeline_file(path: Path, known: Iterable[str], transition: float = DEFAULT_TRANSITION) -> EmotionSchedule:
+def load_timeline_file(
+    path: Path, known: Iterable[str], transition: float = DEFAULT_TRANSITION
+) -> EmotionSchedule:
     """Read a JSON or YAML timeline: a list of ``{time, emotion, intensity?}`` (``emotion`` may be a mix)."""
     try:
         if path.suffix.lower() == ".json":
@@ -178,7 +180,11 @@ def load_timeline_file(path: Path, known: Iterable[str], transition: float = DEF
         if not isinstance(row, dict) or "time" not in row or "emotion" not in row:
             raise InputError(f"emotion timeline {path}, entry {i}: needs 'time' and 'emotion', got {row!r}")
         text = str(row["emotion"]) + (f":{row['intensity']}" if "intensity" in row else "")
-        keyframes.append(Keyframe(_parse_number(str(path), str(row["time"]), "time"), parse_mix(str(path), text, known_set)))
+        keyframes.append(
+            Keyframe(
+                _parse_number(str(path), str(row["time"]), "time"), parse_mix(str(path), text, known_set)
+            )
+        )
     return _checked_schedule(str(path), keyframes, transition)
 
 

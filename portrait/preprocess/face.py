@@ -12,30 +12,14 @@ from pathlib import Path
 
 from PIL import Image
 
-from portrait.errors import ConfigError, InputError, NoFaceError
-from portrait.preprocess.detectors import (  # noqa: F401  (re-exported: the face API in one place)
-    DETECTOR_NAMES,
-    INSIGHTFACE_MODEL,
-    INSIGHTFACE_ROOT,
-    YOLO_WEIGHTS,
+from portrait.constants import FACE_SELECTIONS
+from portrait.errors import HINT_FACE_BOX, ConfigError, InputError, NoFaceError
+from portrait.preprocess.detectors import (
     Box,
-    DlibDetector,
     Face,
-    FaceDetector,
-    InsightFaceDetector,
-    YoloFaceDetector,
-    _resize_linear,
-    decode_yolo_rows,
-    detector_from_name,
-    nms,
-    sha256_file,
-    yolo_grids,
-    yolo_input_size,
 )
 
 logger = logging.getLogger(__name__)
-
-SELECT_MODES = ("reference", "largest")
 
 
 def select_face(
@@ -55,7 +39,7 @@ def select_face(
         NoFaceError: ``faces`` is empty. InputError: ``index`` out of range. ConfigError: unknown ``mode``.
     """
     if not faces:
-        raise NoFaceError(f"no face found in {source}; pass --face-box X,Y,W,H to give the face position")
+        raise NoFaceError(f"no face found in {source}", hint=HINT_FACE_BOX)
     if index is not None:
         by_area = sorted(faces, key=lambda f: -f.area)
         if not 0 <= index < len(by_area):
@@ -69,7 +53,7 @@ def select_face(
     elif mode == "largest":
         chosen = max(faces, key=lambda f: f.area)
     else:
-        raise ConfigError(f"unknown face selection {mode!r}; choose one of {', '.join(SELECT_MODES)}")
+        raise ConfigError(f"unknown face selection {mode!r}; choose one of {', '.join(FACE_SELECTIONS)}")
     if len(faces) > 1:
         logger.info("%d faces in %s; using box %s (score %.3f)", len(faces), source, chosen.box, chosen.score)
     return chosen

@@ -1,4 +1,4 @@
-"""Add the audio track to the silent video (spec 7.3), safely, and describe media files without ffprobe.
+"""Add the audio track to the silent video (spec 7.3), safely.
 
 The reference runs ``ffmpeg -i noaudio.mp4 -i audio -s WxH -vcodec libx264 -acodec aac -crf 18 -shortest
 -y out.mp4`` through ``os.system``. Here the same encode runs from an argument list (file names are never
@@ -16,12 +16,12 @@ from typing import Any
 
 import ffmpeg
 
-from portrait.errors import FFmpegError, InputError
-from portrait.ffmpeg import media_path, partial_path, run_ffmpeg, stderr_tail
+from portrait.errors import InputError
+from portrait.ffmpeg import media_path, partial_path, run_ffmpeg
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["mux_audio", "probe_media"]
+__all__ = ["mux_audio"]
 
 
 def mux_audio(
@@ -123,144 +123,3 @@ def _remove(path: Path) -> None:
 # --------------------------------------------------------------------------------------------------------
 # Probing (no ffprobe: parse what `ffmpeg -i` prints, optionally decode each stream to count)
 # --------------------------------------------------------------------------------------------------------
-
-_INPUT_RE = re.compile(r"^Input #0, (.+), from '")
-_DURATION_RE = re.compile(r"^\s*Duration: (N/A|(\d+):(\d+):(\d+(?:\.\d+)?))(?:, start: (-?[\d.]+))?")
-_BITRATE_RE = re.compile(r"bitrate: (\d+) kb/s")
-_STREAM_RE = re.compile(r"^\s*Stream #0:(\d+)\S*: (Video|Audio|Subtitle|Data|Attachment): (\w+)(.*)$")
-_SIZE_RE = re.compile(r", (\d+)x(\d+)[\s,\[]")
-_FPS_RE = re.compile(r", ([\d.]+)(k?) (fps|tbr)\b")
-_AUDIO_RE = re.compile(r", (\d+) Hz, ([^,]+)")
-_NAMED_LAYOUTS = {"mono": 1, "stereo": 2, "downmix": 2, "binaural": 2, "quad": 4, "hexagonal": 6,
-                  "octagonal": 8, "cube": 8, "hexadecagonal": 16}  # fmt: skip
-
-
-def probe_media(path: Path, measure: bool = False) -> dict[str, Any]:
-    """Describe a media file from ``ffmpeg -i`` (there may be no ffprobe).
-
-    Args:
-        path: the file.
-        measure: also decode each video/audio stream to count what is really there: ``frames`` (video)
-            and ``measured_duration`` seconds (end of the last decoded frame) per stream. Costs a decode.
-
-    Returns:
-        ``{"format": "mov,mp4,...", "duration": seconds or None, "start": seconds or None, "bit_rate":
-        bits/s or None, "streams": [...]}``; each stream has ``index``, ``type`` ("video", "audio", ...),
-        ``codec``; video streams ``width``, ``height``, ``fps``; audio streams ``sample_rate``,
-        ``channel_layout`` and ``channels`` (None for a layout it cannot count).
-
-    Raises:
-        InputError: the file is missing or ffmpeg cannot read it.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: media file not found")
-    result = run_ffmpeg(["-i", media_path(path)], check=False)  # no output file: ffmpeg exits 1 by design
-    text = result.stderr.decode("utf-8", errors="replace")
-    info = parse_ffmpeg_info(text)
-    if info is None:
-        raise InputError(f"{path}: ffmpeg cannot read this file:\n{stderr_tail(text)}")
-    if measure:
-        for stream in info["streams"]:
-            if stream["type"] in ("video", "audio"):
-                stream.update(_measure_stream(path, stream["index"], stream["type"]))
-    return info
-
-
-def parse_ffmpeg_info(text: str) -> dict[str, Any] | None:
-    """Parse the input description ffmpeg prints to stderr (None when there is no ``Input #0``)."""
-    info: dict[str, Any] | None = None
-    for line in text.splitlines():
-        if info is None:
-            match = _INPUT_RE.match(line)
-            if match:
-                info = {
-                    "format": match.group(1),
-                    "duration": None,
-                    "start": None,
-                    "bit_rate": None,
-                    "streams": [],
-                }
-            continue
-        if line.startswith(("Input #", "Output #", "Stream mapping")):
-            break
-        match = _DURATION_RE.match(line)
-        if match:
-            if match.group(2) is not None:
-                info["duration"] = (
-                    int(match.group(2)) * 3600 + int(match.group(3)) * 60 + float(match.group(4))
-                )
-            if match.group(5) is not None:
-                info["start"] = float(match.group(5))
-            bitrate = _BITRATE_RE.search(line)
-            if bitrate:
-                info["bit_rate"] = int(bitrate.group(1)) * 1000
-            continue
-        match = _STREAM_RE.match(line)
-        if match:
-            info["streams"].append(
-                _parse_stream(int(match.group(1)), match.group(2).lower(), match.group(3), line)
-            )
-    return info
-
-
-def _parse_stream(index: int, kind: str, codec: str, line: str) -> dict[str, Any]:
-    stream: dict[str, Any] = {"index": index, "type": kind, "codec": codec}
-    if kind == "video":
-        size = _SIZE_RE.search(line + " ")
-        stream["width"], stream["height"] = (int(size.group(1)), int(size.group(2))) if size else (None, None)
-        rates = {unit: float(value) * (1000 if k else 1) for value, k, unit in _FPS_RE.findall(line)}
-        stream["fps"] = rates.get("fps", rates.get("tbr"))
-    elif kind == "audio":
-        audio = _AUDIO_RE.search(line)
-        if audio:
-            stream["sample_rate"] = int(audio.group(1))
-            stream["channel_layout"] = audio.group(2).strip()
-            stream["channels"] = channel_count(stream["channel_layout"])
-        else:
-            stream.update(sample_rate=None, channel_layout=None, channels=None)
-    return stream
-
-
-def channel_count(layout: str) -> int | None:
-    """Channels of an ffmpeg layout name: "mono" 1, "stereo" 2, "5.1(side)" 6, "7.1.4" 12, "3 channels" 3."""
-    layout = layout.strip()
-    match = re.fullmatch(r"(\d+) channels.*", layout)
-    if match:
-        return int(match.group(1))
-    base = layout.split("(")[0]
-    if base in _NAMED_LAYOUTS:
-        return _NAMED_LAYOUTS[base]
-    if re.fullmatch(r"\d+(\.\d+)+", base):
-        return sum(int(part) for part in base.split("."))
-    return None
-
-
-def _measure_stream(path: Path, index: int, kind: str) -> dict[str, Any]:
-    """Decode one stream to ffmpeg's null muxer and read its progress report (frames, end time)."""
-    args = [
-        "-nostats",
-        "-i",
-        media_path(path),
-        "-map",
-        f"0:{index}",
-        "-f",
-        "null",
-        "-progress",
-        "pipe:1",
-        "-",
-    ]
-    try:
-        result = run_ffmpeg(args)
-    except FFmpegError as exc:
-        raise InputError(f"{path}: stream {index} cannot be decoded: {exc}") from exc
-    report: dict[str, str] = {}
-    for line in result.stdout.decode("utf-8", errors="replace").splitlines():
-        key, _, value = line.partition("=")
-        report[key.strip()] = value.strip()
-    measured: dict[str, Any] = {}
-    if report.get("out_time_us", "N/A").lstrip("-").isdigit():
-        measured["measured_duration"] = int(report["out_time_us"]) / 1e6
-    if kind == "video" and report.get("frame", "").isdigit():
-        measured["frames"] = int(report["frame"])
-    return measured

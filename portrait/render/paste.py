@@ -22,8 +22,7 @@ maps every generated frame back to the crop's place in the photo at the photo's 
    (at least 2 px) along the crop border, where the generated frame is never used. Crop sides lying on the
    photo border get no fade: there is no photo beyond them to blend with (faces at the border).
 
-:func:`seam_shift` is the seam metric of the tests: the mean colour shift the paste introduces in the
-feather band, in 8-bit levels.
+``FramePaster.seam`` marks the feather band, where the tests measure the colour shift of the paste.
 """
 
 from __future__ import annotations
@@ -45,7 +44,6 @@ __all__ = [
     "canvas_size",
     "clip_box",
     "crop_is_smaller",
-    "seam_shift",
     "wants_full_frame",
 ]
 
@@ -322,16 +320,3 @@ def _weighted_stats(values: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray,
     mean = (values * weight).sum(0) / total
     std = np.sqrt((((values - mean) ** 2) * weight).sum(0) / total)
     return mean, std
-
-
-def seam_shift(frame: np.ndarray, paster: FramePaster) -> float:
-    """Colour shift along the seam: ``max_c |mean_seam(frame_c − canvas_c)|`` in 8-bit levels.
-
-    ``frame``: one pasted (H', W', 3) uint8 frame. 0 means the feather band has on average exactly the
-    photo's colour and brightness in every channel; a visible colour jump shows as several levels.
-    """
-    band = paster.seam
-    if not band.any():
-        return 0.0
-    diff = frame[band].astype(np.float64) - paster.canvas[band].astype(np.float64)
-    return float(np.abs(diff.mean(0)).max())

@@ -17,6 +17,7 @@ import logging
 import os
 import subprocess
 import threading
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Protocol
@@ -30,7 +31,7 @@ from portrait.ffmpeg import ffmpeg_binary, format_failure, media_path, partial_p
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SWS_FLAGS", "VideoWriter", "to_uint8_frames"]
+__all__ = ["SWS_FLAGS", "VideoWriter", "encode_video", "to_uint8_frames"]
 
 #: Scaler flags of the reference's RGB → YUV 4:2:0 conversion.
 SWS_FLAGS = "full_chroma_int+bitexact+accurate_rnd"
@@ -273,3 +274,46 @@ def _remove(path: Path) -> None:
         path.unlink()
     except FileNotFoundError:
         pass
+
+
+class Paster(Protocol):
+    """Puts one working-size frame (1, 3, h, w) in [0, 1] back into a photo: (1, H, W, 3) uint8."""
+
+    def paste(self, frame: torch.Tensor) -> np.ndarray: ...
+
+
+#: ``on_frames(frames, index)``: called with each (n, H, W, 3) uint8 block before it is written.
+FrameSink = Callable[[np.ndarray, int], None]
+
+
+def encode_video(
+    chunks: Iterable[torch.Tensor],
+    path: Path,
+    *,
+    fps: float,
+    crf: int = 17,
+    paster: Paster | None = None,
+    on_frames: FrameSink | None = None,
+    progress: Progress | None = None,
+) -> int:
+    """Stream frame chunks (n, 3, h, w) in [0, 1] to an H.264 file; returns the frames written.
+
+    With a ``paster`` (full-frame mode) each frame is pasted into the photo one at a time, so memory stays
+    flat in the video length and in the chunk size. ``path`` appears only when every frame was written.
+    """
+    with VideoWriter(path, fps=fps, crf=crf, progress=progress) as writer:
+        for chunk in chunks:
+            for frames in _output_frames(chunk, paster):
+                if on_frames is not None:
+                    on_frames(frames, writer.frames_written)
+                writer.write(frames)
+        return writer.frames_written
+
+
+def _output_frames(chunk: torch.Tensor, paster: Paster | None) -> Iterator[np.ndarray]:
+    """uint8 (n, H, W, 3) frames to write: the working-size chunk, or its frames pasted one by one."""
+    if paster is None:
+        yield to_uint8_frames(chunk)
+        return
+    for i in range(len(chunk)):
+        yield paster.paste(chunk[i : i + 1])

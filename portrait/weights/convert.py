@@ -32,20 +32,20 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from portrait.weights import release as rel
-from portrait.weights.release import RELEASE_DIR, SVD_DIR, WHISPER_DIR
 from portrait.errors import ConfigError, WeightsError
 from portrait.layout import (
     AUDIO_PREPROCESSOR_FILE,
     COMPONENTS,
-    OPTIONAL_COMPONENTS,
     EMOTION_PRIOR_KEY,
     EMOTIONS_DIR,
     MANIFEST_FILE,
+    OPTIONAL_COMPONENTS,
     RELEASE_EMOTIONS,
     component,
 )
+from portrait.weights import release as rel
 from portrait.weights.load import file_sha256
+from portrait.weights.release import RELEASE_DIR, SVD_DIR, WHISPER_DIR
 
 logger = logging.getLogger(__name__)
 

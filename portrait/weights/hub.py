@@ -11,7 +11,8 @@ Sources (the files the DICE-Talk release is made of, spec section 8):
   :data:`PRIORS_COMMIT`, each checked against :data:`PRIOR_SHA256`.
 
 :func:`download_weights` fetches them into a staging folder laid out as the release (``SRC`` of
-:func:`portrait.weights.convert.convert_dice_talk`), converts it into the weights tree (RIFE included), copies the
+:func:`portrait.weights.convert.convert_dice_talk`), converts it into the weights tree (RIFE included),
+copies the
 detector into ``face_detector/``, rewrites ``manifest.json`` and deletes the staging folder.
 An interrupted run leaves the staging folder behind and the next run resumes from it (huggingface_hub resumes
 its own files; the priors resume from ``<name>.npy.part`` with an HTTP Range request). Offline (argument or
@@ -35,11 +36,11 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from portrait.weights.convert import convert_dice_talk, write_manifest
-from portrait.weights.release import RELEASE_DIR, SVD_DIR, WHISPER_DIR
 from portrait.errors import WeightsError
 from portrait.layout import RELEASE_EMOTIONS
+from portrait.weights.convert import convert_dice_talk, write_manifest
 from portrait.weights.load import file_sha256, missing_files
+from portrait.weights.release import RELEASE_DIR, SVD_DIR, WHISPER_DIR
 
 logger = logging.getLogger(__name__)
 

@@ -48,7 +48,10 @@ _PORTRAIT_CLASSES = {
     "IFNet": "portrait.models.interpolation",
 }
 
-_FIX = "convert the release with `portrait-gen convert --from-dice-talk SRC --weights DIR` or run `portrait-gen download`"
+_FIX = (
+    "convert the release with `portrait-gen convert --from-dice-talk SRC --weights DIR` "
+    "or run `portrait-gen download`"
+)
 
 
 def resolve_weights_root(root: str | Path | None = None) -> Path:
@@ -88,7 +91,7 @@ def file_sha256(path: Path, block: int = 1 << 20) -> str:
 
 
 def verify_manifest(root: Path) -> list[str]:
-    """Files of ``root`` whose sha256 differs from ``manifest.json`` (or that are missing). Slow: reads all."""
+    """Files of ``root`` whose sha256 differs from ``manifest.json`` (or are missing). Reads every file."""
     manifest_path = root / MANIFEST_FILE
     if not manifest_path.is_file():
         raise WeightsError(f"{manifest_path} is missing; {_FIX}")
@@ -134,7 +137,7 @@ def _empty_model(comp: Component, folder: Path) -> torch.nn.Module:
 def check_state_dict(
     model: torch.nn.Module, weights_path: Path, expected_missing: tuple[str, ...] = ()
 ) -> None:
-    """Compare a model's tensors with a safetensors file's header; raise :class:`WeightsError` on any mismatch."""
+    """Compare a model's tensors with a safetensors header; raise :class:`WeightsError` on any mismatch."""
     try:
         with safe_open(str(weights_path), framework="pt") as handle:
             shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}

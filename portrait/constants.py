@@ -1,0 +1,25 @@
+"""Names and numbers that several layers share, defined once (no imports: cheap for every entry point)."""
+
+from __future__ import annotations
+
+#: Sample rate of the audio the Whisper encoder reads (Hz).
+SAMPLE_RATE = 16000
+#: Seconds of audio per 40-ms unit: the reference's time base (two units per 12.5-fps video frame).
+UNIT_SECONDS = 0.04
+
+#: ``--emotion`` files: a prior (one 256-d vector) ...
+EMOTION_PRIOR_SUFFIXES: tuple[str, ...] = (".safetensors", ".npy")
+#: ... or a timeline (keyframes of emotion specs).
+EMOTION_TIMELINE_SUFFIXES: tuple[str, ...] = (".json", ".yaml", ".yml")
+EMOTION_FILE_SUFFIXES: tuple[str, ...] = EMOTION_PRIOR_SUFFIXES + EMOTION_TIMELINE_SUFFIXES
+
+#: Face detectors by name (``auto``: YOLOv5-face when its file is present, else insightface, else dlib).
+DETECTOR_NAMES: tuple[str, ...] = ("auto", "yolo", "insightface", "dlib")
+#: Which face to animate among several: the reference's ``maxface`` rule, or the true largest.
+FACE_SELECTIONS: tuple[str, ...] = ("reference", "largest")
+
+#: Exit codes of every entry point.
+EXIT_OK = 0
+EXIT_ERROR = 1  # a PortraitError: bad input, weights, ffmpeg; or a failed/invalid batch job
+EXIT_USAGE = 2  # argparse's code for bad flags
+EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM
