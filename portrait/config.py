@@ -45,7 +45,7 @@ __all__ = [
 
 #: Accepted ``runtime.dtype`` values.
 DTYPES: tuple[str, ...] = ("auto", "fp16", "bf16", "fp32")
-#: Accepted ``preprocess.face_selection`` values: the reference's maxface quirk (spec 1.2) or the largest.
+#: Accepted ``preprocess.face_selection`` values: the reference's maxface quirk (compat §1.2) or the largest.
 #: torch.compile modes: off, the repeated UNet blocks one class at a time (short compile), or the whole UNet.
 COMPILE_MODES = ("off", "blocks", "full")
 #: Memory tiers: everything on the GPU, whole models swapped to the CPU when idle, or layer-by-layer offload.
@@ -57,7 +57,7 @@ _DEFAULT_SOURCE = "packaged default.yaml"
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """Denoising and guidance (spec sections 6.5-6.12)."""
+    """Denoising and guidance (compat §6.5-6.12)."""
 
     steps: int = 25
     frames_per_window: int = 25
@@ -82,7 +82,7 @@ class SamplingConfig:
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    """Image, face and audio preparation (spec sections 1.3-1.5)."""
+    """Image, face and audio preparation (compat §1.3-1.5)."""
 
     min_resolution: int = 512
     face_area: float = 1.1
@@ -96,7 +96,7 @@ class PreprocessConfig:
 
 @dataclass(frozen=True)
 class VideoConfig:
-    """Interpolation, encoding and muxing (spec section 7), and full-frame paste-back (issue 8).
+    """Interpolation, encoding and muxing (compat §7), and full-frame paste-back (issue 8).
 
     ``full_frame``: ``"auto"`` (paste the animated face crop back into the whole photo when the crop is
     smaller than the photo), ``True`` or ``False`` (the reference: the working image only).

@@ -1,4 +1,4 @@
-"""Pure tensor maths of the windowed DICE-Talk sampler (spec 6.5-6.10, Appendix A).
+"""Pure tensor maths of the windowed DICE-Talk sampler (compat §6.5-6.10).
 
 The pipeline denoises a clip of ``N`` real frames padded with ``F`` (= ``frames_per_window``, 25)
 padding frames, ``L = N + F`` frames in all. Every denoising step splits the cyclic frame axis into
@@ -12,7 +12,7 @@ numbers. In particular :func:`euler_step` draws nothing: the reference (diffuser
 ``EulerDiscreteScheduler.step``) draws one random tensor per window per step from the global CUDA
 generator, but only uses it when ``s_churn > 0`` (``gamma > 0``); with ``s_churn = 0`` it is discarded
 and, since that draw comes after the initial noise and nothing later draws from that generator, the
-output does not depend on it (spec 6.11). diffusers 0.42.1 no longer makes that draw at all.
+output does not depend on it (compat §6.11). diffusers 0.42.1 no longer makes that draw at all.
 
 Mixed-dtype arithmetic follows PyTorch's rules on purpose: the sigmas are 0-d float32 tensors kept on
 the CPU (as diffusers keeps them), and a 0-d tensor never promotes the dtype of a dimensioned one, so
@@ -43,7 +43,7 @@ def padded_length(num_frames: int, frames_per_window: int) -> int:
 
     Returns:
         ``N + F``. The ``F`` padding frames separate the last real frame from frame 0 in the cyclic
-        order, so no window ever holds both (spec 6.10).
+        order, so no window ever holds both (compat §6.10).
     """
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
@@ -171,7 +171,7 @@ def average_frames(acc: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
 
 
 def guidance_scales(min_scale: float, max_scale: float, steps: int) -> torch.Tensor:
-    """Per-step guidance scales: ``torch.linspace(min_scale, max_scale, steps)`` in float32 (spec 6.9).
+    """Per-step guidance scales: ``torch.linspace(min_scale, max_scale, steps)`` in float32 (compat §6.9).
 
     Returns:
         float32 CPU tensor (steps,). The reference then casts it to the latents' dtype on the device;
@@ -196,7 +196,7 @@ def _as_scale(scale: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
 def combine_guidance(
     v: torch.Tensor, scale_ref: torch.Tensor | float, scale_emo: torch.Tensor | float
 ) -> torch.Tensor:
-    """Three-branch classifier-free guidance (spec 6.10f).
+    """Three-branch classifier-free guidance (compat §6.10f).
 
     ``v_u + g1 * (v_d - v_u) + g2 * (v_c - v_d)``, evaluated left to right in v's dtype. The scales are
     first cast to v's dtype (a Python float goes through float32, like the reference's linspace), as
@@ -293,7 +293,7 @@ def euler_step(
 
 
 def initial_latents(ref_latent: torch.Tensor, noise: torch.Tensor, sigma_max: torch.Tensor) -> torch.Tensor:
-    """Initial clip latents: the reference latent on every frame plus noise at ``sigma_max`` (spec 6.7).
+    """Initial clip latents: the reference latent on every frame plus noise at ``sigma_max`` (compat §6.7).
 
     ``ref_latent[:, None] + noise * sigma`` with sigma (and ref_latent) cast to noise's dtype and
     device; equal to ``EulerDiscreteScheduler.add_noise(ref_latent[:, None], noise, timesteps[:1])``
@@ -330,7 +330,7 @@ def added_time_ids(
     """SVD "added time ids" as the reference builds them: ``[fps, motion_bucket_id, motion_bucket_id_exp]``.
 
     The third slot (SVD's noise-augmentation strength) carries ``motion_bucket_id_exp``; the model was
-    trained that way (spec 6.5), so the default vector is ``[12.5, 8, 16]``; fps is not reduced by 1.
+    trained that way (compat §6.5), so the default vector is ``[12.5, 8, 16]``; fps is not reduced by 1.
 
     Returns:
         (batch, 3) tensor in ``dtype`` on ``device`` (batch = 3 CFG branches in the reference).

@@ -1,4 +1,4 @@
-"""Audio/emotion adapter attention for the spatio-temporal UNet (DICE-Talk, spec sections 4.3, 4.5, 4.6).
+"""Audio/emotion adapter attention for the spatio-temporal UNet (DICE-Talk, compat §4.3, 4.5, 4.6).
 
 Every cross-attention (``attn2``, spatial and temporal) of the UNet gets diffusers'
 :class:`~diffusers.models.attention_processor.IPAdapterAttnProcessor2_0` with two token streams
@@ -68,7 +68,7 @@ class AdapterContext:
 def window_mean_context(context: torch.Tensor, batch: int, repeats: int) -> torch.Tensor:
     """Mean over the frames of each window, repeated for the temporal attention's batch layout.
 
-    The reference's ``spatial2time`` (spec 4.3 step 1): (B·F, T, D) → (B, F, T, D) → mean over F →
+    The reference's ``spatial2time`` (compat §4.3 step 1): (B·F, T, D) → (B, F, T, D) → mean over F →
     repeated ``repeats`` (= h·w) times → (B·h·w, T, D), batch-major.
 
     Args:
@@ -86,7 +86,7 @@ def adapter_processors(
     """Processors for every attention of ``unet``: plain SDPA on ``attn1``, 2-stream adapters on ``attn2``.
 
     The adapter projections start as copies of the attention's own ``to_k`` / ``to_v`` (the reference's
-    initialisation, spec 4.5); trained weights are loaded over them.
+    initialisation, compat §4.5); trained weights are loaded over them.
     """
     processors: dict[str, nn.Module] = {}
     for name in unet.attn_processors:
@@ -134,7 +134,7 @@ def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 class FastAdapterAttnProcessor(IPAdapterAttnProcessor2_0):
-    """Same parameters and maths as diffusers' IP-adapter processor, with two savings (spec 10, 12).
+    """Same parameters and maths as diffusers' IP-adapter processor, with two savings (compat §10, 12).
 
     * Temporal ``attn2`` with a :class:`CompactTemporalContext`: the K/V projections run once per video
       instead of once per spatial position, and the h·w query groups that share the keys are folded into

@@ -1,6 +1,6 @@
 """Audio conditioning: Whisper hidden states → per-frame windows → audio context tokens.
 
-Three pieces, in the order the pipeline uses them (spec sections 2.1–2.3):
+Three pieces, in the order the pipeline uses them (compat §2.1–2.3):
 
 1. :func:`whisper_hidden_states` runs a Whisper encoder over 30-s mel slices and keeps every hidden
    state (embeddings + one per layer, the last one after the final LayerNorm), one token per 20 ms.
@@ -96,7 +96,7 @@ def _whisper_slice_frames(encoder: nn.Module) -> int:
 
 @torch.no_grad()
 def whisper_hidden_states(encoder: nn.Module, mel: Tensor) -> Tensor:
-    """All hidden states of a Whisper encoder over consecutive 30-s mel slices (spec 2.1).
+    """All hidden states of a Whisper encoder over consecutive 30-s mel slices (compat §2.1).
 
     Each slice of ``S = 2·max_source_positions`` mel frames (3000) goes through
     ``encoder(slice, output_hidden_states=True)``. In transformers 5 that returns ``layers + 1`` hidden
@@ -149,7 +149,7 @@ def frame_audio_windows(
     pad_after: int = 6,
     window: int = 10,
 ) -> Tensor:
-    """One window of hidden-state tokens per video frame (spec 2.2).
+    """One window of hidden-state tokens per video frame (compat §2.2).
 
     Keeps the first ``2·audio_len`` tokens (two 20-ms tokens per 40-ms unit), puts ``pad_before`` zero
     tokens in front and ``pad_after`` after, and gives frame ``i`` the padded tokens

@@ -1,4 +1,4 @@
-"""Emotion conditioning: a 256-d emotion prior → emotion context tokens (spec section 3).
+"""Emotion conditioning: a 256-d emotion prior → emotion context tokens (compat §3).
 
 :class:`EmotionModel` (reference ``EmotionModel`` from ``emo.py``) turns the prior into query tokens and
 lets them attend over key/value tokens made from a learned emotion codebook (:class:`EmotionBank`).

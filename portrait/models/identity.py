@@ -1,4 +1,4 @@
-"""Identity encoding: CLIP image embedding + VAE reference latents of the portrait (spec 6.3, 6.4).
+"""Identity encoding: CLIP image embedding + VAE reference latents of the portrait (compat §6.3, 6.4).
 
 The result is a small cacheable value (:class:`IdentityEncoding`): batch rendering reuses it for every job
 that animates the same photo.
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-#: The latent scale the reference hard-codes for the reference latent and for decoding (spec 6.4, 6.12).
+#: The latent scale the reference hard-codes for the reference latent and for decoding (compat §6.4, 6.12).
 LATENT_SCALE = 0.18215
 
 

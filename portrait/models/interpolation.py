@@ -1,4 +1,4 @@
-"""RIFE HDv3 frame interpolation (spec section 7.1): ``IFNet`` and the mid-frame helpers.
+"""RIFE HDv3 frame interpolation (compat §7.1): ``IFNet`` and the mid-frame helpers.
 
 The network estimates, coarse to fine, a bidirectional flow ``(B, 4, H, W)`` (channels 0–1 warp frame 0
 to the middle, 2–3 warp frame 1) and a blend mask logit ``(B, 1, H, W)``; the middle frame is the
@@ -207,7 +207,7 @@ class IFNet(ModelMixin, ConfigMixin):
 
 @torch.no_grad()
 def midframes(model: IFNet, a: Tensor, b: Tensor, batch: int = 8) -> Tensor:
-    """Middle frames of the pairs ``(a[i], b[i])``, clamped to [0, 1] (spec 7.1 "Use").
+    """Middle frames of the pairs ``(a[i], b[i])``, clamped to [0, 1] (compat §7.1 "Use").
 
     Inputs are moved to the model's device and dtype; the result comes back on ``a``'s device and dtype.
 

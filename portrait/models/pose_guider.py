@@ -1,4 +1,4 @@
-"""PoseGuider: motion map (face mask) → residual added after the UNet's ``conv_in`` (spec section 5)."""
+"""PoseGuider: motion map (face mask) → residual added after the UNet's ``conv_in`` (compat §5)."""
 
 from __future__ import annotations
 

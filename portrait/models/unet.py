@@ -1,4 +1,4 @@
-"""The DICE-Talk UNet: diffusers' SVD UNet with pose residual and audio/emotion adapters (spec section 4).
+"""The DICE-Talk UNet: diffusers' SVD UNet with pose residual and audio/emotion adapters (compat §4).
 
 :class:`PortraitUNet` subclasses :class:`~diffusers.UNetSpatioTemporalConditionModel`; its parameters are
 exactly the SVD UNet's plus the adapter projections (``...attn2.processor.to_{k,v}_ip.{0,1}.weight``), so the
@@ -256,7 +256,7 @@ class PortraitUNet(UNetSpatioTemporalConditionModel):
     def _conditioning_embedding(
         self, timestep: torch.Tensor | float, added_time_ids: torch.Tensor, batch: int, sample: torch.Tensor
     ) -> torch.Tensor:
-        """Time + added-time-id embedding (B, 1280) exactly as upstream (spec 4.2)."""
+        """Time + added-time-id embedding (B, 1280) exactly as upstream (compat §4.2)."""
         if not torch.is_tensor(timestep):
             timestep = torch.tensor([timestep], dtype=torch.float32, device=sample.device)
         elif timestep.ndim == 0:

@@ -1,4 +1,4 @@
-"""Face detectors behind one protocol (spec section 1.2).
+"""Face detectors behind one protocol (compat §1.2).
 
 Detectors take a BGR uint8 (H, W, 3) array, as the reference's detector does, and return faces sorted by
 descending score: :class:`YoloFaceDetector` (the reference's TorchScript YOLOv5-face),
@@ -177,7 +177,7 @@ def decode_yolo_rows(
     conf_threshold: float = 0.5,
     iou_threshold: float = 0.45,
 ) -> list[Face]:
-    """NMS and back-scaling of the YOLOv5-face rows (spec 1.2, ``non_max_suppression_face``, nc = 1).
+    """NMS and back-scaling of the YOLOv5-face rows (compat §1.2, ``non_max_suppression_face``, nc = 1).
 
     Args:
         rows: (n, 16) ``cx, cy, bw, bh, obj, 10 landmark coords, cls`` in network-input pixels.
@@ -206,7 +206,7 @@ def decode_yolo_rows(
 
 
 class YoloFaceDetector:
-    """The reference's YOLOv5m-face TorchScript detector (``yoloface_v5m.pt``; spec 1.2).
+    """The reference's YOLOv5m-face TorchScript detector (``yoloface_v5m.pt``; compat §1.2).
 
     Loading TorchScript runs code from the file, so the file's sha256 is checked against
     ``expected_sha256`` (one hex digest or a collection of allowed digests) before loading; with ``None``

@@ -1,4 +1,4 @@
-"""Face choice and the reference's crop box (spec sections 1.2, 1.3 and 10); detectors in ``detectors.py``.
+"""Face choice and the reference's crop box (compat §1.2, 1.3 and 10); detectors in ``detectors.py``.
 
 :func:`select_face` reproduces the reference's choice among several faces.
 """
@@ -29,7 +29,7 @@ def select_face(
 
     Args:
         faces: detections sorted by descending score.
-        mode: ``"reference"`` reproduces the reference's ``maxface`` bug (spec 1.2): the LAST face, in score
+        mode: ``"reference"``: the reference's ``maxface`` bug (compat §1.2): the LAST face, in score
             order, whose area exceeds face 0's area, else face 0. ``"largest"``: the face of largest area.
         index: when given, overrides ``mode``: position in the faces sorted by descending area (0 = largest;
             ties keep score order).
@@ -86,7 +86,7 @@ def check_face_box(box: Box, size: tuple[int, int]) -> None:
 def reference_crop_box(
     box: Box, width: int, height: int, expand_ratio: float = 0.5
 ) -> tuple[int, int, int, int]:
-    """The reference's square crop around a face (``process_bbox``, spec 1.3).
+    """The reference's square crop around a face (``process_bbox``, compat §1.3).
 
     The box is expanded by ``expand_ratio`` of its size on every side and clipped to the image, then
     reduced to a square of the smaller side, shifted towards the face centre along the longer side by at

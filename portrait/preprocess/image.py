@@ -1,4 +1,4 @@
-"""Portrait image decoding and the reference's image tensors (spec sections 1.4 and 10).
+"""Portrait image decoding and the reference's image tensors (compat §1.4 and 10).
 
 ``load_image`` decodes any file Pillow reads into an RGB image with loud errors for unusable files.
 ``prepare_portrait`` reproduces ``image_audio_emo_to_tensor`` of the reference exactly: rectangular face mask
@@ -106,7 +106,7 @@ def _to_rgb(image: Image.Image, composite_alpha: bool) -> Image.Image:
 
 
 def resize_to_reference(size: tuple[int, int], min_resolution: int = 512) -> tuple[int, int]:
-    """Working size of the reference (spec 1.4 step 4).
+    """Working size of the reference (compat §1.4 step 4).
 
     ``scale = min_resolution / min(w, h)``; each side becomes ``round(side·scale / 64)·64`` with Python's
     half-to-even ``round``. The short side becomes ``min_resolution`` (for a multiple of 64); the long side
@@ -132,7 +132,7 @@ def resize_to_reference(size: tuple[int, int], min_resolution: int = 512) -> tup
 
 @dataclass(frozen=True)
 class PortraitTensors:
-    """The reference's image conditioning for one portrait (spec 1.4, batch dimension added as in 1.7).
+    """The reference's image conditioning for one portrait (compat §1.4, batch dimension added as in 1.7).
 
     Attributes:
         ref_image: (1, 3, H, W) float32 in [-1, 1], the resized portrait.
@@ -152,7 +152,7 @@ class PortraitTensors:
 def face_mask_array(
     face_box: tuple[float, float, float, float], size: tuple[int, int], area: float = 1.1
 ) -> np.ndarray:
-    """Rectangular face mask of the reference, in original pixels (spec 1.4 step 3).
+    """Rectangular face mask of the reference, in original pixels (compat §1.4 step 3).
 
     The box is enlarged by ``area`` about its floored centre with Python floor division on floats:
     ``cx = (x1 + x2) // 2``, ``X1 = max(cx - ww // 2, 0)``, ``X2 = min(cx + ww // 2, W)`` (same for y),
@@ -195,7 +195,7 @@ def to_tensor(image: Image.Image | np.ndarray) -> torch.Tensor:
 
 
 def clip_pixel_values(image: Image.Image) -> torch.Tensor:
-    """CLIP input exactly as ``CLIPImageProcessor()`` with library defaults computes it (spec 1.4 step 7).
+    """CLIP input exactly as ``CLIPImageProcessor()`` with library defaults computes it (compat §1.4 step 7).
 
     For a 224×224 RGB input the default resize (shortest edge 224, bicubic) and centre crop are no-ops;
     what remains is ``(uint8 in float64 · (1/255)) → float32``, then ``(x - mean) / std`` in float32 with
@@ -224,7 +224,7 @@ def prepare_portrait(
     min_resolution: int = 512,
     area: float = 1.1,
 ) -> PortraitTensors:
-    """Image tensors of the reference for one portrait (spec 1.4 steps 3 to 7).
+    """Image tensors of the reference for one portrait (compat §1.4 steps 3 to 7).
 
     Args:
         image: RGB portrait (as returned by :func:`load_image`).

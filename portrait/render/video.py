@@ -1,4 +1,4 @@
-"""Stream frames to an H.264 encoder (spec 7.2), chunk by chunk, never holding the whole video.
+"""Stream frames to an H.264 encoder (compat §7.2), chunk by chunk, never holding the whole video.
 
 The encoder is ffmpeg reading raw RGB from a pipe::
 

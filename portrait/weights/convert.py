@@ -1,4 +1,4 @@
-"""One-time converter from the DICE-Talk research release to a portrait weights tree (spec sections 4.7, 8).
+"""One-time converter from the DICE-Talk research release to a portrait weights tree (compat §4.7, 8).
 
 :func:`convert_dice_talk` reads the release checkpoints folder::
 
@@ -153,7 +153,7 @@ def _shapes(tensors: rel.StateDict) -> dict[str, torch.Size]:
 
 
 def _convert_unet(src: Path, out: Path, dtype: str) -> ComponentReport:
-    """SVD base UNet + adapter copies of to_k/to_v + every key of ``unet.pth`` overlaid (spec 4.5, 4.7)."""
+    """SVD base UNet + adapter copies of to_k/to_v + every key of ``unet.pth`` overlaid (compat §4.5, 4.7)."""
     from portrait.models.unet import PortraitUNet
 
     rep = ComponentReport("unet")
@@ -363,7 +363,7 @@ def _convert_all(src: Path, tmp: Path, dtype: str, emo_folder: Path, report: Con
     )
     comps["emotion_model"], emo_config = _convert_module(
         "emotion_model", release / "emo_model.pth", tmp, dtype, EmotionModel, rel.emotion_model_config,
-        drop="classifier.",  # the training-only emotion classifier (spec 3)
+        drop="classifier.",  # the training-only emotion classifier (compat §3)
     )  # fmt: skip
     comps["pose_guider"], _ = _convert_module(
         "pose_guider", release / "pose_guider.pth", tmp, dtype, PoseGuider, rel.pose_guider_config

@@ -1,6 +1,6 @@
 """Download the public weights into a portrait weights tree: the only networked module of portrait.
 
-Sources (the files the DICE-Talk release is made of, spec section 8):
+Sources (the files the DICE-Talk release is made of, compat §8):
 
 * ``EEEELY/DICE-Talk`` on the Hugging Face Hub: ``DICE-Talk/{unet,pose_guider,audio_linear,emo_model}.pth``,
   ``RIFE/flownet.pkl`` (frame interpolation) and ``yoloface_v5m.pt`` (the YOLOv5-face detector);

@@ -1,4 +1,4 @@
-"""Convert the RIFE HDv3 release checkpoint ``flownet.pkl`` into a diffusers-style folder (spec 7.1, 8).
+"""Convert the RIFE HDv3 release checkpoint ``flownet.pkl`` into a diffusers-style folder (compat §7.1, 8).
 
 The release file is a ``torch.save``-d state dict of a ``DataParallel``-wrapped IFNet (keys prefixed
 ``module.``). It is read with ``torch.load(weights_only=True)`` (no pickled code runs), filtered and
