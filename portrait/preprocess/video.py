@@ -1,0 +1,322 @@
+"""Read video files frame by frame through ffmpeg (rawvideo rgb24 on a pipe; memory flat in length).
+
+:func:`probe_video` parses ``ffmpeg -i`` (the static imageio-ffmpeg build has no ffprobe);
+:func:`iter_frames` streams ``(seconds, (H, W, 3) uint8 RGB)`` pairs, optionally resampled to a frame
+rate, capped in count and shrunk so the longer side is at most ``max_side``; :func:`media_kind` tells an
+image (anything Pillow identifies) from a video.
+
+ffmpeg is locked down for untrusted files: it may open local files only (``-protocol_whitelist file``,
+so playlists and concat lists cannot reach the network or other protocols), only the container formats of
+:data:`VIDEO_FORMATS` (``-format_whitelist``), only the first video stream, and it is killed when it
+produces nothing for ``stall_timeout`` seconds. A corrupt or non-video file is an
+:class:`~portrait.errors.InputError` with one readable line.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import re
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from portrait.errors import FFmpegError, InputError
+from portrait.ffmpeg import ffmpeg_binary, media_path, run_ffmpeg
+
+logger = logging.getLogger(__name__)
+
+#: Demuxers ffmpeg may use (``-format_whitelist``): common video containers, raw streams and image2.
+VIDEO_FORMATS = (
+    "mov,mp4,m4a,3gp,3g2,mj2",
+    "matroska,webm",
+    "avi",
+    "flv",
+    "mpegts",
+    "mpeg",
+    "mpegvideo",
+    "m4v",
+    "h264",
+    "hevc",
+    "asf",
+    "ogg",
+    "gif",
+    "mjpeg",
+    "image2",
+    "nut",
+    "ivf",
+    "yuv4mpegpipe",
+)
+#: Seconds a probe may take.
+PROBE_TIMEOUT_S = 30.0
+#: Pillow formats that identify but are really video streams (raw MPEG-1/2 starts like an MPEG "image").
+_PIL_VIDEO_FORMATS = frozenset({"MPEG"})
+
+_STREAM_RE = re.compile(r"Stream #\d+:\d+.*?: Video: (?P<rest>.*)")
+_SIZE_RE = re.compile(r"(?<![0-9a-fx])(\d{1,5})x(\d{1,5})(?![0-9a-fx])")
+_FPS_RE = re.compile(r"([\d.]+)(k?) (fps|tbr)")
+_DURATION_RE = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
+_ROTATION_RE = re.compile(r"rotation of (-?[\d.]+) degrees")
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What ``ffmpeg -i`` says about a file's first video stream (after rotation metadata).
+
+    Attributes:
+        width, height: frame size in pixels as frames are delivered (a 90° rotation swaps them).
+        fps: average frame rate (0.0 when unknown).
+        frames_estimate: ``round(duration · fps)`` (0 when either is unknown); not an exact count.
+        duration: seconds (0.0 when unknown, e.g. a still image).
+    """
+
+    width: int
+    height: int
+    fps: float
+    frames_estimate: int
+    duration: float
+
+
+def _input_args(path: str | Path) -> list[str]:
+    return [
+        "-protocol_whitelist",
+        "file",
+        "-format_whitelist",
+        ",".join(VIDEO_FORMATS),
+        "-i",
+        media_path(path),
+    ]
+
+
+def _check_file(path: Path) -> None:
+    if not path.is_file():
+        raise InputError(f"video {path} does not exist or is not a file")
+    if path.stat().st_size == 0:
+        raise InputError(f"video {path} is empty (0 bytes)")
+
+
+def _last_error_line(stderr: str) -> str:
+    """The most telling ffmpeg stderr line (``Error opening input: ...`` wins), without ``[in#0 @ 0x...]``."""
+    lines = [re.sub(r"^\[[^\]]*\]\s*", "", line).strip() for line in stderr.splitlines()]
+    lines = [line for line in lines if line and not line.startswith("At least one output file")]
+    for line in lines:
+        if line.startswith("Format not on whitelist"):
+            return "its container is not one of the allowed video formats (mp4/mov, mkv/webm, avi, ...)"
+        if line.startswith("Error opening input:"):
+            return line
+    return lines[-1] if lines else "no error message"
+
+
+def parse_probe(stderr: str) -> VideoInfo | None:
+    """``VideoInfo`` from ``ffmpeg -i`` stderr, or ``None`` when it lists no (non-cover-art) video stream."""
+    for line in stderr.splitlines():
+        match = _STREAM_RE.search(line)
+        if match is None or "(attached pic)" in line:
+            continue
+        rest = match.group("rest")
+        size = _SIZE_RE.search(rest)
+        if size is None:
+            continue
+        width, height = int(size.group(1)), int(size.group(2))
+        fps = 0.0
+        for value, kilo, _ in _FPS_RE.findall(rest):  # "fps" comes before "tbr": the first is kept
+            fps = float(value) * (1000 if kilo else 1)
+            break
+        duration = 0.0
+        found = _DURATION_RE.search(stderr)
+        if found is not None:
+            hours, minutes, seconds = found.groups()
+            duration = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+        rotation = _ROTATION_RE.search(stderr)
+        if rotation is not None and round(abs(float(rotation.group(1)))) % 180 == 90:
+            width, height = height, width
+        frames = round(duration * fps) if duration > 0 and fps > 0 else 0
+        return VideoInfo(width, height, fps, frames, duration)
+    return None
+
+
+def probe_video(path: str | Path, timeout: float = PROBE_TIMEOUT_S) -> VideoInfo:
+    """Size, rate and duration of the first video stream of ``path``.
+
+    Raises:
+        InputError: missing/empty file, not a readable video (one line naming ffmpeg's reason), or no
+            video stream.
+        FFmpegError: ffmpeg is missing or did not answer within ``timeout`` seconds.
+    """
+    path = Path(path)
+    _check_file(path)
+    result = run_ffmpeg(_input_args(path), check=False, timeout=timeout)
+    stderr = result.stderr.decode("utf-8", errors="replace")
+    info = parse_probe(stderr)
+    if info is None:
+        if "Input #0" in stderr:
+            raise InputError(f"{path} has no video stream")
+        raise InputError(f"{path} is not a readable video: {_last_error_line(stderr)}")
+    if info.width <= 0 or info.height <= 0:
+        raise InputError(f"{path} reports an empty frame size {info.width}x{info.height}")
+    return info
+
+
+def output_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """``(w, h)`` shrunk so ``max(w, h) <= max_side`` (aspect kept, half-to-even rounding, at least 1)."""
+    if max_side is None or max(width, height) <= max_side:
+        return width, height
+    if max_side < 1:
+        raise InputError(f"max_side must be at least 1, got {max_side}")
+    scale = max_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+class _StderrDrain:
+    """Read a pipe on a thread, keep its last lines, and note when anything arrived."""
+
+    def __init__(self, stream, keep: int = 40) -> None:
+        self.lines: collections.deque[str] = collections.deque(maxlen=keep)
+        self._thread = threading.Thread(target=self._run, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _run(self, stream) -> None:
+        for raw in iter(stream.readline, b""):
+            self.lines.append(raw.decode("utf-8", errors="replace").rstrip())
+
+    def text(self) -> str:
+        self._thread.join(timeout=2)
+        return "\n".join(self.lines)
+
+
+class _Watchdog:
+    """Kill ``process`` when :meth:`waiting` has lasted ``timeout`` seconds without :meth:`progress`."""
+
+    def __init__(self, process: subprocess.Popen, timeout: float) -> None:
+        self.process, self.timeout, self.fired = process, timeout, False
+        self._since: float | None = None
+        self._stop = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def waiting(self) -> None:
+        self._since = time.monotonic()
+
+    def progress(self) -> None:
+        self._since = None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            since = self._since
+            if since is not None and time.monotonic() - since > self.timeout and self.process.poll() is None:
+                self.fired = True
+                self.process.kill()
+                return
+
+
+def _frame_command(
+    path: Path, info: VideoInfo, fps: float | None, max_frames: int | None, size: tuple[int, int]
+) -> list[str]:
+    filters = [f"fps={fps!r}"] if fps is not None else []
+    flags = "area" if size[0] < info.width else "bicubic"
+    filters.append(f"scale={size[0]}:{size[1]}:flags={flags}")
+    command = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-loglevel", "error", *_input_args(path)]
+    command += ["-map", "0:v:0", "-an", "-sn", "-dn", "-vf", ",".join(filters)]
+    if max_frames is not None:
+        command += ["-frames:v", str(max_frames)]
+    return command + ["-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
+
+
+def iter_frames(
+    path: str | Path,
+    fps: float | None = None,
+    max_frames: int | None = None,
+    max_side: int | None = None,
+    *,
+    stall_timeout: float = 60.0,
+) -> Iterator[tuple[float, np.ndarray]]:
+    """Decode ``path`` frame by frame: yields ``(t, frame)`` with ``frame`` (H, W, 3) uint8 RGB.
+
+    One frame is in memory at a time; stopping the iteration early kills ffmpeg.
+
+    Args:
+        path: a video file (or any file of :data:`VIDEO_FORMATS`, e.g. a still image through image2).
+        fps: resample to this rate with ffmpeg's ``fps`` filter (drops/duplicates frames); ``None`` keeps
+            every decoded frame.
+        max_frames: stop after this many frames (``None``: all).
+        max_side: shrink frames so their longer side is at most this (area filter); ``None``: full size.
+        stall_timeout: kill ffmpeg and raise when no frame arrives for this many seconds.
+
+    Timestamps are ``i / rate`` seconds from the first frame, with ``rate`` = ``fps`` or the stream's
+    average rate (a constant-rate assumption: variable-rate clips get evenly spaced times).
+
+    Raises:
+        InputError: missing, corrupt or non-video file; decoding failed; no frame decoded.
+        FFmpegError: ffmpeg missing, or it stalled for ``stall_timeout`` seconds.
+    """
+    path = Path(path)
+    if fps is not None and not (math.isfinite(fps) and fps > 0):
+        raise InputError(f"frame rate must be a positive number, got {fps}")
+    if max_frames is not None and max_frames < 1:
+        raise InputError(f"max_frames must be at least 1, got {max_frames}")
+    info = probe_video(path)
+    width, height = output_size(info.width, info.height, max_side)
+    rate = fps if fps is not None else (info.fps if info.fps > 0 else 25.0)
+    frame_bytes = width * height * 3
+    command = _frame_command(path, info, fps, max_frames, (width, height))
+    try:
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+    except OSError as error:
+        raise FFmpegError(f"could not start ffmpeg ({command[0]}): {error}") from error
+    stderr = _StderrDrain(process.stderr)
+    watchdog = _Watchdog(process, stall_timeout)
+    count = 0
+    try:
+        while True:
+            watchdog.waiting()
+            data = process.stdout.read(frame_bytes)
+            watchdog.progress()
+            if len(data) < frame_bytes:
+                if data:
+                    logger.warning("%s: dropped a truncated last frame (%d bytes)", path, len(data))
+                break
+            frame = np.frombuffer(data, np.uint8).reshape(height, width, 3)
+            yield count / rate, frame
+            count += 1
+        returncode = process.wait(timeout=stall_timeout)
+    finally:
+        watchdog.stop()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+    if watchdog.fired:
+        raise FFmpegError(f"ffmpeg produced no frame of {path} for {stall_timeout} s and was stopped")
+    if returncode != 0:
+        raise InputError(f"could not decode video {path}: {_last_error_line(stderr.text())}")
+    if count == 0:
+        raise InputError(f"no video frame could be decoded from {path}")
+
+
+def media_kind(path: str | Path) -> Literal["image", "video"]:
+    """``"image"`` when Pillow identifies the file (first frame of animated images), else ``"video"``.
+
+    Only the header is read. Raises InputError for a missing or empty file; anything Pillow rejects is
+    left to the video reader to accept or refuse.
+    """
+    path = Path(path)
+    _check_file(path)
+    try:
+        with Image.open(path) as opened:
+            return "video" if opened.format in _PIL_VIDEO_FORMATS else "image"
+    except Image.DecompressionBombError:
+        return "image"  # an image, too large: load_image refuses it with its size limits
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return "video"
