@@ -1,0 +1,242 @@
+"""Evaluate one video: every metric as ``{"value", "available", "backend", ...}`` plus plot timelines.
+
+:func:`evaluate_video` returns the JSON line of ``portrait-gen eval``::
+
+    {"video": path, "frames": T, "fps": 25.0, "duration": s, "tools": {name: note},
+     "metrics": {"csim": {...}, "emotion_accuracy": {...}, ...}, "timelines": {...}}
+
+``timelines`` holds the per-frame / per-second series the report plots (NaN written as null).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from portrait.errors import InputError, PortraitError
+from portrait.eval import emotion, frechet, identity, motion, sync
+from portrait.eval.faces import interpolate_gaps
+from portrait.eval.metric import Metric, available, unavailable
+from portrait.eval.observe import Observations, observe
+from portrait.eval.tools import EvalTools, default_tools
+from portrait.motion.landmarks import mouth_opening
+from portrait.preprocess.detectors import Face
+from portrait.preprocess.emotion import EmotionSchedule, parse_emotion
+
+logger = logging.getLogger(__name__)
+
+#: Emotion-bank names accepted in ``--emotion`` specs given to the evaluation.
+BANK_NAMES = ("angry", "contempt", "disgusted", "fear", "happy", "neutral", "sad", "surprised")
+
+METRIC_NAMES = (
+    "face_coverage",
+    "csim",
+    "emotion_accuracy",
+    "emotion_confidence",
+    "sync_c",
+    "sync_d",
+    "sync_proxy_corr",
+    "sync_proxy_lag_frames",
+    "pose_jitter",
+    "landmark_velocity",
+    "blink_rate",
+    "flicker",
+    "lmd",
+    "lmd_mouth",
+    "fd_clip",
+    "fid",
+    "fvd",
+)
+
+
+def _series(values: np.ndarray, digits: int = 5) -> list[float | None]:
+    return [round(float(v), digits) if np.isfinite(v) else None for v in np.asarray(values, dtype=np.float64)]
+
+
+def _reference_embedding(reference: Path | None, tools: EvalTools) -> tuple[np.ndarray | None, str]:
+    if reference is None:
+        return None, "needs a reference portrait (--reference IMAGE)"
+    if tools.embedder is None or tools.detector is None:
+        return None, tools.note("embedder", "no face embedder available")
+    from portrait.preprocess.image import load_image
+
+    picture = load_image(Path(reference))
+    picture.thumbnail((1024, 1024))  # detection cost grows with pixels; faces stay large enough
+    image = np.asarray(picture.convert("RGB"))
+    faces: list[Face] = tools.detector.detect(np.ascontiguousarray(image[:, :, ::-1]))
+    if not faces:
+        return None, f"no face found in the reference {reference}"
+    return tools.embedder.embed(image, max(faces, key=lambda f: f.area).box), ""
+
+
+def _schedule(spec: EmotionSchedule | str | None) -> EmotionSchedule | None:
+    if spec is None or isinstance(spec, EmotionSchedule):
+        return spec
+    return parse_emotion(spec, BANK_NAMES)
+
+
+def _emotion(
+    obs: Observations, tools: EvalTools, schedule: EmotionSchedule | None, out: dict, lines: dict
+) -> None:
+    backend = getattr(tools.classifier, "name", "expression classifier") if tools.classifier else "none"
+    series = None
+    if tools.classifier is not None and obs.expression:
+        times = [t for t, _ in obs.expression]
+        probs = np.concatenate(
+            [
+                tools.classifier.predict(np.stack([c for _, c in obs.expression[i : i + 64]]))
+                for i in range(0, len(times), 64)
+            ]
+        )
+        series = emotion.per_second(times, probs, tools.classifier.classes)
+        lines["emotion"] = {
+            "seconds": series.seconds.tolist(),
+            "classes": list(series.classes),
+            "probs": [[round(float(p), 4) for p in row] for row in series.probs],
+            "requested": emotion.requested_per_second(schedule, series.seconds) if schedule else None,
+        }
+    reason = tools.note("classifier", "no expression classifier") if tools.classifier is None else ""
+    out["emotion_accuracy"], out["emotion_confidence"] = emotion.emotion_metrics(
+        series, schedule, backend, reason
+    )
+
+
+def _identity(
+    obs: Observations, ref: np.ndarray | None, why: str, tools: EvalTools, out: dict, lines: dict
+) -> None:
+    backend = getattr(tools.embedder, "name", "none")
+    if ref is None:
+        out["csim"] = unavailable(backend, why)
+        return
+    out["csim"] = identity.csim_metric(obs.embeddings, ref, backend)
+    frames = sorted(obs.embeddings)
+    lines["csim"] = {
+        "time": [round(float(obs.times[i]), 3) for i in frames],
+        "value": _series(np.array([identity.cosine(obs.embeddings[i], ref) for i in frames])),
+    }
+
+
+def _audio(video: Path, audio: Path | None) -> tuple[np.ndarray | None, str]:
+    from portrait.preprocess.audio import load_audio
+
+    source = Path(audio) if audio is not None else Path(video)
+    try:
+        return load_audio(source, sync.SAMPLE_RATE, max_seconds=None), ""
+    except PortraitError as error:
+        where = "--audio" if audio is not None else "the video's own audio track (give --audio WAV)"
+        return None, f"no audio from {where}: {error}"
+
+
+def _sync(
+    obs: Observations, samples: np.ndarray | None, why: str, tools: EvalTools, out: dict, lines: dict
+) -> None:
+    mouth = None
+    if obs.track.landmarks is not None:
+        mouth = interpolate_gaps(mouth_opening(obs.track.landmarks))
+    envelope = sync.speech_envelope(samples, len(obs.times), fps=tools.fps) if samples is not None else None
+    reason = why if samples is None else tools.note("landmarker", "no landmarker")
+    out["sync_proxy_corr"], out["sync_proxy_lag_frames"] = sync.proxy_metrics(mouth, envelope, reason=reason)
+    if mouth is not None and envelope is not None:
+        lines["mouth"] = {"opening": _series(mouth), "envelope": _series(envelope)}
+    backend = "syncnet_v2 (own implementation)"
+    net_reason = why if samples is None else tools.note("syncnet", "no SyncNet weights")
+    out["sync_c"], out["sync_d"], scores = sync.syncnet_metrics(
+        tools.syncnet, obs.sync_crops, samples, backend, net_reason
+    )
+    if scores is not None:
+        lines["sync_distances"] = _series(np.asarray(scores["mean_distances"]))
+
+
+def _motion(obs: Observations, gt: Observations | None, tools: EvalTools, out: dict, lines: dict) -> None:
+    marks = obs.track.landmarks
+    if marks is None:
+        why = tools.note("landmarker", "no landmarker")
+        for name in ("pose_jitter", "landmark_velocity", "blink_rate"):
+            out[name] = unavailable(motion.LANDMARK_BACKEND, why)
+    else:
+        pose = motion.head_pose_series(marks, obs.track.size)
+        ear = motion.eye_aspect_ratio(marks)
+        out["pose_jitter"] = motion.pose_jitter(pose)
+        out["landmark_velocity"] = motion.landmark_velocity(marks)
+        out["blink_rate"] = motion.blink_rate(ear, tools.fps)
+        lines["pose"] = {axis: _series(pose[:, k], 3) for k, axis in enumerate(("yaw", "pitch", "roll"))}
+        lines["ear"] = _series(ear, 4)
+    out["flicker"] = motion.flicker(obs.flicker)
+    gt_marks = gt.track.landmarks if gt is not None else None
+    out["lmd"], out["lmd_mouth"] = motion.lmd_metrics(marks, gt_marks)
+
+
+def _sets(obs: Observations, gt: Observations | None, tools: EvalTools, out: dict) -> None:
+    no_gt = "needs a real set: ground-truth video(s) (--gt VIDEO)"
+    for name, encoder, tool in (("fd_clip", tools.clip, "clip"), ("fid", tools.inception, "inception")):
+        backend = (
+            (tools.clip_name if name == "fd_clip" else "inception (user supplied)") if encoder else "none"
+        )
+        if encoder is None:
+            out[name] = unavailable(backend, tools.note(tool, f"no {tool} encoder"))
+        elif gt is None or obs.feature_frames is None or gt.feature_frames is None:
+            out[name] = unavailable(backend, no_gt)
+        else:
+            out[name] = frechet.fd_metric(encoder(obs.feature_frames), encoder(gt.feature_frames), backend)
+    if tools.i3d is None:
+        out["fvd"] = unavailable("none", tools.note("i3d", "no I3D feature extractor"))
+    elif gt is None or obs.video_frames is None or gt.video_frames is None:
+        out["fvd"] = unavailable("i3d (user supplied)", no_gt)
+    else:
+        out["fvd"] = frechet.fd_metric(
+            tools.i3d(obs.video_frames), tools.i3d(gt.video_frames), "i3d (user supplied)"
+        )
+
+
+def evaluate_video(
+    video: Path,
+    *,
+    reference: Path | None = None,
+    audio: Path | None = None,
+    emotion_schedule: EmotionSchedule | str | None = None,
+    gt: Path | None = None,
+    tools: EvalTools | None = None,
+) -> dict[str, Any]:
+    """Every metric of one video (see the module docstring for the output).
+
+    Args:
+        video: the generated video. reference: the portrait it should look like (CSIM). audio: the speech
+            it should follow (default: the video's own audio track). emotion_schedule: the requested
+            ``--emotion`` spec or a parsed schedule. gt: a ground-truth video (LMD, fd_clip, FID, FVD).
+        tools: models and settings (default :func:`~portrait.eval.tools.default_tools`, built per call:
+            build it once when evaluating many videos).
+
+    Raises:
+        InputError: the video (or ``gt``) cannot be read or has no frames; a bad emotion spec.
+    """
+    tools = tools if tools is not None else default_tools()
+    video = Path(video)
+    schedule = _schedule(emotion_schedule)
+    ref, ref_why = _reference_embedding(reference, tools)
+    samples, audio_why = _audio(video, audio)
+    obs = observe(video, tools, identity=ref is not None, sync=samples is not None)
+    gt_obs = observe(Path(gt), tools, identity=False, sync=False) if gt is not None else None
+    metrics: dict[str, Metric] = {}
+    lines: dict[str, Any] = {"time": [round(float(t), 3) for t in obs.times]}
+    coverage = float(obs.track.found.mean())
+    metrics["face_coverage"] = available(coverage, getattr(tools.detector, "name", "detector"))
+    _identity(obs, ref, ref_why, tools, metrics, lines)
+    _emotion(obs, tools, schedule, metrics, lines)
+    _sync(obs, samples, audio_why, tools, metrics, lines)
+    _motion(obs, gt_obs, tools, metrics, lines)
+    _sets(obs, gt_obs, tools, metrics)
+    missing = [name for name in METRIC_NAMES if name not in metrics]
+    if missing:
+        raise InputError(f"internal: metrics not computed: {missing}")
+    return {
+        "video": str(video),
+        "frames": int(obs.times.size),
+        "fps": tools.fps,
+        "duration": round(float(obs.times.size / tools.fps), 3),
+        "tools": dict(tools.notes),
+        "metrics": {name: metrics[name] for name in METRIC_NAMES},
+        "timelines": lines,
+    }

@@ -1,0 +1,216 @@
+"""``report.html`` and its PNG plots for a list of :func:`~portrait.eval.evaluate.evaluate_video` results.
+
+Per video: a short list of flagged problems (thresholds in :data:`FLAGS`), the metric table (value,
+backend, reason when unavailable), and plots: per-second emotion probabilities against the requested
+emotion, CSIM over time, mouth opening against the speech envelope, head pose over time, and a contact
+sheet of eight frames. Plots use matplotlib's object API (no pyplot, no global backend state).
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from portrait.errors import PortraitError
+
+logger = logging.getLogger(__name__)
+
+#: (metric, test on the value, message): a flagged line in the report when the test is true.
+FLAGS: tuple[tuple[str, Callable[[float], bool], str], ...] = (
+    ("face_coverage", lambda v: v < 0.9, "the face is lost in {pct} of frames"),
+    ("csim", lambda v: v < 0.8, "identity drifts from the reference (CSIM {v:.3f})"),
+    ("emotion_accuracy", lambda v: v < 0.5, "the requested emotion is recognised in only {pct} of seconds"),
+    ("sync_proxy_lag_frames", lambda v: abs(v) > 2, "lips are {v:+.0f} frames off the speech (proxy)"),
+    ("sync_proxy_corr", lambda v: v < 0.2, "mouth movement barely follows the speech (r = {v:.2f})"),
+    ("pose_jitter", lambda v: v > 1.0, "the head jitters ({v:.2f}°/frame²)"),
+    ("blink_rate", lambda v: v < 3, "eyes hardly blink ({v:.1f}/min; people blink 10-20/min)"),
+    ("flicker", lambda v: v > 4.0, "the background flickers ({v:.1f} grey levels per frame)"),
+)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", Path(text).stem)[:40] or "video"
+
+
+def _values(series: Sequence[float | None]) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in series], dtype=np.float64)
+
+
+def _save(fig: Figure, path: Path) -> str:
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    return path.name
+
+
+def plot_emotion(lines: dict[str, Any], path: Path) -> str | None:
+    data = lines.get("emotion")
+    if not data or not data["seconds"]:
+        return None
+    seconds, probs, classes = np.array(data["seconds"]), np.array(data["probs"]), data["classes"]
+    fig = Figure(figsize=(8, 3.4), layout="constrained")
+    ax = fig.add_subplot()
+    for k, name in enumerate(classes):
+        ax.plot(seconds + 0.5, probs[:, k], marker="o", label=name)
+    requested = data.get("requested")
+    if requested:
+        for s, label in zip(seconds, requested, strict=True):
+            colour = ax.lines[classes.index(label)].get_color() if label in classes else "grey"
+            ax.axvspan(s, s + 1, ymin=0.94, ymax=1.0, color=colour, alpha=0.8)
+            ax.text(s + 0.5, 1.06, label, ha="center", fontsize=7)
+    ax.set(
+        xlabel="time (s)",
+        ylabel="probability",
+        ylim=(0, 1.12),
+        title="expression per second (bar: requested)",
+    )
+    fig.legend(fontsize=7, ncol=len(classes), loc="outside lower center")
+    return _save(fig, path)
+
+
+def plot_csim(lines: dict[str, Any], path: Path) -> str | None:
+    data = lines.get("csim")
+    if not data or not data["time"]:
+        return None
+    fig = Figure(figsize=(8, 2.6))
+    ax = fig.add_subplot()
+    ax.plot(data["time"], _values(data["value"]), marker=".", color="tab:blue")
+    ax.set(xlabel="time (s)", ylabel="cosine to reference", title="identity (CSIM) over time")
+    return _save(fig, path)
+
+
+def plot_mouth(lines: dict[str, Any], lag: float | None, path: Path) -> str | None:
+    data = lines.get("mouth")
+    if not data:
+        return None
+    time = np.array(lines["time"])
+    fig = Figure(figsize=(8, 2.6))
+    ax = fig.add_subplot()
+    ax.plot(time, _values(data["opening"]), color="tab:red", label="mouth opening")
+    ax.set(xlabel="time (s)", ylabel="mouth opening / eye distance")
+    twin = ax.twinx()
+    twin.plot(time, _values(data["envelope"]), color="tab:grey", alpha=0.7, label="speech RMS")
+    twin.set_ylabel("speech RMS")
+    suffix = f" (best lag {lag:+.0f} frames)" if lag is not None else ""
+    ax.set_title("mouth opening vs speech envelope" + suffix)
+    return _save(fig, path)
+
+
+def plot_pose(lines: dict[str, Any], path: Path) -> str | None:
+    data = lines.get("pose")
+    if not data:
+        return None
+    time = np.array(lines["time"])
+    fig = Figure(figsize=(8, 2.6))
+    ax = fig.add_subplot()
+    for axis in ("yaw", "pitch", "roll"):
+        ax.plot(time, _values(data[axis]), label=axis)
+    ax.set(xlabel="time (s)", ylabel="degrees", title="head pose")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def contact_sheet(video: Path, duration: float, path: Path, count: int = 8) -> str | None:
+    """Eight evenly spaced frames in one row (re-reads the video at a low rate)."""
+    from portrait.preprocess.video import iter_frames
+
+    rate = max(count / max(duration, 1e-3), 0.05)
+    try:
+        frames = list(iter_frames(video, fps=rate, max_frames=count, max_side=200))
+    except PortraitError as error:
+        logger.warning("no contact sheet for %s: %s", video, error)
+        return None
+    if not frames:
+        return None
+    fig = Figure(figsize=(1.6 * len(frames), 2.0))
+    for k, (time, frame) in enumerate(frames):
+        ax = fig.add_subplot(1, len(frames), k + 1)
+        ax.imshow(frame)
+        ax.set_title(f"{time:.1f} s", fontsize=8)
+        ax.axis("off")
+    return _save(fig, path)
+
+
+def flags(metrics: dict[str, dict[str, Any]]) -> list[str]:
+    """Plain-language problems found in one video's metrics."""
+    out = []
+    for name, test, message in FLAGS:
+        metric = metrics.get(name, {})
+        value = metric.get("value")
+        if metric.get("available") and value is not None and test(value):
+            pct = f"{(1 - value) * 100:.0f} %" if name == "face_coverage" else f"{value * 100:.0f} %"
+            out.append(message.format(v=value, pct=pct))
+    return out
+
+
+def _format(value: Any) -> str:
+    return "–" if value is None else f"{value:.4g}" if isinstance(value, float) else html.escape(str(value))
+
+
+def _table(metrics: dict[str, dict[str, Any]]) -> str:
+    rows = ["<tr><th>metric</th><th>value</th><th>backend</th><th>notes</th></tr>"]
+    for name, m in metrics.items():
+        extra = {k: v for k, v in m.items() if k not in ("value", "available", "backend", "reason")}
+        notes = m.get("reason") or ", ".join(
+            f"{k} {_format(v)}" for k, v in extra.items() if not isinstance(v, dict)
+        )
+        style = "" if m.get("available") else ' class="na"'
+        rows.append(
+            f"<tr{style}><td>{name}</td><td>{_format(m.get('value'))}</td>"
+            f"<td>{html.escape(str(m.get('backend', '')))}</td><td>{html.escape(str(notes))}</td></tr>"
+        )
+    return "<table>" + "\n".join(rows) + "</table>"
+
+
+_STYLE = (
+    "body{font-family:sans-serif;max-width:1000px;margin:auto}table{border-collapse:collapse;font-size:13px}"
+    "td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}tr.na{color:#999}.flag{color:#b00}"
+    "img{max-width:100%;display:block;margin:6px 0}"
+)
+
+
+def write_report(results: Sequence[dict[str, Any]], out_dir: Path) -> Path:
+    """Write ``out_dir/report.html`` and one set of PNGs per video; returns the HTML path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sections = []
+    for index, result in enumerate(results):
+        stem = f"{index:02d}_{_slug(result['video'])}"
+        lines, metrics = result.get("timelines", {}), result["metrics"]
+        lag = metrics.get("sync_proxy_lag_frames", {}).get("value")
+        images = [
+            plot_emotion(lines, out_dir / f"{stem}_emotion.png"),
+            plot_csim(lines, out_dir / f"{stem}_csim.png"),
+            plot_mouth(lines, lag, out_dir / f"{stem}_mouth.png"),
+            plot_pose(lines, out_dir / f"{stem}_pose.png"),
+            contact_sheet(
+                Path(result["video"]), float(result.get("duration", 0)), out_dir / f"{stem}_frames.png"
+            ),
+        ]
+        problems = flags(metrics) or ["no problem flagged"]
+        sections.append(
+            f"<h2>{html.escape(result['video'])}</h2>"
+            f"<p>{result.get('frames', '?')} frames at {result.get('fps', '?')} fps</p>"
+            "<ul>"
+            + "".join(f'<li class="flag">{html.escape(p)}</li>' for p in problems)
+            + "</ul>"
+            + _table(metrics)
+            + "".join(f'<img src="{name}" alt="{name}">' for name in images if name)
+        )
+    page = (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>portrait evaluation</title>"
+        f"<style>{_STYLE}</style></head><body><h1>portrait evaluation</h1>"
+        "<p>Grey rows: metric unavailable (the notes say what to supply). See docs/evaluation.md.</p>"
+        + "\n".join(sections)
+        + "</body></html>"
+    )
+    path = out_dir / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path
