@@ -103,11 +103,14 @@ def test_launcher_binds_localhost_by_default():
 
 
 def test_ui_message_hides_paths_and_cli_hints():
-    err = NoFaceError(
-        "no face found in /srv/up/abc/me.jpg; pass --face-box X,Y,W,H to give the face position"
-    )
+    from portrait.cli.common import CLI_HINTS
+    from portrait.errors import HINT_FACE_BOX, describe
+
+    err = NoFaceError("no face found in /srv/up/abc/me.jpg", hint=HINT_FACE_BOX)
     text = ui_message(err, {"/srv/up/abc/me.jpg": "me.jpg"})
     assert text == "no face found in me.jpg; enter the face position in Advanced → Face box"
+    cli = describe(err, CLI_HINTS)  # the same hint in the command line's words
+    assert cli == "no face found in /srv/up/abc/me.jpg; pass --face-box X,Y,W,H to give the face position"
 
 
 def test_draw_face_box_marks_the_box_and_downscales():

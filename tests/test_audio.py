@@ -16,7 +16,7 @@ import soundfile as sf
 import soxr
 import torch
 
-from portrait.errors import InputError
+from portrait.errors import HINT_SHORTER_AUDIO, InputError
 from portrait.ffmpeg import ffmpeg_binary, run_ffmpeg
 from portrait.preprocess.audio import (
     PIECE_SAMPLES,
@@ -185,8 +185,9 @@ def test_audio_shorter_than_one_frame_is_rejected(tmp_path: Path) -> None:
 
 def test_audio_longer_than_the_limit_is_rejected(tmp_path: Path) -> None:
     path = _write(tmp_path / "long.wav", _tone(3.0), 16000)
-    with pytest.raises(InputError, match=r"is 3\.0 s long; the limit is 2 s, set preprocess.max_audio_units"):
+    with pytest.raises(InputError, match=r"is 3\.0 s long; the limit is 2 s") as caught:
         load_audio(path, max_seconds=2.0)
+    assert caught.value.hint == HINT_SHORTER_AUDIO  # the CLI says "set preprocess.max_audio_units or trim it"
     assert load_audio(path, max_seconds=None).shape == (48000,)
     assert load_audio(path, max_seconds=3.0).shape == (48000,)
 
