@@ -444,7 +444,13 @@ def test_decode_yolo_rows_empty():
 def test_detector_from_name(tmp_path, fake_yolo):
     assert isinstance(detector_from_name("auto", tmp_path / "nowhere"), DlibDetector)
     assert isinstance(detector_from_name("auto", None), DlibDetector)
-    assert isinstance(detector_from_name("auto", fake_yolo.parents[1]), YoloFaceDetector)
+    # A YOLO file whose sha256 is not on the allow-list is never loaded by auto (TorchScript runs code):
+    # auto falls back to the next detector; once its digest is allow-listed, auto loads it.
+    assert isinstance(detector_from_name("auto", fake_yolo.parents[1]), DlibDetector)
+    digest = sha256_file(fake_yolo)
+    assert isinstance(detector_from_name("auto", fake_yolo.parents[1], yolo_sha256=digest), YoloFaceDetector)
+    with pytest.raises(WeightsError, match=f"--yolo-sha256 {digest}"):
+        detector_from_name("yolo", fake_yolo.parents[1])
     with pytest.raises(ConfigError, match="unknown face detector"):
         detector_from_name("haar", tmp_path)
     with pytest.raises(WeightsError, match="yoloface_v5m.pt"):

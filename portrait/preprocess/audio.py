@@ -1,6 +1,6 @@
 """Audio input: decode any container with ffmpeg, mix to mono, resample, Whisper log-mel features.
 
-Two steps, as the reference's ``librosa.load(path, sr=16000)`` followed by ``get_audio_feature`` (spec 1.5):
+Two steps, as the reference's ``librosa.load(path, sr=16000)`` then ``get_audio_feature`` (compat §1.5):
 
 1. :func:`load_audio` decodes the first audio stream of anything ffmpeg reads (wav, mp3, m4a, ogg, flac,
    the audio track of a video) to float32 at the file's native rate with all its channels, averages the
@@ -18,17 +18,19 @@ import re
 import shutil
 import struct
 import subprocess
+import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import ffmpeg
 import numpy as np
 import soxr
 import torch
 
 from portrait.constants import SAMPLE_RATE
 from portrait.errors import HINT_SHORTER_AUDIO, FFmpegError, InputError, WeightsError
+from portrait.ffmpeg import AUDIO_FORMATS, ffmpeg_binary, locked_input
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +55,19 @@ SILENCE_PEAK = 1e-4
 #: Shortest usable audio: one video frame (two 40-ms units).
 MIN_SECONDS = 0.08
 
+#: Highest rate and channel count decoded as they are (then mixed and resampled like librosa); beyond
+#: them ffmpeg itself mixes to mono and resamples, with a warning.
+MAX_NATIVE_RATE = 48000
+MAX_NATIVE_CHANNELS = 2
+#: Seconds one decode may run before ffmpeg is killed.
+DECODE_TIMEOUT_S = 300.0
+
 _STDERR_TAIL_LINES = 15
+_STDERR_KEEP_BYTES = 64 * 1024
+_READ_CHUNK = 1 << 20
+_HEADER_BYTES = 4096
+_BUDGET_SLACK = 1 << 20
+_UNBOUNDED_SECONDS = 4 * 3600.0
 _DURATION_RE = re.compile(r"Duration:\s*(\d+):(\d+):(\d+(?:\.\d+)?)")
 _AUDIO_STREAM_RE = re.compile(r"Stream #\d+:\d+\S*: Audio:")
 
@@ -82,7 +96,7 @@ def load_audio(path: Path, sample_rate: int = SAMPLE_RATE, max_seconds: float | 
     """
     path = Path(path)
     _check_file(path)
-    pcm, native_rate, stderr = _decode(path, max_seconds)
+    pcm, native_rate, stderr = _decode(path, max_seconds, sample_rate)
     # librosa.to_mono: mean over the channel axis of the (channels, samples) array.
     mono = pcm[:, 0].copy() if pcm.shape[1] == 1 else pcm.T.mean(axis=0)
     seconds = mono.shape[0] / native_rate
@@ -148,37 +162,136 @@ def _check_file(path: Path) -> None:
         raise InputError(f"{path}: the audio file is empty (0 bytes)")
 
 
-def _decode(path: Path, max_seconds: float | None) -> tuple[np.ndarray, int, str]:
-    """Decode the first audio stream to ``(samples, channels)`` float32 at the native rate.
+def _decode(
+    path: Path, max_seconds: float | None, sample_rate: int = SAMPLE_RATE
+) -> tuple[np.ndarray, int, str]:
+    """Decode the first audio stream to ``(samples, channels)`` float32 (native rate when it is modest).
 
     ffmpeg writes a float WAV to its stdout; the WAV header says the rate and channel count, so nothing
-    has to be parsed from ffmpeg's human-readable log.
+    has to be parsed from ffmpeg's human-readable log. Within :data:`MAX_NATIVE_RATE` and
+    :data:`MAX_NATIVE_CHANNELS` the stream is kept as it is (mixed and resampled afterwards exactly as
+    librosa does); beyond them ffmpeg is restarted to mix to mono and resample to ``sample_rate`` itself,
+    so a tiny many-channel, high-rate file cannot expand to gigabytes. The pipe read has a byte budget.
     """
-    output_options: dict[str, Any] = {"format": "wav", "acodec": "pcm_f32le", "map_metadata": -1}
-    if max_seconds is not None:
-        output_options["t"] = str(float(max_seconds) + 1.0)  # a little over the limit, to tell "too long"
-    # An absolute path: a relative name such as "concat:a|b" or "-y.wav" could read as a protocol or option.
-    stream = ffmpeg.input(str(path.absolute()), protocol_whitelist="file,pipe")
-    args = ffmpeg.output(stream["a:0"], "pipe:1", **output_options).get_args()
-    command = [_ffmpeg_binary(), "-hide_banner", "-nostdin", *args]
-    try:
-        result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, check=False)
-    except OSError as exc:
-        raise FFmpegError(f"could not start ffmpeg ({command[0]}): {exc}") from exc
-    stderr = result.stderr.decode("utf-8", errors="replace")
-    if result.returncode != 0:
+    pcm, rate, stderr, forced = _run_decode(path, max_seconds, sample_rate, force=False)
+    if forced:
+        logger.warning(
+            "%s: %d Hz with %d channel(s) exceeds %d Hz / %d channels; ffmpeg mixes it to mono at %d Hz",
+            path, forced[0], forced[1], MAX_NATIVE_RATE, MAX_NATIVE_CHANNELS, sample_rate,
+        )  # fmt: skip
+        pcm, rate, stderr, _ = _run_decode(path, max_seconds, sample_rate, force=True)
+    if pcm.shape[0] == 0:
+        raise InputError(f"{path}: the audio stream contains no samples")
+    return pcm, rate, stderr
+
+
+def _run_decode(
+    path: Path, max_seconds: float | None, sample_rate: int, *, force: bool
+) -> tuple[np.ndarray, int, str, tuple[int, int] | None]:
+    """One ffmpeg run; returns ``(pcm, rate, stderr, None)``, or ``(.., (rate, channels))`` when the
+    stream is beyond the native bounds (only when not ``force``; ffmpeg was stopped after the header)."""
+    command = [ffmpeg_binary(), "-hide_banner", "-nostdin", *locked_input(path, AUDIO_FORMATS)]
+    command += ["-map", "0:a:0", "-acodec", "pcm_f32le", "-f", "wav", "-map_metadata", "-1"]
+    if max_seconds is not None:  # a little over the limit, to tell "too long"
+        command += ["-t", str(float(max_seconds) + 1.0)]
+    if force:
+        command += ["-ac", "1", "-ar", str(int(sample_rate))]
+    command.append("pipe:1")
+    with tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+        except OSError as exc:
+            raise FFmpegError(f"could not start ffmpeg ({command[0]}): {exc}") from exc
+        expired = threading.Event()
+
+        def _expire() -> None:
+            expired.set()
+            proc.kill()
+
+        timer = threading.Timer(DECODE_TIMEOUT_S, _expire)
+        timer.start()
+        try:
+            data, verdict = _read_budgeted(proc, max_seconds, force)
+        finally:
+            timer.cancel()
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            assert proc.stdout is not None
+            proc.stdout.close()
+        err.seek(max(0, err.seek(0, 2) - _STDERR_KEEP_BYTES))
+        stderr = err.read().decode("utf-8", errors="replace")
+    if isinstance(verdict, tuple):
+        return np.zeros((0, 1), np.float32), 0, stderr, verdict
+    if verdict == "budget":
+        raise InputError(
+            f"{path}: the decoded audio exceeds the memory budget for {max_seconds:g} s",
+            hint=HINT_SHORTER_AUDIO,
+        )
+    if expired.is_set():
+        raise InputError(f"{path}: decoding took longer than {DECODE_TIMEOUT_S:g} s")
+    if proc.returncode != 0:
+        if "Format not on whitelist" in stderr:
+            raise InputError(
+                f"{path}: is not an allowed audio format (wav, mp3, flac, ogg, m4a/mp4, mkv/webm, ...); "
+                "playlists and lists of other files are refused"
+            )
         if "matches no streams" in stderr or ("Input #0" in stderr and not _AUDIO_STREAM_RE.search(stderr)):
             raise InputError(f"{path}: has no audio stream")
         raise InputError(
             f"{path}: is not a readable audio or video file (ffmpeg could not decode it):\n{_tail(stderr)}"
         )
     try:
-        pcm, rate = _parse_float_wav(result.stdout)
+        pcm, rate = _parse_float_wav(data)
     except ValueError as exc:
         raise InputError(f"{path}: ffmpeg produced no usable audio ({exc})") from exc
-    if pcm.shape[0] == 0:
-        raise InputError(f"{path}: the audio stream contains no samples")
-    return pcm, rate, stderr
+    return pcm, rate, stderr, None
+
+
+def _read_budgeted(
+    proc: subprocess.Popen[bytes], max_seconds: float | None, force: bool
+) -> tuple[bytes, str | tuple[int, int]]:
+    """Read ffmpeg's WAV from its stdout within a byte budget set by the header's rate and channels.
+
+    Returns the bytes and ``"ok"``, ``"budget"`` (stopped: more than the budget), or ``(rate, channels)``
+    (stopped after the header: beyond the native bounds and not ``force``).
+    """
+    assert proc.stdout is not None
+    buffer = bytearray()
+    budget: int | None = None
+    while True:
+        chunk = proc.stdout.read1(_READ_CHUNK)
+        if not chunk:
+            return bytes(buffer), "ok"
+        buffer += chunk
+        if budget is None and (b"data" in buffer or len(buffer) >= _HEADER_BYTES):
+            header = _wav_format(bytes(buffer[:_HEADER_BYTES]))
+            if header is None:
+                budget = _HEADER_BYTES  # not a WAV stream: the parser will say so
+                continue
+            rate, channels = header
+            if not force and (rate > MAX_NATIVE_RATE or channels > MAX_NATIVE_CHANNELS):
+                return b"", (rate, channels)
+            seconds = _UNBOUNDED_SECONDS if max_seconds is None else float(max_seconds) + 2.0
+            budget = int(seconds * rate * channels * 4) + _BUDGET_SLACK
+        if budget is not None and len(buffer) > budget:
+            return b"", "budget"
+
+
+def _wav_format(head: bytes) -> tuple[int, int] | None:
+    """``(rate, channels)`` from the fmt chunk at the start of a WAV stream (None when there is none)."""
+    if len(head) < 36 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    pos = 12
+    while pos + 8 <= len(head):
+        chunk, size = head[pos : pos + 4], struct.unpack_from("<I", head, pos + 4)[0]
+        if chunk == b"fmt " and pos + 24 <= len(head):
+            _, channels, rate = struct.unpack_from("<HHI", head, pos + 8)
+            return rate, channels
+        if chunk == b"data":
+            return None
+        pos += 8 + size + (size & 1)
+    return None
 
 
 def _ffmpeg_binary() -> str:
@@ -251,7 +364,7 @@ def _declared_duration(stderr: str) -> float | None:
 
 @dataclass(frozen=True, eq=False)
 class AudioFeatures:
-    """Audio prepared for the pipeline (spec 1.5).
+    """Audio prepared for the pipeline (compat §1.5).
 
     Attributes:
         samples: ``(S,)`` float32 mono samples at 16 kHz.

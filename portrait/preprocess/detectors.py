@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from portrait.constants import DETECTOR_NAMES
 from portrait.errors import HINT_DLIB_DETECTOR, HINT_FACE_BOX, ConfigError, InputError, WeightsError
+from portrait.layout import YOLO_SHA256_PINNED
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,40 @@ class DlibDetector:
             if s >= self.min_score
         ]
         return sorted(faces, key=lambda f: -f.score)
+
+
+def yolo_allow_list(user: str | Collection[str] | None = None) -> frozenset[str]:
+    """The sha256 digests a YOLO detector file may have: :data:`YOLO_SHA256_PINNED` plus ``user``'s.
+
+    ``user``: one digest, several separated by commas or spaces (the ``preprocess.yolo_sha256`` value), or
+    a collection of digests. Lower-cased.
+    """
+    if user is None:
+        given: list[str] = []
+    elif isinstance(user, str):
+        given = user.replace(",", " ").split()
+    else:
+        given = [str(d) for d in user]
+    return frozenset(d.strip().lower() for d in [*YOLO_SHA256_PINNED, *given] if d.strip())
+
+
+_UNLISTED_WARNED: set[tuple[str, str]] = set()
+
+
+def _yolo_listed(path: Path, allowed: frozenset[str]) -> bool:
+    """Whether ``path``'s sha256 is in ``allowed``; warns once per file and digest when it is not."""
+    digest = sha256_file(path)
+    if digest in allowed:
+        return True
+    if (str(path), digest) not in _UNLISTED_WARNED:
+        _UNLISTED_WARNED.add((str(path), digest))
+        logger.warning(
+            "not loading the face detector %s: its sha256 %s is not on the allow-list (TorchScript runs code "
+            "from the file while it loads); using the next detector. If you trust the file, pass "
+            "--yolo-sha256 %s (config preprocess.yolo_sha256)",
+            path, digest, digest,
+        )  # fmt: skip
+    return False
 
 
 def sha256_file(path: Path) -> str:
@@ -209,8 +244,9 @@ class YoloFaceDetector:
     """The reference's YOLOv5m-face TorchScript detector (``yoloface_v5m.pt``; compat §1.2).
 
     Loading TorchScript runs code from the file, so the file's sha256 is checked against
-    ``expected_sha256`` (one hex digest or a collection of allowed digests) before loading; with ``None``
-    the file is loaded with a warning that it is unverified.
+    ``expected_sha256`` (one hex digest or a collection of allowed digests; empty: none is) before loading;
+    with ``None`` (a caller that vouches for the file itself) it is loaded with a warning that it is
+    unverified. :func:`detector_from_name` always passes :func:`yolo_allow_list`.
     """
 
     name = "yolo"
@@ -233,7 +269,12 @@ class YoloFaceDetector:
         else:
             allowed = {expected_sha256} if isinstance(expected_sha256, str) else set(expected_sha256)
             if digest not in {a.lower() for a in allowed}:
-                raise WeightsError(f"face detector {model_path} has sha256 {digest}, not an allowed one")
+                raise WeightsError(
+                    f"face detector {model_path} has sha256 {digest}, not an allowed one (loading "
+                    "TorchScript runs code from the file); if you trust it, pass "
+                    f"--yolo-sha256 {digest} (config preprocess.yolo_sha256), or use --detector dlib",
+                    hint=HINT_DLIB_DETECTOR,
+                )
         try:
             with warnings.catch_warnings():  # deprecated in torch 2.13, but it is the file's format
                 warnings.filterwarnings("ignore", r".*torch\.jit\.load.*", DeprecationWarning)
@@ -305,12 +346,17 @@ def detector_from_name(
 ) -> FaceDetector:
     """Build a detector: ``"yolo"``, ``"insightface"``, ``"dlib"`` or ``"auto"``.
 
-    ``"auto"`` takes YOLO if ``weights_root/face_detector/yoloface_v5m.pt`` exists, else insightface if
-    ``weights_root/insightface/models/buffalo_l/*.onnx`` exist and insightface is installed, else dlib.
+    ``"auto"`` takes YOLO if ``weights_root/face_detector/yoloface_v5m.pt`` exists and its sha256 is on the
+    allow-list (:func:`yolo_allow_list` of ``yolo_sha256``), else insightface if
+    ``weights_root/insightface/models/buffalo_l/*.onnx`` exist and insightface is installed, else dlib; a
+    YOLO file that is not on the list is never loaded (a warning, once, names its digest). ``"yolo"``
+    with such a file is a :class:`WeightsError` naming the digest to pass.
     """
     root = Path(weights_root) if weights_root is not None else None
+    allowed = yolo_allow_list(yolo_sha256)
     if name == "auto":
-        if root is not None and (root / YOLO_WEIGHTS).is_file():
+        yolo = root / YOLO_WEIGHTS if root is not None else None
+        if yolo is not None and yolo.is_file() and _yolo_listed(yolo, allowed):
             name = "yolo"
         elif (
             root is not None
@@ -328,5 +374,5 @@ def detector_from_name(
     if root is None:
         raise WeightsError(f"the {name} face detector needs a weights root (--weights or PORTRAIT_WEIGHTS)")
     if name == "yolo":
-        return YoloFaceDetector(root / YOLO_WEIGHTS, device=device, expected_sha256=yolo_sha256)
+        return YoloFaceDetector(root / YOLO_WEIGHTS, device=device, expected_sha256=allowed)
     return InsightFaceDetector(root / INSIGHTFACE_ROOT)

@@ -39,6 +39,13 @@ CLIP_RESCALE = 1 / 255
 #: Working sizes are multiples of this (the VAE / UNet stride).
 SIZE_MULTIPLE = 64
 
+#: The only formats Pillow may identify a portrait as (never EPS/PS/PDF, whatever the file is named).
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP")
+#: Most elongated accepted photo (long side / short side).
+MAX_ASPECT = 8.0
+#: Longest side of the working size :func:`resize_to_reference` may produce.
+MAX_WORKING_SIDE = 4096
+
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 
@@ -75,7 +82,7 @@ def load_image(
     if path.stat().st_size == 0:
         raise InputError(f"image {path} is empty (0 bytes)")
     try:
-        with Image.open(path) as opened:
+        with Image.open(path, formats=IMAGE_FORMATS) as opened:
             width, height = opened.size
             if width <= 0 or height <= 0:
                 raise InputError(f"image {path} has an invalid size {width}x{height}")
@@ -84,12 +91,19 @@ def load_image(
                     f"image {path} is too large ({width}x{height}; limits: {max_side} px per side, "
                     f"{max_pixels} pixels); downscale it first"
                 )
+            if max(width, height) > MAX_ASPECT * min(width, height):
+                raise InputError(
+                    f"image {path} is {width}x{height}, more elongated than {MAX_ASPECT:g}:1; crop it "
+                    "to the person first"
+                )
             opened.load()
             image = ImageOps.exif_transpose(opened) if respect_exif else opened.copy()
     except InputError:
         raise
     except Image.UnidentifiedImageError as error:
-        raise InputError(f"{path} is not an image Pillow can read ({error})") from error
+        raise InputError(
+            f"{path} is not a JPEG, PNG or WebP image ({' '.join(str(error).split())})"
+        ) from error
     except _DECODE_ERRORS as error:
         raise InputError(f"image {path} is corrupt, truncated or too large to decode: {error}") from error
     return _to_rgb(image, composite_alpha)
@@ -127,6 +141,11 @@ def resize_to_reference(size: tuple[int, int], min_resolution: int = 512) -> tup
     new_height = round(height * scale / SIZE_MULTIPLE) * SIZE_MULTIPLE
     if new_width <= 0 or new_height <= 0:
         raise InputError(f"min_resolution {min_resolution} gives an empty working size for {width}x{height}")
+    if max(new_width, new_height) > MAX_WORKING_SIDE:
+        raise InputError(
+            f"a {width}x{height} portrait gives a {new_width}x{new_height} working size; the limit is "
+            f"{MAX_WORKING_SIDE} px per side (crop the photo closer to a square)"
+        )
     return new_width, new_height
 
 

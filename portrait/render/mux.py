@@ -1,4 +1,4 @@
-"""Add the audio track to the silent video (spec 7.3), safely.
+"""Add the audio track to the silent video (compat §7.3), safely.
 
 The reference runs ``ffmpeg -i noaudio.mp4 -i audio -s WxH -vcodec libx264 -acodec aac -crf 18 -shortest
 -y out.mp4`` through ``os.system``. Here the same encode runs from an argument list (file names are never
@@ -16,8 +16,15 @@ from typing import Any
 
 import ffmpeg
 
-from portrait.errors import InputError
-from portrait.ffmpeg import media_path, partial_path, run_ffmpeg
+from portrait.errors import FFmpegError, InputError
+from portrait.ffmpeg import (
+    AUDIO_FORMATS,
+    MUX_VIDEO_FORMATS,
+    durable_replace,
+    media_path,
+    partial_path,
+    run_ffmpeg,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -78,14 +85,27 @@ def mux_audio(
             if width < 2 or height < 2 or width % 2 or height % 2:
                 raise InputError(f"mux_audio: size must be even for H.264 4:2:0, got {width}x{height}")
             options["s"] = f"{width}x{height}"
-    video_in = ffmpeg.input(media_path(video), protocol_whitelist="file,pipe")
-    audio_in = ffmpeg.input(media_path(audio), protocol_whitelist="file,pipe")
+    # Local files only, and no playlist/concat demuxer that could pull another file into the output.
+    video_in = ffmpeg.input(
+        media_path(video), protocol_whitelist="file", format_whitelist=",".join(MUX_VIDEO_FORMATS)
+    )
+    audio_in = ffmpeg.input(
+        media_path(audio), protocol_whitelist="file", format_whitelist=",".join(AUDIO_FORMATS)
+    )
     stream = ffmpeg.output(
         video_in["v:0"], audio_in["a:0"], media_path(partial), **options
     ).overwrite_output()
     try:
-        run_ffmpeg(stream.get_args())
-        os.replace(partial, output)
+        try:
+            run_ffmpeg(stream.get_args())
+        except FFmpegError as exc:
+            if "Format not on whitelist" in str(exc):
+                raise InputError(
+                    f"{audio}: is not an allowed audio format (wav, mp3, flac, ogg, m4a/mp4, ...); "
+                    "playlists and lists of other files are refused"
+                ) from None
+            raise
+        durable_replace(partial, output)
     except BaseException:
         _remove(partial)
         raise

@@ -60,11 +60,16 @@ MIN_RING_PIXELS = 16
 STD_EPS = 2.0
 
 
+#: Long side of the full-frame output when no ``max_size`` is given (a huge photo is scaled down to it).
+DEFAULT_MAX_SIDE = 4096
+
+
 def canvas_size(size: tuple[int, int], max_size: int | None = None) -> tuple[int, int]:
     """Output ``(W', H')`` for a photo of ``size`` ``(W, H)``: even sides, long side ≤ ``max_size``.
 
-    Without a cap (or when the photo already fits) the sides are rounded down to even numbers; otherwise
-    the photo is scaled by ``max_size / max(W, H)`` and each side rounded down to an even number.
+    When the photo fits (``max_size`` None means :data:`DEFAULT_MAX_SIDE`) the sides are rounded down to
+    even numbers; otherwise the photo is scaled by ``max_size / max(W, H)`` and each side rounded down to
+    an even number.
 
     Raises:
         InputError: a non-positive ``max_size`` or a result smaller than 2×2.
@@ -72,6 +77,8 @@ def canvas_size(size: tuple[int, int], max_size: int | None = None) -> tuple[int
     width, height = size
     if max_size is not None and max_size < 2:
         raise InputError(f"max_size must be at least 2 pixels, got {max_size}")
+    if max_size is None:
+        max_size = DEFAULT_MAX_SIDE
     scale = 1.0
     if max_size is not None and max(width, height) > max_size:
         scale = max_size / max(width, height)

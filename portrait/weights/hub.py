@@ -37,8 +37,9 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from portrait.errors import WeightsError
-from portrait.layout import RELEASE_EMOTIONS
-from portrait.weights.convert import convert_dice_talk, write_manifest
+from portrait.ffmpeg import sweep_dead_owners
+from portrait.layout import RELEASE_EMOTIONS, YOLO_SHA256_PINNED
+from portrait.weights.convert import PARTIAL_PREFIX, convert_dice_talk, write_manifest
 from portrait.weights.load import file_sha256, missing_files
 from portrait.weights.release import RELEASE_DIR, SVD_DIR, WHISPER_DIR
 
@@ -55,6 +56,7 @@ class HubRepo:
         files: paths inside the repository (passed as ``allow_patterns``).
         optional: files that may be missing without failing the download.
         gated: the repository asks users to accept a licence before downloading.
+        revision: the commit (or, while none is verified, the branch) asked for (:data:`HUB_REVISIONS`).
     """
 
     repo_id: str
@@ -62,6 +64,7 @@ class HubRepo:
     files: tuple[str, ...]
     optional: tuple[str, ...] = ()
     gated: bool = False
+    revision: str = "main"
 
 
 FLOWNET_FILE = "RIFE/flownet.pkl"
@@ -91,6 +94,21 @@ WHISPER_REPO = HubRepo(
     "openai/whisper-tiny", WHISPER_DIR, ("config.json", "model.safetensors", "preprocessor_config.json")
 )
 HUB_REPOS: tuple[HubRepo, ...] = (DICE_TALK_REPO, SVD_REPO, WHISPER_REPO)
+
+#: The ``revision=`` passed to ``snapshot_download`` per repository. The commits the released weights are
+#: at could not be checked offline, so each is still the branch ``"main"`` (not a pin: a changed repository
+#: is caught only by the digests of :data:`HUB_SHA256`). Put the 40-hex commit here once verified, or
+#: pass ``download_weights(revisions={repo_id: commit})``.
+HUB_REVISIONS: dict[str, str] = {repo.repo_id: repo.revision for repo in HUB_REPOS}
+#: The sha256 of every hub file the download fetches, checked before the file is used or recorded. None:
+#: the digest is not known yet (not verified offline); the file is used and the manifest records it under
+#: ``"sources"`` with ``"verified": false``. The YOLO detector's comes from
+#: :data:`portrait.layout.YOLO_SHA256_PINNED` (empty: the detector is never auto-loaded without
+#: ``--yolo-sha256``).
+HUB_SHA256: dict[str, dict[str, str | None]] = {
+    repo.repo_id: {name: None for name in repo.files} for repo in HUB_REPOS
+}
+HUB_SHA256[DICE_TALK_REPO.repo_id][YOLO_FILE] = YOLO_SHA256_PINNED[0] if YOLO_SHA256_PINNED else None
 
 #: Commit of github.com/toto222/DICE-Talk whose ``examples/emo/*.npy`` are the release emotion priors.
 PRIORS_COMMIT = "a8a92b1"
@@ -302,12 +320,26 @@ def _hub_progress(enabled: bool) -> Iterator[None]:
         enable_progress_bars()
 
 
-def _fetch_repo(repo: HubRepo, src: Path, snapshot: SnapshotFn) -> None:
-    """Snapshot ``repo``'s files into the staging folder; raise if a required one did not arrive."""
+def _fetch_repo(
+    repo: HubRepo,
+    src: Path,
+    snapshot: SnapshotFn,
+    revision: str,
+    digests: Mapping[str, str | None],
+) -> dict[str, dict[str, Any]]:
+    """Snapshot ``repo``'s files at ``revision`` into the staging folder and check them.
+
+    Returns:
+        ``{"<repo_id>/<file>": {"revision", "sha256", "verified"}}`` for every file that arrived.
+
+    Raises:
+        WeightsError: a required file did not arrive, or a file's sha256 differs from ``digests`` (the
+            file is deleted).
+    """
     local = src / repo.subdir if repo.subdir else src
     local.mkdir(parents=True, exist_ok=True)
-    logger.info("downloading %s (%d files) into %s", repo.repo_id, len(repo.files), local)
-    snapshot(repo.repo_id, local_dir=str(local), allow_patterns=list(repo.files))
+    logger.info("downloading %s@%s (%d files) into %s", repo.repo_id, revision, len(repo.files), local)
+    snapshot(repo.repo_id, local_dir=str(local), allow_patterns=list(repo.files), revision=revision)
     absent = [f for f in repo.files if not (local / f).is_file()]
     missing = [f for f in absent if f not in repo.optional]
     if missing:
@@ -316,17 +348,33 @@ def _fetch_repo(repo: HubRepo, src: Path, snapshot: SnapshotFn) -> None:
         )
     for name in absent:
         logger.warning("%s has no %s; that optional part is skipped", repo.repo_id, name)
+    records: dict[str, dict[str, Any]] = {}
+    for name in (f for f in repo.files if f not in absent):
+        digest, expected = file_sha256(local / name), digests.get(name)
+        if expected is not None and digest != expected.lower():
+            (local / name).unlink()
+            raise WeightsError(
+                f"{repo.repo_id}/{name} (revision {revision}) has sha256 {digest}, not the pinned "
+                f"{expected}; the file was deleted. Run the download again; if it persists, the file "
+                "changed upstream"
+            )
+        if expected is None:
+            logger.warning("%s/%s has no pinned sha256: recorded unverified (%s)", repo.repo_id, name, digest)
+        verified = expected is not None
+        records[f"{repo.repo_id}/{name}"] = {"revision": revision, "sha256": digest, "verified": verified}
+    return records
 
 
-def _install(src: Path, root: Path) -> None:
-    """Convert the staging folder into ``root`` (release parts and RIFE), add the face detector, manifest."""
+def _install(src: Path, root: Path, sources: Mapping[str, Any]) -> None:
+    """Convert the staging folder into ``root`` (release parts and RIFE), add the face detector, manifest
+    (recording ``sources``: what was downloaded, at which revision, verified or not)."""
     convert_dice_talk(src, root, overwrite=True, emotions_dir=src / PRIORS_DIR)
     if (src / YOLO_FILE).is_file():
         target = root / FACE_DETECTOR_DIR / YOLO_FILE
         target.parent.mkdir(exist_ok=True)
         shutil.copyfile(src / YOLO_FILE, target.with_name(f".{YOLO_FILE}.partial"))
         os.replace(target.with_name(f".{YOLO_FILE}.partial"), target)
-        write_manifest(root)  # the converter's manifest covers face_detector/ too
+    write_manifest(root, sources=sources)  # covers face_detector/ too
 
 
 def download_weights(
@@ -338,6 +386,8 @@ def download_weights(
     fetch: FetchFn = fetch_url,
     progress: bool = True,
     prior_sha256: Mapping[str, str] = PRIOR_SHA256,
+    revisions: Mapping[str, str] | None = None,
+    hub_sha256: Mapping[str, Mapping[str, str | None]] = HUB_SHA256,
 ) -> Path:
     """Download the public weights and convert them into the weights tree ``root``.
 
@@ -351,6 +401,9 @@ def download_weights(
         fetch: ``fetch(url, part_path, *, progress)`` for the priors (default :func:`fetch_url`).
         progress: show progress bars.
         prior_sha256: expected sha256 of each prior (default :data:`PRIOR_SHA256`).
+        revisions: ``{repo_id: commit}`` overriding :data:`HUB_REVISIONS`.
+        hub_sha256: ``{repo_id: {file: sha256 or None}}`` checked before a file is used (default
+            :data:`HUB_SHA256`; None: unknown, recorded ``"verified": false`` in the manifest).
 
     Returns:
         ``root``.
@@ -367,15 +420,20 @@ def download_weights(
         )
     if snapshot is None:
         from huggingface_hub import snapshot_download as snapshot
+    if root.is_dir():  # staging folders of converters that were killed
+        sweep_dead_owners(root, (PARTIAL_PREFIX,))
+    pins = {**HUB_REVISIONS, **(revisions or {})}
     src.mkdir(parents=True, exist_ok=True)
+    sources: dict[str, dict[str, Any]] = {}
     with _hub_progress(progress):
         for repo in HUB_REPOS:
             with _download_errors(root, src, repo.repo_id):
-                _fetch_repo(repo, src, snapshot)
+                digests = hub_sha256.get(repo.repo_id, {})
+                sources |= _fetch_repo(repo, src, snapshot, pins[repo.repo_id], digests)
     with _download_errors(root, src, "the emotion priors"):
         fetch_priors(src / PRIORS_DIR, fetch=fetch, prior_sha256=prior_sha256, progress=progress)
     logger.info("converting %s into %s", src, root)
-    _install(src, root)
+    _install(src, root, sources)
     shutil.rmtree(src)
     logger.info("weights ready in %s", root)
     return root

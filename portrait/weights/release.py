@@ -1,4 +1,4 @@
-"""Safe readers and shape inference for the DICE-Talk research release (spec sections 3, 4.7, 8, 10).
+"""Safe readers and shape inference for the DICE-Talk research release (compat §3, 4.7, 8, 10).
 
 Used by :mod:`portrait.weights.convert`. Nothing here executes code from a weights file:
 
@@ -206,7 +206,7 @@ def _exact_div(num: int, den: int, what: str, file: Path) -> int:
 
 
 def audio_projector_config(tensors: StateDict, file: Path, whisper: Mapping[str, Any]) -> dict[str, Any]:
-    """``AudioProjector`` arguments from ``audio_linear.pth`` shapes and the Whisper config (spec 2.3).
+    """``AudioProjector`` arguments from ``audio_linear.pth`` shapes and the Whisper config (compat §2.3).
 
     ``channels = d_model``, ``blocks = encoder_layers + 1``, ``seq_len = in_features / (blocks·channels)``,
     ``output_dim = norm.weight`` size, ``context_tokens = proj3.out / output_dim``.
@@ -228,7 +228,7 @@ def audio_projector_config(tensors: StateDict, file: Path, whisper: Mapping[str,
 
 
 def emotion_model_config(tensors: StateDict, file: Path) -> dict[str, Any]:
-    """``EmotionModel`` arguments from ``emo_model.pth`` shapes (spec 3); ``num_heads`` is the constant 8."""
+    """``EmotionModel`` arguments from ``emo_model.pth`` shapes (compat §3); ``num_heads`` is always 8."""
     intermediate, prior_dim = require_shape(tensors, "emo_linear.proj1.weight", file, 2)
     dim = require_shape(tensors, "emo_linear.norm.weight", file, 1)[0]
     proj3_out = require_shape(tensors, "emo_linear.proj3.weight", file, 2)[0]
@@ -248,7 +248,7 @@ def emotion_model_config(tensors: StateDict, file: Path) -> dict[str, Any]:
 
 
 def pose_guider_config(tensors: StateDict, file: Path) -> dict[str, Any]:
-    """``PoseGuider`` arguments from ``pose_guider.pth`` shapes (spec 5): conv_in, blocks.{i}, conv_out."""
+    """``PoseGuider`` arguments from ``pose_guider.pth`` shapes (compat §5): conv_in, blocks.{i}, conv_out."""
     first, cond_channels = require_shape(tensors, "conv_in.weight", file, 4)[:2]
     widths = [first]
     index = 1
@@ -268,6 +268,41 @@ def unet_config(base: Mapping[str, Any]) -> dict[str, Any]:
     return config
 
 
+#: Largest emotion prior file and largest array one may describe (the release's are ~1 KB).
+MAX_PRIOR_BYTES = 16 * 1024 * 1024
+
+
+def _check_allocation(shape: Any, dtype: Any, source: Path) -> None:
+    """Refuse an array of ``shape``/``dtype`` bigger than :data:`MAX_PRIOR_BYTES` (before allocating it)."""
+    dims = (shape,) if isinstance(shape, int) else shape
+    try:
+        dims = tuple(int(d) for d in dims)
+        itemsize = np.dtype(dtype).itemsize
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise WeightsError(f"{source}: not an emotion prior (bad array shape {shape!r})") from exc
+    if any(d < 0 for d in dims):
+        raise WeightsError(f"{source}: not an emotion prior (negative array shape {dims})")
+    total = max(itemsize, 1)
+    for d in dims:
+        total *= d
+        if total > MAX_PRIOR_BYTES:
+            raise WeightsError(
+                f"{source}: describes an array of shape {dims} (more than {MAX_PRIOR_BYTES} bytes); an "
+                "emotion prior is one small vector, refusing to allocate it"
+            )
+
+
+class _NdarrayGuard:
+    """Stands for ``numpy.ndarray`` in a pickle: calling it checks the size before constructing."""
+
+    def __init__(self, source: Path) -> None:
+        self._source = source
+
+    def __call__(self, shape: Any, dtype: Any = float, *args: Any, **kwargs: Any) -> np.ndarray:
+        _check_allocation(shape, dtype, self._source)
+        return np.ndarray(shape, dtype, *args, **kwargs)
+
+
 class _AllowListUnpickler(pickle.Unpickler):
     """Unpickler resolving only numpy's ndarray reconstruction; anything else is refused."""
 
@@ -275,10 +310,18 @@ class _AllowListUnpickler(pickle.Unpickler):
         super().__init__(file)
         self._source = source
         reconstruct = np.empty(0).__reduce__()[0]  # numpy's _reconstruct, whatever its module is called
+
+        # Every array constructor a pickle can reach checks the size it would allocate first, so a tiny
+        # file naming a huge shape is refused before numpy allocates anything.
+        def checked_reconstruct(subtype: Any, shape: Any, dtype: Any) -> Any:
+            _check_allocation(shape, "b", source)
+            return reconstruct(np.ndarray if subtype is guard else subtype, shape, dtype)
+
+        guard = _NdarrayGuard(source)
         self._allowed = {
-            ("numpy.core.multiarray", "_reconstruct"): reconstruct,
-            ("numpy._core.multiarray", "_reconstruct"): reconstruct,
-            ("numpy", "ndarray"): np.ndarray,
+            ("numpy.core.multiarray", "_reconstruct"): checked_reconstruct,
+            ("numpy._core.multiarray", "_reconstruct"): checked_reconstruct,
+            ("numpy", "ndarray"): guard,
             ("numpy", "dtype"): np.dtype,
         }
 
@@ -297,6 +340,11 @@ class _AllowListUnpickler(pickle.Unpickler):
 
 def _read_npy_object(path: Path) -> Any:
     """The object stored in a ``.npy`` file, unpickling object arrays with the allow-list unpickler."""
+    size = path.stat().st_size
+    if size > MAX_PRIOR_BYTES:
+        raise WeightsError(
+            f"{path}: {size} bytes is too big for an emotion prior (limit {MAX_PRIOR_BYTES} bytes)"
+        )
     with path.open("rb") as f:
         try:
             version = np.lib.format.read_magic(f)
@@ -307,6 +355,7 @@ def _read_npy_object(path: Path) -> Any:
             else:
                 raise WeightsError(f"{path}: unsupported .npy format version {version}")
             if not dtype.hasobject:
+                _check_allocation(shape, dtype, path)
                 f.seek(0)
                 return np.lib.format.read_array(f, allow_pickle=False)
             obj = _AllowListUnpickler(f, path).load()
@@ -320,7 +369,7 @@ def _read_npy_object(path: Path) -> Any:
 def load_emotion_prior(path: Path) -> np.ndarray:
     """Read a release emotion prior without running pickled code.
 
-    The release file is a 0-d object array holding ``{'mu': float32 (1, 256)}`` (spec 1.6); a plain float
+    The release file is a 0-d object array holding ``{'mu': float32 (1, 256)}`` (compat §1.6); a plain float
     ``.npy`` holding the vector is accepted too.
 
     Returns:
