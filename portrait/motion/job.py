@@ -1,6 +1,7 @@
 """The motion package's two entry points: one call for a generate job, one for ``motion extract``.
 
-- :func:`motion_maps_for_job`: a driving video / track JSON / :class:`Track` → per-frame motion maps at the
+- :func:`motion_for_job` (:func:`motion_maps_for_job`: its ``(maps, summary)``): a driving video / track
+  JSON / :class:`Track` → per-frame motion maps at the
   working resolution for ``num_frames`` frames at the generation rate, plus a summary for the sidecar.
 - :func:`extract_to_files`: a driving video → ``track.json`` (and optionally the ``--plot`` PNG).
 """
@@ -8,6 +9,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from portrait.errors import InputError
+from portrait.motion.bucket import head_motion_energy
 from portrait.motion.landmarks import DlibLandmarker, Landmarker, check_landmarks, interocular
 from portrait.motion.pose import head_pose
 from portrait.motion.render import render_motion_maps
@@ -105,7 +108,30 @@ def _summary(
     }
 
 
-def motion_maps_for_job(
+@dataclass(frozen=True)
+class JobMotion:
+    """What one job's motion source gives (:func:`motion_for_job`).
+
+    Attributes:
+        maps: (N, 3, H, W) float32 motion maps in [0, 1] at the working size.
+        summary: the sidecar's motion record (JSON-ready).
+        landmarks: (N, 68, 2) float64 retargeted landmarks in working-image pixels.
+        energy: (N,) float64 head-motion energy (:func:`portrait.motion.bucket.head_motion_energy`).
+    """
+
+    maps: np.ndarray
+    summary: dict[str, Any]
+    landmarks: np.ndarray
+    energy: np.ndarray
+
+
+def motion_maps_for_job(*args: Any, **kwargs: Any) -> tuple[np.ndarray, dict[str, Any]]:
+    """``(maps, summary)`` of :func:`motion_for_job` (same arguments)."""
+    result = motion_for_job(*args, **kwargs)
+    return result.maps, result.summary
+
+
+def motion_for_job(
     source: MotionSource,
     portrait_image: np.ndarray | Image.Image,
     portrait_box: Box,
@@ -139,8 +165,9 @@ def motion_maps_for_job(
         face_index: which face of the driving video (0 = largest).
 
     Returns:
-        ``(maps, summary)``: (num_frames, 3, H, W) float32 in [0, 1] (channel 2 blank for
-        ``mouth="audio"``) and a JSON-ready dict (source, mode, gains, mouth, extend, track facts, the
+        A :class:`JobMotion`: ``maps`` (num_frames, 3, H, W) float32 in [0, 1] (channel 2 blank for
+        ``mouth="audio"``), the retargeted ``landmarks``, their per-frame ``energy`` and ``summary``, a
+        JSON-ready dict (source, mode, gains, mouth, extend, track facts, the
         neutral frame's time, a per-second pose summary of the retargeted landmarks).
     """
     check_motion_options(mode, mouth, extend)  # before any decoding
@@ -160,7 +187,7 @@ def motion_maps_for_job(
     summary = _summary(source, track, result.neutral_index, working, working_size, num_frames, fps)
     summary.update(mode=mode, gains={"pose": float(gains[0]), "expression": float(gains[1])}, mouth=mouth)
     summary["extend"] = extend
-    return maps, summary
+    return JobMotion(maps, summary, working, head_motion_energy(working, fps))
 
 
 def extract_to_files(

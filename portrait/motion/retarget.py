@@ -31,14 +31,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from portrait.constants import EXTEND_MODES, MOUTH_MODES, RETARGET_MODES
 from portrait.errors import ConfigError, InputError
 from portrait.motion import pose as geometry
 from portrait.motion.landmarks import MOUTH, PARTS, RIGID, check_landmarks, eye_opening, mouth_opening
 from portrait.motion.track import Track
 
-RETARGET_MODES = ("relative", "offset", "naive", "fixed")
-MOUTH_MODES = ("audio", "video")
-EXTEND_MODES = ("pingpong", "hold")
 #: Points that carry no expression in ``mouth="audio"``: the lips and the lower jaw.
 AUDIO_DRIVEN = np.concatenate([MOUTH, np.arange(5, 12)])
 
