@@ -43,6 +43,20 @@ def _values(series: Sequence[float | None]) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in series], dtype=np.float64)
 
 
+def _least_span(ax: Any, values: np.ndarray, span: float, floor: float | None = None) -> None:
+    """Show at least ``span`` on the y axis (centred on the data) so landmark noise does not look like
+    motion; ``floor``: the axis starts there (a ratio or an amplitude)."""
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return
+    low, high = float(finite.min()), float(finite.max())
+    if floor is not None:
+        ax.set_ylim(floor, max(high * 1.15, floor + span))
+        return
+    middle, half = (low + high) / 2, max(high - low, span) / 2 * 1.1
+    ax.set_ylim(middle - half, middle + half)
+
+
 def _save(fig: Figure, path: Path) -> str:
     if fig.get_layout_engine() is None:
         fig.tight_layout()
@@ -81,24 +95,50 @@ def plot_csim(lines: dict[str, Any], path: Path) -> str | None:
         return None
     fig = Figure(figsize=(8, 2.6))
     ax = fig.add_subplot()
-    ax.plot(data["time"], _values(data["value"]), marker=".", color="tab:blue")
-    ax.set(xlabel="time (s)", ylabel="cosine to reference", title="identity (CSIM) over time")
+    values = _values(data["value"])
+    ax.plot(data["time"], values, marker=".", color="tab:blue")
+    finite = values[np.isfinite(values)]
+    lowest = float(finite.min()) if finite.size else 1.0
+    ax.set_ylim(min(0.6, lowest - 0.05), 1.02)  # a fixed scale: 0.999 vs 0.9995 is not a drift
+    mean = f" (mean {finite.mean():.3f})" if finite.size else ""
+    ax.set(xlabel="time (s)", ylabel="cosine to reference", title=f"identity (CSIM) over time{mean}")
     return _save(fig, path)
 
 
-def plot_mouth(lines: dict[str, Any], lag: float | None, path: Path) -> str | None:
+def plot_mouth(
+    lines: dict[str, Any],
+    lag: float | None,
+    path: Path,
+    corr: float | None = None,
+    max_lag: float | None = None,
+) -> str | None:
+    """Mouth opening (red, left axis from 0) and the speech RMS envelope (grey, right axis).
+
+    The title names the best lag and its correlation; a lag at the edge of the search (``max_lag``) or a
+    weak correlation is said to be no clear lag rather than shown as a measurement.
+    """
     data = lines.get("mouth")
     if not data:
         return None
     time = np.array(lines["time"])
     fig = Figure(figsize=(8, 2.6))
     ax = fig.add_subplot()
-    ax.plot(time, _values(data["opening"]), color="tab:red", label="mouth opening")
+    opening = _values(data["opening"])
+    (mouth,) = ax.plot(time, opening, color="tab:red", label="mouth opening")
     ax.set(xlabel="time (s)", ylabel="mouth opening / eye distance")
+    _least_span(ax, opening, 0.3, floor=0.0)
     twin = ax.twinx()
-    twin.plot(time, _values(data["envelope"]), color="tab:grey", alpha=0.7, label="speech RMS")
+    (speech,) = twin.plot(time, _values(data["envelope"]), color="tab:grey", alpha=0.7, label="speech RMS")
     twin.set_ylabel("speech RMS")
-    suffix = f" (best lag {lag:+.0f} frames)" if lag is not None else ""
+    twin.set_ylim(bottom=0)
+    ax.legend(handles=[mouth, speech], fontsize=7, loc="upper right")
+    suffix = ""
+    if lag is not None:
+        r = f", r = {corr:.2f}" if corr is not None else ""
+        at_edge = max_lag is not None and abs(lag) >= max_lag
+        weak = corr is not None and corr < 0.2
+        verdict = ": no clear lag" if at_edge or weak else ""
+        suffix = f" (best lag {lag:+.0f} frames{r}{verdict})"
     ax.set_title("mouth opening vs speech envelope" + suffix)
     return _save(fig, path)
 
@@ -111,9 +151,13 @@ def plot_pose(lines: dict[str, Any], path: Path) -> str | None:
     fig = Figure(figsize=(8, 2.6))
     ax = fig.add_subplot()
     for axis in ("yaw", "pitch", "roll"):
-        ax.plot(time, _values(data[axis]), label=axis)
-    ax.set(xlabel="time (s)", ylabel="degrees", title="head pose")
-    ax.legend(fontsize=7)
+        values = _values(data[axis])
+        mean = float(np.nanmean(values)) if np.isfinite(values).any() else 0.0
+        ax.plot(time, values - mean, label=f"{axis} (mean {mean:+.1f}°)")
+    # Each angle about its mean, at least 10 degrees shown: a 1-degree landmark wobble stays small.
+    _least_span(ax, np.concatenate([ln.get_ydata() for ln in ax.lines]), 10.0)
+    ax.set(xlabel="time (s)", ylabel="degrees from the mean", title="head pose (about each angle's mean)")
+    ax.legend(fontsize=7, ncol=3, loc="upper right")
     return _save(fig, path)
 
 
@@ -185,10 +229,11 @@ def write_report(results: Sequence[dict[str, Any]], out_dir: Path) -> Path:
         stem = f"{index:02d}_{_slug(result['video'])}"
         lines, metrics = result.get("timelines", {}), result["metrics"]
         lag = metrics.get("sync_proxy_lag_frames", {}).get("value")
+        proxy = metrics.get("sync_proxy_corr", {})
         images = [
             plot_emotion(lines, out_dir / f"{stem}_emotion.png"),
             plot_csim(lines, out_dir / f"{stem}_csim.png"),
-            plot_mouth(lines, lag, out_dir / f"{stem}_mouth.png"),
+            plot_mouth(lines, lag, out_dir / f"{stem}_mouth.png", proxy.get("value"), proxy.get("max_lag")),
             plot_pose(lines, out_dir / f"{stem}_pose.png"),
             contact_sheet(
                 Path(result["video"]), float(result.get("duration", 0)), out_dir / f"{stem}_frames.png"

@@ -135,13 +135,13 @@ def default_tools(
     if syncnet_path is None and weights_root is not None and (Path(weights_root) / SYNCNET_SUBPATH).is_file():
         syncnet_path = Path(weights_root) / SYNCNET_SUBPATH
     if syncnet_path is not None:
-        from portrait.eval.syncnet_weights import load_syncnet
+        from portrait.weights.syncnet import load_syncnet
 
         tools.syncnet = _try(notes, "syncnet", lambda: load_syncnet(syncnet_path, syncnet_sha256, device))  # type: ignore[assignment]
     else:
         notes["syncnet"] = (
             "SyncNet weights not supplied: convert syncnet_v2.model (VGG, research licence) with "
-            f"portrait.eval.syncnet_weights.convert_syncnet_v2 into WEIGHTS/{SYNCNET_SUBPATH.as_posix()}"
+            f"portrait.weights.syncnet.convert_syncnet_v2 into WEIGHTS/{SYNCNET_SUBPATH.as_posix()}"
         )
     if clip_dir is not None:
 
