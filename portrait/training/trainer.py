@@ -1,0 +1,352 @@
+"""One trainer for every recipe: accelerate, seeded steps, checkpoints with exact resume, logs, a plot.
+
+A :class:`Recipe` owns the trainable module, draws its own batch from the per-step generator it is given
+and computes the loss; the trainer owns the optimiser (AdamW), the schedule (linear warm-up, then
+constant: it does not depend on ``steps``, so a run may be extended), mixed precision, gradient
+accumulation and clipping, the checkpoints and the logs.
+
+Exact resume: every step ``s`` reseeds torch's global RNG and builds the batch generator from
+``(seed, s)``, so the data position *is* the step; a checkpoint holds the model, the optimiser state
+(safetensors + JSON, no pickle), the schedule state and the RNG states. A resumed run therefore gives the
+same loss sequence as an uninterrupted one. Resuming with other hyper-parameters is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from portrait.errors import InputError
+from portrait.training.data import write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+#: Test hook: stop (raise) after this step was completed (and checkpointed if it was due).
+STOP_AFTER_ENV = "PORTRAIT_TRAIN_STOP_AFTER"
+LOG_FILE = "log.jsonl"
+PLOT_FILE = "loss.png"
+CHECKPOINTS_DIR = "checkpoints"
+#: Fields that may change between a run and its resumption.
+RESUMABLE_FIELDS = ("steps", "checkpoint_every", "validate_every", "log_every")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of a run (``--config`` YAML/JSON keys, overridden by flags).
+
+    ``mixed_precision``: "no", "bf16" or "fp16". ``options``: recipe-specific settings (see each recipe).
+    """
+
+    steps: int = 1000
+    batch_size: int = 4
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 0
+    grad_accum: int = 1
+    grad_clip: float = 1.0
+    mixed_precision: str = "no"
+    seed: int = 0
+    checkpoint_every: int = 500
+    validate_every: int = 0
+    log_every: int = 1
+    gradient_checkpointing: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def hyper(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k not in RESUMABLE_FIELDS}
+
+
+class Recipe(Protocol):
+    """What a trainable component provides to :func:`train`."""
+
+    component: str  # weights-tree name of what is trained (``landmark_guider``, ``emotion_embedder``)
+    model: nn.Module  # the trainable module (everything else the recipe uses stays frozen)
+
+    def identity(self) -> dict[str, Any]:
+        """What the run depends on besides the config (cache and tree hashes): must match on resume."""
+
+    def to(self, device: torch.device) -> None:
+        """Move the frozen parts to ``device``."""
+
+    def loss(self, model: nn.Module, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """The training loss of one micro-batch drawn with ``generator`` (0-d tensor)."""
+
+    def fixed_loss(self, model: nn.Module) -> float:
+        """The loss on a fixed batch with fixed noise (comparable across steps)."""
+
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        """Held-out metrics ({} when the cache has no validation speaker)."""
+
+    def export(self, model: nn.Module, out: Path) -> Path:
+        """Write ``out/<component>/`` (config.json + safetensors); returns the folder."""
+
+
+def step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step * 7_919 + 17) % (2**63 - 1)
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+def _optimizer_to_files(state: dict) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors, scalars = {}, {}
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{index}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in list(tensors.items()) + list(meta["scalars"].items()):
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(
+    folder: Path,
+    step: int,
+    model: nn.Module,
+    optimizer,
+    scheduler,
+    cfg: TrainConfig,
+    identity: dict[str, Any],
+) -> None:
+    """Write ``folder`` atomically (temporary folder renamed): model, optimiser, schedule, RNG, step."""
+    from safetensors.torch import save_file
+
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        str(tmp / "model.safetensors"),
+    )
+    tensors, meta = _optimizer_to_files(optimizer.state_dict())
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    save_file(rng, str(tmp / "rng.safetensors"))
+    sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+    write_json_atomic(
+        tmp / "state.json",
+        {"step": step, "hyper": cfg.hyper(), "identity": identity, "optimizer": meta, "scheduler": sched},
+    )
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    folders = sorted(p for p in (out / CHECKPOINTS_DIR).glob("step-*") if (p / "state.json").is_file())
+    return folders[-1] if folders else None
+
+
+def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    keys = sorted(set(saved) | set(current))
+    return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
+
+
+def load_checkpoint(
+    folder: Path, model: nn.Module, optimizer, scheduler, cfg: TrainConfig, identity: dict[str, Any]
+) -> int:
+    """Restore a checkpoint; returns its step. Raises InputError naming changed hyper-parameters."""
+    from safetensors.torch import load_file
+
+    state = json.loads((folder / "state.json").read_text())
+    current = json.loads(json.dumps({**cfg.hyper(), **identity}))
+    diff = _differences({**state["hyper"], **state["identity"]}, current)
+    if diff:
+        raise InputError(f"cannot resume {folder}: the run changed ({'; '.join(diff)}); use a new --out")
+    model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
+    tensors = load_file(str(folder / "optimizer.safetensors"))
+    optimizer.load_state_dict(_optimizer_from_files(tensors, state["optimizer"]))
+    scheduler.load_state_dict({**state["scheduler"], "lr_lambdas": [None]})
+    rng = load_file(str(folder / "rng.safetensors"))
+    torch.set_rng_state(rng["cpu"])
+    if torch.cuda.is_available() and "cuda0" in rng:
+        torch.cuda.set_rng_state_all([rng[f"cuda{i}"] for i in range(torch.cuda.device_count())])
+    return int(state["step"])
+
+
+# ------------------------------------------------------------------------------------------------- logs
+def read_log(out: Path) -> list[dict[str, Any]]:
+    path = out / LOG_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
+
+
+def _truncate_log(out: Path, step: int) -> None:
+    kept = [r for r in read_log(out) if r["step"] <= step]
+    write_lines(out / LOG_FILE, kept)
+
+
+def write_lines(path: Path, records: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    os.replace(tmp, path)
+
+
+def plot_losses(out: Path) -> Path:
+    """``loss.png``: training loss per step and the fixed-batch loss (matplotlib, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    records = read_log(out)
+    train = [(r["step"], r["loss"]) for r in records if r["kind"] == "train"]
+    fixed = [(r["step"], r["fixed_loss"]) for r in records if r["kind"] == "eval"]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    if train:
+        ax.plot(*zip(*train, strict=True), lw=1, label="training loss")
+    if fixed:
+        ax.plot(*zip(*fixed, strict=True), "o-", lw=1.5, label="fixed-batch loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log" if all(v > 0 for _, v in train + fixed) else "linear")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / PLOT_FILE)
+    plt.close(fig)
+    return out / PLOT_FILE
+
+
+# -------------------------------------------------------------------------------------------- training
+def _eval_record(recipe: Recipe, model: nn.Module, step: int) -> dict[str, Any]:
+    was = model.training
+    model.eval()
+    record = {"kind": "eval", "step": step, "fixed_loss": recipe.fixed_loss(model), **recipe.validate(model)}
+    model.train(was)
+    return record
+
+
+def train(
+    recipe: Recipe,
+    cfg: TrainConfig,
+    out: Path,
+    resume: bool = False,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool = True,
+    render: Callable[[nn.Module, int], Any] | None = None,
+) -> dict[str, Any]:
+    """Train ``recipe.model`` for ``cfg.steps`` optimiser steps into ``out``; returns the summary.
+
+    ``out`` receives ``checkpoints/step-N/``, ``log.jsonl``, ``loss.png``, ``<component>/`` and
+    ``training.json``. ``resume``: continue from the latest checkpoint (required when one exists).
+    ``render``: called as ``render(model, step)`` (main process, unwrapped model) at every
+    ``validate_every`` step: the validation render of ``train motion --validate-render``.
+    """
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    if cfg.mixed_precision not in ("no", "bf16", "fp16"):
+        raise InputError(f"mixed_precision must be no, bf16 or fp16, got {cfg.mixed_precision!r}")
+    for name in ("steps", "batch_size", "grad_accum", "checkpoint_every"):
+        if getattr(cfg, name) < 1:
+            raise InputError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    out.mkdir(parents=True, exist_ok=True)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    recipe.to(accelerator.device)
+    model = recipe.model
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup = max(cfg.warmup_steps, 0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    identity = recipe.identity()
+    start = 0
+    checkpoint = latest_checkpoint(out)
+    if checkpoint is not None and not resume:
+        raise InputError(f"{out} already holds checkpoints; pass --resume to continue or choose a new --out")
+    if checkpoint is not None:
+        start = load_checkpoint(
+            checkpoint, accelerator.unwrap_model(model), optimizer, scheduler, cfg, identity
+        )
+        _truncate_log(out, start)
+        logger.info("resumed from %s (step %d)", checkpoint, start)
+    elif resume:
+        logger.warning("--resume: no checkpoint in %s, starting from step 0", out)
+    log = read_log(out) if start else []
+    if not start:
+        log.append(_eval_record(recipe, model, 0))
+    stop_after = int(os.environ.get(STOP_AFTER_ENV, "0") or 0)
+    model.train()
+    bar = tqdm(
+        range(start, cfg.steps),
+        desc=recipe.component,
+        initial=start,
+        total=cfg.steps,
+        disable=not progress or not accelerator.is_local_main_process,
+    )
+    for step in bar:
+        torch.manual_seed(step_seed(cfg.seed, step))
+        generator = torch.Generator().manual_seed(step_seed(cfg.seed, step))
+        total = 0.0
+        for micro in range(cfg.grad_accum):
+            sync = micro == cfg.grad_accum - 1
+            context = accelerator.no_sync(model) if not sync else _null()
+            with context, accelerator.autocast():
+                loss = recipe.loss(model, cfg.batch_size, generator) / cfg.grad_accum
+                accelerator.backward(loss)
+            total += float(loss.detach())
+        if cfg.grad_clip > 0:
+            accelerator.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        record = {"kind": "train", "step": done, "loss": total, "lr": scheduler.get_last_lr()[0]}
+        bar.set_postfix(loss=f"{total:.4g}")
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            log.append(record)
+        if cfg.validate_every and (done % cfg.validate_every == 0 or done == cfg.steps):
+            log.append(_eval_record(recipe, model, done))
+            if render is not None and accelerator.is_main_process:
+                path = render(accelerator.unwrap_model(model), done)
+                log.append({"kind": "render", "step": done, "path": str(path)})
+        if accelerator.is_main_process and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+            write_lines(out / LOG_FILE, log)
+            save_checkpoint(
+                out / CHECKPOINTS_DIR / f"step-{done:08d}",
+                done,
+                accelerator.unwrap_model(model),
+                optimizer,
+                scheduler,
+                cfg,
+                identity,
+            )
+        if on_step is not None:
+            on_step(record)
+        if stop_after and done >= stop_after and done < cfg.steps:
+            raise RuntimeError(f"{STOP_AFTER_ENV}={stop_after}: stopped after step {done} (test hook)")
+    if not cfg.validate_every:
+        log.append(_eval_record(recipe, model, cfg.steps))
+    accelerator.wait_for_everyone()
+    summary: dict[str, Any] = {"component": recipe.component, "steps": cfg.steps, "config": asdict(cfg)}
+    if accelerator.is_main_process:
+        write_lines(out / LOG_FILE, log)
+        plot_losses(out)
+        folder = recipe.export(accelerator.unwrap_model(model), out)
+        evals = [r for r in log if r["kind"] == "eval"]
+        summary.update(folder=str(folder), first_eval=evals[0], last_eval=evals[-1])
+        write_json_atomic(out / "training.json", summary)
+    return summary
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
