@@ -26,11 +26,18 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from portrait.constants import FACE_SELECTIONS
+from portrait.constants import (
+    EXTEND_MODES,
+    FACE_SELECTIONS,
+    MAX_MOTION_GAIN,
+    MOUTH_MODES,
+    RETARGET_MODES,
+)
 from portrait.errors import ConfigError
 
 __all__ = [
     "DTYPES",
+    "MotionConfig",
     "PreprocessConfig",
     "RenderConfig",
     "RuntimeConfig",
@@ -52,6 +59,7 @@ COMPILE_MODES = ("off", "blocks", "full")
 OFFLOAD_MODES = ("none", "model", "sequential")
 _DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 _CODEC_RE = re.compile(r"[A-Za-z0-9_]+")
+_SHA256_RE = re.compile(r"[0-9A-Fa-f]{64}")
 _DEFAULT_SOURCE = "packaged default.yaml"
 
 
@@ -92,6 +100,7 @@ class PreprocessConfig:
     audio_units_per_frame: int = 2
     sample_rate: int = 16000
     face_selection: str = "reference"
+    yolo_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +139,23 @@ class RuntimeConfig:
 
 
 @dataclass(frozen=True)
+class MotionConfig:
+    """Landmark-guided motion control (docs/motion.md); used only when a job gives a driving source.
+
+    ``retarget``: how the driving landmarks land on the portrait (relative, offset, naive, fixed);
+    ``pose_gain`` / ``expression_gain``: multipliers in [0, 4] of the head motion and the expression;
+    ``mouth``: lips from the audio (blank lips channel) or from the driving video; ``extend``: how a
+    driving track shorter than the audio continues (pingpong: back and forth, hold: the last frame).
+    """
+
+    retarget: str = "relative"
+    pose_gain: float = 1.0
+    expression_gain: float = 1.0
+    mouth: str = "audio"
+    extend: str = "pingpong"
+
+
+@dataclass(frozen=True)
 class RenderConfig:
     """The whole run-time configuration of one render."""
 
@@ -137,6 +163,7 @@ class RenderConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    motion: MotionConfig = field(default_factory=MotionConfig)
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -275,9 +302,30 @@ def _flatten(values: Mapping[str, Any], prefix: str) -> list[tuple[str, Any]]:
     return items
 
 
+def _refuse_interpolation(node: Any, source: str, prefix: str = "") -> None:
+    """Raise :class:`ConfigError` for any ``${...}`` in a key or string value of an unresolved layer.
+
+    Values come from users, manifests and web forms; OmegaConf would resolve ``${oc.env:NAME}`` (an
+    environment variable of the server) or ``${...}`` references when the config is built.
+    """
+    items = node.items() if isinstance(node, Mapping) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        dotted = f"{prefix}{key}"
+        if isinstance(key, str) and "${" in key:
+            raise ConfigError(f"{source}: interpolation is not allowed in config keys ({key!r})")
+        if isinstance(value, str) and "${" in value:
+            raise ConfigError(
+                f"{source}: interpolation is not allowed in {dotted!r} (a value may not contain '${{')"
+            )
+        if isinstance(value, (Mapping, list)):
+            _refuse_interpolation(value, source, f"{dotted}.")
+
+
 def _merge(base: DictConfig, layers: Sequence[tuple[str, DictConfig]]) -> RenderConfig:
     merged = base
     for source, layer in layers:
+        if source != _DEFAULT_SOURCE:
+            _refuse_interpolation(OmegaConf.to_container(layer, resolve=False), source)
         try:
             merged = OmegaConf.merge(merged, layer)
         except ConfigKeyError as exc:
@@ -304,8 +352,16 @@ def validate_config(cfg: RenderConfig, source: str = "config") -> None:
     """Check value ranges; raise :class:`ConfigError` listing every bad ``key=value`` and ``source``."""
     problems = [*_sampling_problems(cfg.sampling), *_preprocess_problems(cfg.preprocess)]
     problems += [*_video_problems(cfg.video), *_runtime_problems(cfg.runtime)]
+    problems += _motion_problems(cfg.motion)
     if problems:
         raise ConfigError(f"invalid configuration (from {source}): " + "; ".join(problems))
+
+
+#: Upper bounds that keep one request from asking for unbounded work or memory.
+MAX_STEPS = 500
+MAX_RESOLUTION = 2048
+MAX_AUDIO_UNITS = 45000  # 30 minutes of 40-ms units
+MAX_SAMPLE_RATE = 192000
 
 
 def _bad(key: str, value: Any, rule: str) -> str:
@@ -314,10 +370,12 @@ def _bad(key: str, value: Any, rule: str) -> str:
 
 def _sampling_problems(s: SamplingConfig) -> list[str]:
     out: list[str] = []
-    if s.steps < 1:
-        out.append(_bad("sampling.steps", s.steps, "must be >= 1"))
-    if not s.emotion_transition >= 0:  # also rejects NaN
-        out.append(_bad("sampling.emotion_transition", s.emotion_transition, "must be >= 0 seconds"))
+    if not 1 <= s.steps <= MAX_STEPS:
+        out.append(_bad("sampling.steps", s.steps, f"must be in [1, {MAX_STEPS}]"))
+    if not 0 <= s.emotion_transition < float("inf"):  # also rejects NaN
+        out.append(
+            _bad("sampling.emotion_transition", s.emotion_transition, "must be >= 0 seconds and finite")
+        )
     if s.frames_per_window < 1:
         out.append(_bad("sampling.frames_per_window", s.frames_per_window, "must be >= 1"))
     if not 0 <= s.overlap < max(s.frames_per_window, 1):
@@ -335,8 +393,8 @@ def _sampling_problems(s: SamplingConfig) -> list[str]:
         "ip_emo_scale",
         "noise_aug_strength",
     ):
-        if not getattr(s, name) >= 0:  # also rejects NaN
-            out.append(_bad(f"sampling.{name}", getattr(s, name), "must be >= 0"))
+        if not 0 <= getattr(s, name) < float("inf"):  # also rejects NaN
+            out.append(_bad(f"sampling.{name}", getattr(s, name), "must be >= 0 and finite"))
     if not 0 < s.i2i_noise_strength <= 1:
         out.append(_bad("sampling.i2i_noise_strength", s.i2i_noise_strength, "must be in (0, 1]"))
     if not s.fps > 0:
@@ -353,6 +411,12 @@ def _preprocess_problems(p: PreprocessConfig) -> list[str]:
     out: list[str] = []
     if p.min_resolution < 64 or p.min_resolution % 64:
         out.append(_bad("preprocess.min_resolution", p.min_resolution, "must be a positive multiple of 64"))
+    elif p.min_resolution > MAX_RESOLUTION:
+        out.append(_bad("preprocess.min_resolution", p.min_resolution, f"must be <= {MAX_RESOLUTION}"))
+    if p.max_audio_units > MAX_AUDIO_UNITS:
+        out.append(_bad("preprocess.max_audio_units", p.max_audio_units, f"must be <= {MAX_AUDIO_UNITS}"))
+    if p.sample_rate > MAX_SAMPLE_RATE:
+        out.append(_bad("preprocess.sample_rate", p.sample_rate, f"must be <= {MAX_SAMPLE_RATE}"))
     if not p.face_area > 0:
         out.append(_bad("preprocess.face_area", p.face_area, "must be > 0"))
     if not p.expand_ratio >= 0:
@@ -360,6 +424,9 @@ def _preprocess_problems(p: PreprocessConfig) -> list[str]:
     for name in ("max_audio_units", "audio_units_per_frame", "sample_rate"):
         if getattr(p, name) < 1:
             out.append(_bad(f"preprocess.{name}", getattr(p, name), "must be >= 1"))
+    digests = (p.yolo_sha256 or "").replace(",", " ").split()
+    if p.yolo_sha256 is not None and (not digests or not all(_SHA256_RE.fullmatch(d) for d in digests)):
+        out.append(_bad("preprocess.yolo_sha256", p.yolo_sha256, "must be sha256 hex digests (64 hex chars)"))
     if p.face_selection not in FACE_SELECTIONS:
         out.append(
             _bad(
@@ -399,4 +466,15 @@ def _runtime_problems(r: RuntimeConfig) -> list[str]:
         out.append(_bad("runtime.window_batch", r.window_batch, "must be >= 1"))
     if r.offload not in OFFLOAD_MODES:
         out.append(_bad("runtime.offload", r.offload, f"must be one of {', '.join(OFFLOAD_MODES)}"))
+    return out
+
+
+def _motion_problems(m: MotionConfig) -> list[str]:
+    out: list[str] = []
+    for name, allowed in (("retarget", RETARGET_MODES), ("mouth", MOUTH_MODES), ("extend", EXTEND_MODES)):
+        if getattr(m, name) not in allowed:
+            out.append(_bad(f"motion.{name}", getattr(m, name), f"must be one of {', '.join(allowed)}"))
+    for name in ("pose_gain", "expression_gain"):
+        if not 0 <= getattr(m, name) <= MAX_MOTION_GAIN:  # also rejects NaN
+            out.append(_bad(f"motion.{name}", getattr(m, name), f"must be in [0, {MAX_MOTION_GAIN:g}]"))
     return out

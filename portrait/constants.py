@@ -18,6 +18,21 @@ DETECTOR_NAMES: tuple[str, ...] = ("auto", "yolo", "insightface", "dlib")
 #: Which face to animate among several: the reference's ``maxface`` rule, or the true largest.
 FACE_SELECTIONS: tuple[str, ...] = ("reference", "largest")
 
+#: Motion control (``motion.*``, docs/motion.md): how driving landmarks land on the portrait ...
+RETARGET_MODES: tuple[str, ...] = ("relative", "offset", "naive", "fixed")
+#: ... where the lips come from ...
+MOUTH_MODES: tuple[str, ...] = ("audio", "video")
+#: ... how a driving track shorter than the audio is extended, and the largest pose/expression gain.
+EXTEND_MODES: tuple[str, ...] = ("pingpong", "hold")
+MAX_MOTION_GAIN = 4.0
+
+#: Emotion from a reference clip (``--emotion-from``, docs/emotion.md): one mixture or a timeline ...
+EMOTION_FROM_MODES: tuple[str, ...] = ("mean", "timeline")
+#: ... which embedder maps the clip to the bank (``auto``: learned when the weights have it) ...
+EMOTION_EMBEDDERS: tuple[str, ...] = ("auto", "learned", "classifier")
+#: ... and the largest total intensity of its mixture (= ``preprocess.emotion.MAX_INTENSITY``).
+MAX_EMOTION_STRENGTH = 2.0
+
 #: Exit codes of every entry point.
 EXIT_OK = 0
 EXIT_ERROR = 1  # a PortraitError: bad input, weights, ffmpeg; or a failed/invalid batch job

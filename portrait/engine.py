@@ -33,6 +33,8 @@ class Engine:
     weights_root: Path
     device: torch.device
     dtype: torch.dtype
+    #: The optional learned audio-visual emotion embedder (``emotion_embedder/``, float32), or None.
+    emotion_embedder: torch.nn.Module | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -65,6 +67,9 @@ def load_engine(cfg: RenderConfig, detector: str | FaceDetector = "auto") -> Eng
     dtype = resolve_dtype(cfg.runtime.dtype, device)
     offload = cfg.runtime.offload != "none" and device.type == "cuda"
     pipe = load_pipeline(root, device="cpu" if offload else device, dtype=dtype)
+    if (root / "landmark_guider" / "config.json").is_file():  # optional: steers the head from --motion
+        guider = load_component("landmark_guider", root, "cpu" if offload else device, dtype)
+        pipe.register_modules(landmark_guider=guider)
     apply_runtime_options(pipe, cfg.runtime.offload if offload else "none", cfg.runtime.compile, device)
     try:
         extractor = WhisperFeatureExtractor.from_pretrained((root / AUDIO_PREPROCESSOR_FILE).parent)
@@ -77,7 +82,10 @@ def load_engine(cfg: RenderConfig, detector: str | FaceDetector = "auto") -> Eng
         else:
             logger.warning("no frame-interpolation weights in %s/interpolation: writing 12.5 fps video", root)
     if isinstance(detector, str):
-        detector = detector_from_name(detector, root)
+        detector = detector_from_name(detector, root, yolo_sha256=cfg.preprocess.yolo_sha256)
+    embedder = None
+    if (root / "emotion_embedder" / "config.json").is_file():  # optional: --emotion-from, docs/emotion.md
+        embedder = load_component("emotion_embedder", root, device, torch.float32)
     return Engine(
         pipe,
         extractor,
@@ -87,6 +95,7 @@ def load_engine(cfg: RenderConfig, detector: str | FaceDetector = "auto") -> Eng
         root,
         device,
         dtype,
+        embedder,
     )
 
 

@@ -58,3 +58,7 @@ class WeightsError(PortraitError):
 
 class FFmpegError(PortraitError):
     """ffmpeg is missing or failed; the message carries its stderr."""
+
+
+class DistributedError(PortraitError):
+    """A multi-process (torchrun / srun) run cannot start or lost one of its ranks."""

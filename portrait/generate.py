@@ -8,9 +8,9 @@ mux; ``out.partial.mp4`` is renamed to ``out.mp4`` and ``<output>.json`` is writ
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -24,8 +24,19 @@ import torch
 
 from portrait import __version__
 from portrait.config import RenderConfig, config_to_dict
+from portrait.distributed.decode import chunks_per_rank, num_decode_chunks, split_decode
+from portrait.distributed.group import DistributedContext, init_distributed
 from portrait.engine import Engine
-from portrait.inputs import IdentityCache, PreparedJob, audio_windows, emotion_bank, encode_identity
+from portrait.ffmpeg import durable_replace, owned_prefix, sweep_dead_owners
+from portrait.inputs import (
+    IdentityCache,
+    PreparedJob,
+    audio_windows,
+    emotion_bank,
+    encode_identity,
+    motion_arguments,
+)
+from portrait.learned_emotion import learned_emotion
 from portrait.models.interpolation import midframes
 from portrait.preprocess.emotion import schedule_priors, schedule_summary
 from portrait.render.mux import mux_audio
@@ -79,6 +90,47 @@ def interpolated(
         yield previous[None]
 
 
+def distributed_frames(
+    ctx: DistributedContext,
+    engine: Engine,
+    latents: torch.Tensor,
+    num_frames: int,
+    chunk_size: int,
+    interpolator: torch.nn.Module | None,
+) -> Iterator[torch.Tensor]:
+    """The single process's ``interpolated(decode_frames(...))`` stream, computed across the ranks.
+
+    Args:
+        latents: (1, L, 4, h, w), identical on every rank. Rank 0 gets (n, 3, H, W) float32 chunks in
+            order (bit-identical to one process); the other ranks must exhaust the iterator (it yields
+            nothing there).
+    """
+
+    def decode(c: int) -> torch.Tensor:
+        start = c * chunk_size  # the single process's chunk boundaries, padding frames included
+        part = latents[:, start : start + chunk_size]
+        return next(engine.pipe.decode_frames(part, min(chunk_size, num_frames - start), chunk_size))
+
+    def interpolate(chunk: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
+        head = [] if previous is None else [previous[None]]  # the seam frame: yielded alone, then dropped
+        parts = list(interpolated(iter([*head, chunk]), interpolator, hold_last=False))
+        return torch.cat(parts[len(head) :])
+
+    return split_decode(
+        ctx.rank,
+        ctx.world_size,
+        num_decode_chunks(num_frames, chunk_size),
+        decode,
+        interpolate if interpolator is not None else None,
+        device=ctx.device,
+    )
+
+
+def _distributed_summary(ctx: DistributedContext, num_frames: int, chunk_size: int) -> dict[str, Any]:
+    chunks = chunks_per_rank(num_decode_chunks(num_frames, chunk_size), ctx.world_size)
+    return ctx.summary() | {"decode_chunks_per_rank": chunks}
+
+
 def _png_dumper(folder: Path) -> Callable[[np.ndarray, int], None]:
     from PIL import Image
 
@@ -92,9 +144,19 @@ def _png_dumper(folder: Path) -> Callable[[np.ndarray, int], None]:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``path`` durably: ``<path>.partial``, fsynced, renamed, the folder fsynced."""
     partial = path.with_name(path.name + ".partial")
     partial.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(partial, path)
+    durable_replace(partial, path)
+
+
+def _file_digest(path: Path) -> tuple[int, str]:
+    """``(size in bytes, hex sha256)`` of ``path``, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return path.stat().st_size, digest.hexdigest()
 
 
 def _versions() -> dict[str, str]:
@@ -130,9 +192,11 @@ def generate(
         timings[name] = round(now - since, 3)
         return now
 
+    ctx = init_distributed(str(engine.device))  # None unless launched by torchrun / srun with > 1 process
     identity = encode_identity(prepared, engine, cfg, cache)
     t = lap("image", started)
     features, windows = audio_windows(prepared, engine, cfg)
+    prepared = learned_emotion(prepared, engine, cfg, windows)  # no-op unless --emotion-from is learned
     t = lap("audio", t)
     s = cfg.sampling
     priors = schedule_priors(prepared.schedule, emotion_bank(prepared, engine), features.num_frames, s.fps)
@@ -140,33 +204,48 @@ def generate(
     generator = torch.Generator(engine.device).manual_seed(seed)
     engine.pipe.set_progress_bar_config(disable=not progress, desc="sampling")
     tensors = prepared.portrait
+    motion_args, motion_info = motion_arguments(prepared, engine, cfg)
     latents = engine.pipe(
         tensors.ref_image,
         tensors.clip_image,
         tensors.face_mask,
         windows,
         priors,
-        **pipeline_arguments(cfg),
+        **(pipeline_arguments(cfg) | motion_args),
         generator=generator,
         identity=identity,
         callback=callback,
         output_type="latent",
+        **({"window_executor": ctx.executor} if ctx is not None else {}),
     ).latents
     t = lap("sampling", t)
-
     interpolator = engine.interpolator if cfg.video.interpolate else None
+    if ctx is not None:  # every rank decodes its share of the chunks; rank 0 alone encodes and writes
+        stream = distributed_frames(
+            ctx, engine, latents, features.num_frames, s.decode_chunk_size, interpolator
+        )
+        if not ctx.is_main:
+            for _ in stream:  # ranks > 0 yield nothing: they decode, interpolate and send their chunks
+                pass
+            ctx.finish()
+            summary = _distributed_summary(ctx, features.num_frames, s.decode_chunk_size)
+            info = {"rank": ctx.rank, "written": False, "distributed": summary}
+            return Result(job.output, job.output.with_name(job.output.name + ".json"), info)
+        new_dump = job.dump_frames is not None and not job.dump_frames.exists()
     fps = s.fps * (2 if interpolator is not None else 1)
     paster = full_frame_paster(prepared, cfg)
-    work = Path(tempfile.mkdtemp(prefix=".portrait-", dir=job.output.resolve().parent))
+    sweep_dead_owners(job.output.resolve().parent, (".portrait-",))  # work folders of killed renders
+    work = Path(tempfile.mkdtemp(prefix=owned_prefix(".portrait-"), dir=job.output.resolve().parent))
     try:
         from tqdm.auto import tqdm
 
         total = 2 * features.num_frames if interpolator is not None else features.num_frames
-        chunks = engine.pipe.decode_frames(latents, features.num_frames, s.decode_chunk_size)
+        if ctx is None:
+            chunks = engine.pipe.decode_frames(latents, features.num_frames, s.decode_chunk_size)
         dump = _png_dumper(job.dump_frames) if job.dump_frames is not None else None
         with tqdm(total=total, desc="encoding", unit="frame", disable=not progress) as bar:
             written = encode_video(
-                interpolated(chunks, interpolator),
+                interpolated(chunks, interpolator) if ctx is None else stream,
                 work / "silent.mp4",
                 fps=fps,
                 crf=cfg.video.crf,
@@ -183,16 +262,25 @@ def generate(
             audio_codec=cfg.video.audio_codec,
         )
         lap("mux", t)
+    except BaseException:
+        if ctx is not None and new_dump:  # a lost rank leaves no partial frame dump either
+            shutil.rmtree(job.dump_frames, ignore_errors=True)  # type: ignore[arg-type]
+        raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     timings["total"] = round(time.perf_counter() - started, 3)
     image_info = prepared.image_info
+    output_bytes, output_sha256 = _file_digest(job.output)
     info = {
         "output": str(job.output),
+        "output_bytes": output_bytes,
+        "output_sha256": output_sha256,
         "image": str(job.image),
         "audio": str(job.audio),
         "emotion": job.emotion,
         "emotion_schedule": schedule_summary(prepared.schedule, features.duration),
+        **prepared.emotion_info,
+        **({"motion": motion_info} if motion_info else {}),
         "seed": seed,
         "audio_seconds": round(features.duration, 3),
         "generated_frames": features.num_frames,
@@ -205,10 +293,17 @@ def generate(
         "output_size": list(paster.size) if paster is not None else image_info["size"],
         "timings": timings,
         "versions": _versions(),
+        **(
+            {"distributed": _distributed_summary(ctx, features.num_frames, s.decode_chunk_size)}
+            if ctx is not None
+            else {}
+        ),
         "config": config_to_dict(cfg),
     }
     sidecar = job.output.with_name(job.output.name + ".json")
     _write_json(sidecar, info)
+    if ctx is not None:
+        ctx.finish()
     return Result(job.output, sidecar, info)
 
 

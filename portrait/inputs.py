@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from portrait.config import RenderConfig
+from portrait.config import MotionConfig, RenderConfig
 from portrait.constants import EMOTION_PRIOR_SUFFIXES, EMOTION_TIMELINE_SUFFIXES, UNIT_SECONDS
 from portrait.engine import Engine
 from portrait.errors import HINT_FACE_BOX, InputError
@@ -33,6 +33,8 @@ from portrait.preprocess.emotion import (
     load_timeline_file,
     parse_emotion,
 )
+from portrait.preprocess.emotion_reference import reference_emotion
+from portrait.preprocess.expression import ExpressionClassifier
 from portrait.preprocess.face import check_face_box, crop_image, reference_crop_box, select_face
 from portrait.preprocess.image import PortraitTensors, load_image, prepare_portrait
 from portrait.render.paste import wants_full_frame
@@ -55,6 +57,20 @@ class Job:
     face_index: int | None = None
     seed: int | None = None
     dump_frames: Path | None = None
+    #: A reference image/video whose facial expression sets the emotion (replaces ``emotion``).
+    emotion_from: Path | None = None
+    emotion_strength: float = 1.0
+    emotion_from_mode: str = "mean"
+    #: ``auto`` (the learned embedder when the weights have ``emotion_embedder/`` and the mode is mean),
+    #: ``learned`` or ``classifier`` (the expression classifier's mapping); see docs/emotion.md.
+    emotion_embedder: str = "auto"
+    #: A driving video or track ``.json`` whose head motion the portrait follows (docs/motion.md).
+    motion: Path | None = None
+    #: Per-job overrides of the ``motion`` config section (None: ``cfg.motion``; see :func:`motion_settings`).
+    retarget: str | None = None
+    motion_gain: tuple[float, float] | None = None
+    mouth: str | None = None
+    motion_extend: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +98,19 @@ class PreparedJob:
     schedule: EmotionSchedule
     extra_priors: dict[str, torch.Tensor] = field(default_factory=dict)
     image_key: tuple = ()
+    #: Sidecar fields of the emotion (``{"emotion_from": ...}`` for a reference clip), merged by generate.
+    emotion_info: dict[str, Any] = field(default_factory=dict)
+    #: (N, 3, H, W) float32 motion maps in [0, 1] at the working size (``job.motion``), or None.
+    motion_maps: np.ndarray | None = None
+    #: Sidecar record of the motion (source, mode, gains, per-second pose summary), {} without motion.
+    motion_info: dict[str, Any] = field(default_factory=dict)
+    #: (N,) float64 head-motion energy of the retargeted landmarks per frame (face sizes per second), the
+    #: release-weights-only path's input (``portrait.motion.bucket``); None without motion.
+    motion_energy: np.ndarray | None = None
+    #: Inputs of the learned emotion embedder, consumed in generate by ``learned_emotion.learned_emotion``:
+    #: ``{"visual": (T_v, C) float32 classifier probabilities}`` or ``{"audio_samples": (S,) float32}`` (an
+    #: audio-only reference); None when the emotion does not come from the learned embedder.
+    embedder_inputs: dict[str, Any] | None = None
 
     @property
     def duration(self) -> float:
@@ -110,12 +139,18 @@ def check_output(job: Job) -> None:
 
 
 def prepare(
-    job: Job, cfg: RenderConfig, detector: FaceDetector | None, emotion_names: Iterable[str]
+    job: Job,
+    cfg: RenderConfig,
+    detector: FaceDetector | None,
+    emotion_names: Iterable[str],
+    *,
+    expression_classifier: ExpressionClassifier | None = None,
 ) -> PreparedJob:
     """Check and decode every input of ``job`` once (image → face → crop, audio, emotion); no model needed.
 
     ``emotion_names``: the names of the emotion bank the job may use. ``detector`` may be None only when the
-    job gives its face box.
+    job gives its face box. ``expression_classifier``: for ``job.emotion_from`` (default: the offline
+    ``fer`` classifier, loaded on the CPU only when needed).
     """
     check_output(job)
     photo = load_image(job.image)
@@ -123,17 +158,206 @@ def prepare(
     pre = cfg.preprocess
     samples = load_audio(job.audio, pre.sample_rate, max_seconds=pre.max_audio_units * UNIT_SECONDS)
     schedule, extra = _prepare_emotion(job.emotion, list(emotion_names), cfg.sampling.emotion_transition)
+    emotion_info: dict[str, Any] = {}
+    embedder_inputs = None
+    if job.emotion_from is not None:
+        schedule, emotion_info, embedder_inputs = _reference_emotion(
+            job, list(emotion_names), len(samples) / pre.sample_rate, cfg, detector, expression_classifier
+        )
     check_schedule_fits(schedule, len(samples) / pre.sample_rate)
     key = image_cache_key(job, cfg)
-    return PreparedJob(
-        job, photo, tensors, image_info, full_frame, samples, pre.sample_rate, schedule, extra, key
+    prepared = PreparedJob(
+        job, photo, tensors, image_info, full_frame, samples, pre.sample_rate, schedule, extra, key,
+        emotion_info, embedder_inputs=embedder_inputs,
+    )  # fmt: skip
+    return _with_motion(prepared, cfg, detector) if job.motion is not None else prepared
+
+
+def _with_motion(prepared: PreparedJob, cfg: RenderConfig, detector: FaceDetector | None) -> PreparedJob:
+    """Add the job's motion maps: the driving track retargeted onto the portrait's own working image."""
+    from dataclasses import replace
+
+    from portrait.motion.job import motion_for_job
+    from portrait.preprocess.audio import SAMPLES_PER_UNIT
+
+    job, pre, info = prepared.job, cfg.preprocess, prepared.image_info
+    if not Path(job.motion).is_file():
+        raise InputError(f"motion source {job.motion} does not exist (a driving video or a track .json)")
+    image = prepared.photo
+    if "crop_box" in info:  # the crop of _prepare_image: the face box of the tensors is in its pixels
+        image = crop_image(image, tuple(info["crop_box"]))
+    units = min(len(prepared.samples) // SAMPLES_PER_UNIT, pre.max_audio_units)
+    num_frames = max(units // pre.audio_units_per_frame, 1)
+    tensors, m = prepared.portrait, motion_settings(job, cfg)
+    motion = motion_for_job(
+        job.motion, image, tensors.face_box, tensors.size, num_frames, cfg.sampling.fps,
+        mode=m.retarget, gains=(m.pose_gain, m.expression_gain), mouth=m.mouth, extend=m.extend,
+        detector=detector,
+    )  # fmt: skip
+    return replace(prepared, motion_maps=motion.maps, motion_info=motion.summary, motion_energy=motion.energy)
+
+
+def motion_settings(job: Job, cfg: RenderConfig) -> MotionConfig:
+    """The job's motion options: the ``motion`` config section with the job's own fields (when set) on top."""
+    m = cfg.motion
+    pose, expression = job.motion_gain if job.motion_gain is not None else (m.pose_gain, m.expression_gain)
+    return MotionConfig(
+        retarget=job.retarget or m.retarget,
+        pose_gain=float(pose),
+        expression_gain=float(expression),
+        mouth=job.mouth or m.mouth,
+        extend=job.motion_extend or m.extend,
     )
+
+
+#: ``--retarget fixed`` without a landmark guider: this motion bucket for the whole clip (experimental).
+FIXED_MOTION_BUCKET = 2
+
+
+def motion_arguments(
+    prepared: PreparedJob, engine: Engine, cfg: RenderConfig
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Extra pipeline arguments for the job's motion and its sidecar record (both empty without motion).
+
+    With a ``landmark_guider`` in the weights the maps steer the head frame by frame. With the release
+    weights alone one warning says so and the motion bucket is steered instead (experimental): ``fixed``
+    lowers it for the whole clip (a calmer head); the other modes give the pipeline a per-frame table
+    ``motion_bucket_ids`` (N,) from the retargeted head-motion energy (``portrait.motion.bucket``) that it
+    averages per window. A prepared job without an energy table (none was computed) changes nothing.
+    """
+    if prepared.motion_maps is None:
+        return {}, {}
+    info = dict(prepared.motion_info)
+    if getattr(engine.pipe, "landmark_guider", None) is not None:
+        info["applied"] = "landmark_guider"
+        return {"motion_maps": torch.from_numpy(prepared.motion_maps)}, info
+    mode = motion_settings(prepared.job, cfg).retarget
+    energy = getattr(prepared, "motion_energy", None)
+    if mode == "fixed":
+        instead = "fixed: a lower motion bucket instead, experimental"
+    elif energy is None:
+        instead = "ignored"
+    else:
+        instead = "its motion energy sets the motion bucket per window instead, experimental"
+    message = "the weights have no landmark_guider: --motion cannot steer the head (%s); see docs/motion.md"
+    logger.warning(message, instead)
+    if mode != "fixed":
+        if energy is None:
+            info["applied"] = "none"
+            return {}, info
+        return _energy_buckets(energy, cfg, info)
+    bucket = min(cfg.sampling.motion_bucket_id, FIXED_MOTION_BUCKET)
+    info.update(applied="motion_bucket", motion_bucket_id=bucket)
+    return {"motion_bucket_id": bucket}, info
+
+
+def _energy_buckets(
+    energy: np.ndarray, cfg: RenderConfig, info: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``{"motion_bucket_ids": (N,) float64 tensor}`` from per-frame energy, and the sidecar's record."""
+    from portrait.motion import bucket as mb
+
+    center = cfg.sampling.motion_bucket_id
+    table = mb.motion_bucket_table(energy, center=center)
+    info.update(
+        applied="motion_bucket",
+        motion_bucket={
+            "source": "head_motion_energy",
+            "scale": {"energy": [0.0, mb.ENERGY_MID, mb.ENERGY_HIGH], "bucket": [
+                min(mb.BUCKET_LOW, center), float(center), max(mb.BUCKET_HIGH, center)]},
+            "window": "mean of the window's frames, rounded",
+            "per_second": mb.per_second_buckets(table, cfg.sampling.fps),
+        },
+    )  # fmt: skip
+    return {"motion_bucket_ids": torch.from_numpy(table)}, info
+
+
+def _reference_emotion(
+    job: Job,
+    names: list[str],
+    duration: float,
+    cfg: RenderConfig,
+    detector: FaceDetector | None,
+    classifier: ExpressionClassifier | None,
+) -> tuple[EmotionSchedule, dict[str, Any], dict[str, Any] | None]:
+    """Schedule, sidecar record and learned-embedder inputs of ``--emotion-from``.
+
+    The classifier mapping (emotion_reference) always runs on a picture; with the learned embedder its
+    per-frame probabilities are also its visual input and generate replaces the schedule. An audio-only
+    reference is accepted only by the learned embedder (its audio branch).
+    """
+    from portrait.preprocess.emotion_reference import _audio_only, check_strength
+
+    embedder = embedder_choice(job, cfg)
+    if embedder == "learned" and _audio_only(Path(job.emotion_from)):
+        check_strength(job.emotion_strength)
+        pre = cfg.preprocess
+        reference = load_audio(job.emotion_from, pre.sample_rate, pre.max_audio_units * UNIT_SECONDS)
+        record = {"file": str(job.emotion_from), "mode": job.emotion_from_mode, "embedder": "learned"}
+        record |= {"strength": job.emotion_strength, "input": "audio"}
+        placeholder = parse_emotion(NEUTRAL_NAME, names, cfg.sampling.emotion_transition)
+        return placeholder, {"emotion_from": record}, {"audio_samples": reference}
+    if classifier is None:
+        from portrait.weights.expression import load_expression_classifier
+
+        classifier = load_expression_classifier()
+    if detector is None:
+        from portrait.preprocess.detectors import DlibDetector
+
+        detector = DlibDetector()
+    schedule, info = reference_emotion(
+        job.emotion_from,
+        classifier,
+        detector,
+        names,
+        duration,
+        mode=job.emotion_from_mode,
+        strength=job.emotion_strength,
+        transition=cfg.sampling.emotion_transition,
+        keep_frames=True,
+    )
+    frames = info.pop("frames")
+    info["embedder"] = embedder
+    if embedder == "classifier":
+        return schedule, {"emotion_from": info}, None
+    info["input"] = "video+audio"
+    return schedule, {"emotion_from": info}, {"visual": np.asarray(frames["probs"], dtype=np.float32)}
+
+
+#: ``--emotion-embedder`` choices.
+EMBEDDER_CHOICES = ("auto", "learned", "classifier")
+NEUTRAL_NAME = "neutral"
+
+
+def embedder_choice(job: Job, cfg: RenderConfig) -> str:
+    """``"learned"`` or ``"classifier"`` for ``job.emotion_from`` (``auto``: learned when the weights tree
+    has ``emotion_embedder/`` and the mode is ``mean``: the embedder gives one prior per clip)."""
+    from portrait.weights.load import resolve_weights_root
+
+    choice = job.emotion_embedder
+    if choice not in EMBEDDER_CHOICES:
+        raise InputError(f"--emotion-embedder must be one of {', '.join(EMBEDDER_CHOICES)}, got {choice!r}")
+    root = resolve_weights_root(cfg.runtime.weights)
+    present = (root / "emotion_embedder" / "config.json").is_file()
+    if choice == "learned" and not present:
+        raise InputError(
+            f"--emotion-embedder learned: the weights tree {root} has no emotion_embedder/ component (the "
+            "release ships none; it needs training, docs/emotion.md); use --emotion-embedder classifier"
+        )
+    if choice == "learned" and job.emotion_from_mode != "mean":
+        raise InputError(
+            "the learned emotion embedder gives one prior per clip: use --emotion-from-mode mean with it, "
+            "or --emotion-embedder classifier for a timeline"
+        )
+    if choice == "auto":
+        return "learned" if present and job.emotion_from_mode == "mean" else "classifier"
+    return choice
 
 
 def _prepare_image(
     job: Job, image: Image.Image, cfg: RenderConfig, detector: FaceDetector | None
 ) -> tuple[dict[str, Any], PortraitTensors, bool]:
-    """Face (given or detected), the reference's crop box, optional crop, the image tensors (spec 1.2–1.4).
+    """Face (given or detected), the reference's crop box, optional crop, the image tensors (compat §1.2–1.4).
 
     In full-frame mode (``video.full_frame``; "auto": when the face crop is smaller than the photo) the face
     crop is animated and pasted back into the whole photo afterwards.

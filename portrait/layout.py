@@ -43,8 +43,16 @@ COMPONENTS: tuple[Component, ...] = (
     Component("pose_guider", "portrait", "PoseGuider"),
 )
 
-#: Optional components: generation works without them (interpolation off → 12.5 fps output).
-OPTIONAL_COMPONENTS: tuple[Component, ...] = (Component("interpolation", "portrait", "IFNet"),)
+#: Optional components: generation works without them (interpolation off → 12.5 fps output; no landmark
+#: guider → ``--motion`` cannot steer the head, docs/motion.md).
+OPTIONAL_COMPONENTS: tuple[Component, ...] = (
+    Component("interpolation", "portrait", "IFNet"),
+    Component("landmark_guider", "portrait", "LandmarkGuider"),
+    # The learned audio-visual emotion embedder (portrait.models.emotion_embedder).
+    Component("emotion_embedder", "portrait", "EmotionEmbedder", weights_file="model.safetensors"),
+    # The release's latent 22-way emotion classifier from emo_model.pth (kept, unused at inference).
+    Component("emotion_classifier", "portrait", "EmotionClassifier"),
+)
 
 #: Whisper feature-extractor settings, stored next to the audio encoder.
 AUDIO_PREPROCESSOR_FILE = "audio_encoder/preprocessor_config.json"
@@ -73,3 +81,10 @@ def component(name: str) -> Component:
             return comp
     known = ", ".join(c.name for c in COMPONENTS + OPTIONAL_COMPONENTS)
     raise KeyError(f"unknown component {name!r}; known: {known}")
+
+
+#: sha256 digests of ``face_detector/yoloface_v5m.pt`` (TorchScript: loading it runs code from the file) that
+#: may be loaded without the user naming a digest. Empty: the digest of the release file (EEEELY/DICE-Talk)
+#: has not been verified yet, so nothing is pinned; the user allows a file with ``preprocess.yolo_sha256``
+#: (``--yolo-sha256``). Put the release digest here once it is checked.
+YOLO_SHA256_PINNED: tuple[str, ...] = ()

@@ -1,12 +1,13 @@
-"""`PortraitPipeline`: tensors in, talking-portrait frames out (spec section 6).
+"""`PortraitPipeline`: tensors in, talking-portrait frames out (compat §6).
 
 The pipeline does no file I/O: preprocessing (image, face mask, audio features, emotion priors) happens
 before it and video writing after it. Its ``__call__`` is written as the reference's numbered steps; every
-quirk the spec lists as parity-relevant is kept (see README "Compatibility").
+quirk that matters for parity is kept (docs/compatibility.md).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,6 +30,11 @@ logger = logging.getLogger(__name__)
 
 #: ``callback(step_index, num_steps, latents)`` called after every denoising step.
 StepCallback = Callable[[int, int, torch.Tensor], None]
+#: ``executor(windows (W, F), window_batch, denoise, latents)`` → the W stepped windows (1, F, C, h, w) in
+#: window order, where ``denoise(group (k, F))`` steps k windows (see ``portrait.distributed.group``).
+WindowExecutor = Callable[
+    [torch.Tensor, int, Callable[[torch.Tensor], list[torch.Tensor]], torch.Tensor], list[torch.Tensor]
+]
 
 
 @dataclass
@@ -57,6 +63,12 @@ class _Conditioning:
     pose: torch.Tensor  # (1, 1, C0, h, w) pose-guider features, identical for every frame
     face_mask: torch.Tensor  # (1, 1, H, W) IP-adapter mask (channel 0 of the face mask)
     added_time_ids: torch.Tensor  # (3, 3)
+    #: (L, C0, h, w) landmark-guider features per frame of the cyclic axis (the padding frames hold the
+    #: last map's), added to ``pose`` per window; ``None`` without motion maps (today's path, unchanged).
+    motion: torch.Tensor | None = None
+    #: (L,) float64 CPU motion bucket per frame of the cyclic axis (the padding frames hold the last
+    #: value); each window's added time ids use its frames' mean, rounded. ``None``: ``added_time_ids``.
+    motion_buckets: torch.Tensor | None = None
 
 
 class PortraitPipeline(DiffusionPipeline):
@@ -71,7 +83,7 @@ class PortraitPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "image_encoder->vae->pose_guider->unet->vae"
-    _optional_components = ["audio_encoder"]
+    _optional_components = ["audio_encoder", "landmark_guider"]
 
     def __init__(
         self,
@@ -83,6 +95,7 @@ class PortraitPipeline(DiffusionPipeline):
         audio_projector,
         emotion_model,
         audio_encoder=None,
+        landmark_guider=None,
     ):
         super().__init__()
         self.register_modules(
@@ -94,6 +107,7 @@ class PortraitPipeline(DiffusionPipeline):
             audio_projector=audio_projector,
             emotion_model=emotion_model,
             audio_encoder=audio_encoder,
+            landmark_guider=landmark_guider,
         )
 
     # ------------------------------------------------------------------ inputs
@@ -153,6 +167,24 @@ class PortraitPipeline(DiffusionPipeline):
             shape = self.latent_shape(num_frames + frames_per_window, height, width)
             if tuple(latents.shape) != shape:
                 raise InputError(f"latents must be {shape}, got {tuple(latents.shape)}")
+
+    @staticmethod
+    def check_motion_maps(motion_maps: torch.Tensor, num_frames: int, size: tuple[int, int]) -> None:
+        """Raise :class:`InputError` unless ``motion_maps`` is (num_frames, 3, H, W) finite in [0, 1]."""
+        expected = (num_frames, 3, *size)
+        if tuple(motion_maps.shape) != expected:
+            raise InputError(f"motion_maps must be {expected}, got {tuple(motion_maps.shape)}")
+        if not bool(torch.isfinite(motion_maps).all()) or motion_maps.min() < 0 or motion_maps.max() > 1:
+            raise InputError("motion_maps must hold finite values in [0, 1]")
+
+    @staticmethod
+    def check_motion_buckets(motion_bucket_ids: torch.Tensor, num_frames: int) -> None:
+        """Raise :class:`InputError` unless ``motion_bucket_ids`` is (num_frames,) finite and >= 0."""
+        if tuple(motion_bucket_ids.shape) != (num_frames,):
+            shape = tuple(motion_bucket_ids.shape)
+            raise InputError(f"motion_bucket_ids must be ({num_frames},), got {shape}")
+        if not bool(torch.isfinite(motion_bucket_ids).all()) or bool((motion_bucket_ids < 0).any()):
+            raise InputError("motion_bucket_ids must hold finite values >= 0")
 
     def _audio_window_shape(self) -> tuple[int, int, int]:
         cfg = self.audio_projector.config
@@ -229,6 +261,8 @@ class PortraitPipeline(DiffusionPipeline):
         frames_per_window: int,
         added_time_ids: tuple[float, float, float],
         retrieval: bool | None,
+        motion_maps: torch.Tensor | None = None,
+        motion_bucket_ids: torch.Tensor | None = None,
     ) -> _Conditioning:
         """Steps 2–4 of the reference: per-job conditioning tables with the padding frames appended."""
         device, dtype = self._execution_device, self.unet.dtype
@@ -254,7 +288,7 @@ class PortraitPipeline(DiffusionPipeline):
         mask = face_mask.to(device, dtype)
         channels = self.pose_guider.config.conditioning_channels
         pose_input = mask[:, :1].expand(1, channels, *mask.shape[-2:]) if mask.shape[1] != channels else mask
-        pose = self.pose_guider(pose_input)[:, None]  # once: every frame's mask is the same (spec 5)
+        pose = self.pose_guider(pose_input)[:, None]  # once: every frame's mask is the same (compat §5)
         time_ids = torch.tensor([added_time_ids], dtype=dtype, device=device).repeat(3, 1)
         return _Conditioning(
             image_context=image_context,
@@ -266,7 +300,39 @@ class PortraitPipeline(DiffusionPipeline):
             pose=pose,
             face_mask=mask[:, :1],
             added_time_ids=time_ids,
+            motion=None if motion_maps is None else self.encode_motion(motion_maps, window),
+            motion_buckets=None if motion_bucket_ids is None else _padded_buckets(motion_bucket_ids, window),
         )
+
+    @torch.inference_mode()
+    def encode_motion(
+        self, motion_maps: torch.Tensor, frames_per_window: int, chunk: int = 32
+    ) -> torch.Tensor | None:
+        """Landmark-guider features of every frame of the cyclic axis, once per job.
+
+        Args:
+            motion_maps: (N, 3, H, W) motion maps in [0, 1], one per real frame.
+            frames_per_window: F; the F padding frames hold the last map (the head stays where it ended,
+                as the padding frames continue the last real frame in the cyclic order).
+            chunk: frames per guider call.
+
+        Returns:
+            (N + F, C0, H / 8, W / 8) features in the pipeline dtype, or ``None`` (with a warning) when
+            the pipeline has no landmark guider. Memory: N + F frames of C0·h·w values on the device.
+        """
+        guider = getattr(self, "landmark_guider", None)
+        if guider is None:
+            logger.warning(
+                "motion maps given but the weights have no landmark_guider: head motion is not "
+                "followed (see docs/motion.md)"
+            )
+            return None
+        device, dtype = self._execution_device, self.unet.dtype
+        param = next(guider.parameters())
+        hold = motion_maps[-1:].expand(frames_per_window, *motion_maps.shape[1:])
+        maps = torch.cat([motion_maps, hold])
+        features = [guider(part.to(param.device, param.dtype)) for part in maps.split(chunk)]
+        return torch.cat(features).to(device, dtype)
 
     # ------------------------------------------------------------------ sampling
     def _denoise_windows(
@@ -281,13 +347,17 @@ class PortraitPipeline(DiffusionPipeline):
         scale_emo: torch.Tensor,
         fast_attention: bool,
     ) -> list[torch.Tensor]:
-        """One UNet call on k windows (spec 6.10 c–g); returns k stepped latents (1, F, 4, h, w).
+        """One UNet call on k windows (compat §6.10 c–g); returns k stepped latents (1, F, 4, h, w).
 
         The batch is window-major: [uncond, drop, cond] of window 1, then of window 2, ... With k = 1 this
         is exactly the reference's call; k > 1 batches the independent windows of a step (same maths).
         """
         k, window = group.shape
         xs = [sampling.gather_frames(latents, idx) for idx in group]
+        pose = cond.pose  # (1, 1, C0, h, w): the same on every frame and branch
+        if cond.motion is not None:  # + per-frame guider features of each window, for all 3 branches
+            motion = torch.stack([sampling.gather_frames(cond.motion[None], idx)[0] for idx in group])
+            pose = (pose + motion).repeat_interleave(3, dim=0)  # (3k, F, C0, h, w)
         model_input = torch.cat([sampling.scale_model_input(torch.cat([x, x, x]), sigma) for x in xs])
         model_input = torch.cat([model_input, cond.cond_latents.repeat(k, 1, 1, 1, 1)], dim=2)
 
@@ -301,13 +371,13 @@ class PortraitPipeline(DiffusionPipeline):
             model_input,
             t,
             encoder_hidden_states=cond.image_context.repeat(k, 1, 1),
-            added_time_ids=cond.added_time_ids.repeat(k, 1),
+            added_time_ids=_window_time_ids(cond, group),
             adapter_tokens=(
                 branches(cond.audio, cond.audio_uncond),
                 branches(cond.emotion, cond.emotion_uncond),
             ),
             face_mask=cond.face_mask,
-            pose_features=cond.pose,
+            pose_features=pose,
             compact_temporal_context=fast_attention,
         ).sample
         stepped = []
@@ -321,7 +391,7 @@ class PortraitPipeline(DiffusionPipeline):
     def decode_frames(
         self, latents: torch.Tensor, num_frames: int, chunk_size: int = 10
     ) -> Iterator[torch.Tensor]:
-        """Decode ``latents`` (1, L, 4, h, w) chunk by chunk over all L frames (spec 6.12).
+        """Decode ``latents`` (1, L, 4, h, w) chunk by chunk over all L frames (compat §6.12).
 
         Yields (n, 3, H, W) float32 CPU frames in [0, 1], only the first ``num_frames`` in total: the padding
         frames are decoded (they change the temporal decoder's result for the last real frames) and dropped.
@@ -371,6 +441,9 @@ class PortraitPipeline(DiffusionPipeline):
         callback: StepCallback | None = None,
         window_batch: int = 1,
         fast_attention: bool = False,
+        window_executor: WindowExecutor | None = None,
+        motion_maps: torch.Tensor | None = None,
+        motion_bucket_ids: torch.Tensor | None = None,
     ) -> PortraitPipelineOutput:
         """Generate N frames of the portrait speaking the audio.
 
@@ -393,6 +466,14 @@ class PortraitPipeline(DiffusionPipeline):
             window_batch: windows per UNet call (1 = the reference's call shapes; more = fewer, larger
                 calls, same maths, not bit-identical).
             fast_attention: compact temporal cross-attention context (see ``PortraitUNet.forward``).
+            window_executor: spreads each step's windows over several processes
+                (``portrait.distributed.group.WindowExecutor``); None: this process steps them all.
+            motion_maps: (N, 3, H, W) per-frame motion maps in [0, 1] (``portrait.motion``) for the
+                landmark guider, whose features are added to the pose features frame by frame; ``None``
+                (or a pipeline without ``landmark_guider``: a warning) leaves the call unchanged.
+            motion_bucket_ids: (N,) per-frame SVD motion bucket (experimental, ``portrait.motion.bucket``):
+                each window's added time ids take the mean over its frames, rounded to an integer (the
+                padding frames hold the last value); replaces ``motion_bucket_id``. ``None``: unchanged.
         """
         # 1. Check inputs.
         self.check_inputs(
@@ -411,6 +492,10 @@ class PortraitPipeline(DiffusionPipeline):
             raise InputError(f"window_batch must be >= 1, got {window_batch}")
         if output_type not in ("pt", "latent"):
             raise InputError(f"output_type must be 'pt' or 'latent', got {output_type!r}")
+        if motion_maps is not None:
+            self.check_motion_maps(motion_maps, audio_windows.shape[0], ref_image.shape[-2:])
+        if motion_bucket_ids is not None:
+            self.check_motion_buckets(motion_bucket_ids, audio_windows.shape[0])
         device, dtype = self._execution_device, self.unet.dtype
         num_frames = audio_windows.shape[0]
         length = sampling.padded_length(num_frames, frames_per_window)
@@ -433,6 +518,8 @@ class PortraitPipeline(DiffusionPipeline):
             frames_per_window,
             (fps, motion_bucket_id, motion_bucket_id_exp),
             retrieval,
+            motion_maps=motion_maps,
+            motion_bucket_ids=motion_bucket_ids,
         )
 
         # 4. Timesteps and σ table (img2img strength; the σ table stays on the CPU in float32).
@@ -461,7 +548,22 @@ class PortraitPipeline(DiffusionPipeline):
                 windows = sampling.window_indices(length, frames_per_window, overlap, shift)
                 acc = torch.zeros_like(latents)
                 count = torch.zeros((1, length) + (1,) * (latents.ndim - 2), dtype=dtype, device=device)
-                for group in windows.split(window_batch):
+                if window_executor is not None:  # several ranks: each steps its share, all get every window
+                    denoise = functools.partial(
+                        self._denoise_windows,
+                        latents,
+                        cond=cond,
+                        t=t,
+                        sigma=sigmas[i],
+                        sigma_next=sigmas[i + 1],
+                        scale_ref=scale_ref[i],
+                        scale_emo=scale_emo[i],
+                        fast_attention=fast_attention,
+                    )
+                    stepped = window_executor(windows, window_batch, denoise, latents)
+                    for idx, x in zip(windows, stepped, strict=True):  # the single process's order
+                        sampling.scatter_add_frames(acc, count, idx, x)
+                for group in windows.split(window_batch) if window_executor is None else ():
                     stepped = self._denoise_windows(
                         latents,
                         group,
@@ -486,3 +588,22 @@ class PortraitPipeline(DiffusionPipeline):
         # 8. Decode all L frames in chunks, keep the first N.
         frames = torch.cat(list(self.decode_frames(latents, num_frames, decode_chunk_size)))
         return PortraitPipelineOutput(frames=frames, latents=None)
+
+
+def _padded_buckets(motion_bucket_ids: torch.Tensor, frames_per_window: int) -> torch.Tensor:
+    """(N,) per-frame buckets → (N + F,) float64 on the CPU, the F padding frames holding the last value."""
+    table = motion_bucket_ids.detach().to("cpu", torch.float64)
+    return torch.cat([table, table[-1:].expand(frames_per_window)])
+
+
+def _window_time_ids(cond: _Conditioning, group: torch.Tensor) -> torch.Tensor:
+    """(3k, 3) added time ids of k windows ``group`` (k, F): the job's ids, or per window the rounded mean
+    bucket of its frames in slot 1 (``cond.motion_buckets``)."""
+    if cond.motion_buckets is None:
+        return cond.added_time_ids.repeat(group.shape[0], 1)
+    rows = []
+    for idx in group:
+        row = cond.added_time_ids.clone()  # (3, 3): the same ids on the 3 guidance branches
+        row[:, 1] = float(torch.round(cond.motion_buckets[idx.cpu()].mean()))
+        rows.append(row)
+    return torch.cat(rows)

@@ -1,7 +1,7 @@
 """Tiny seeded random weight trees for tests: every component at the project's tiny sizes.
 
 :func:`write_tiny_weights` writes either our own layout (``layout="portrait"``, see :mod:`portrait.layout`)
-or the DICE-Talk research release layout (``layout="dice-talk"``, spec section 8) that
+or the DICE-Talk research release layout (``layout="dice-talk"``, compat §8) that
 :func:`portrait.weights.convert.convert_dice_talk` converts. Both layouts hold the *same* random values:
 
 * the adapters (AudioProjector, EmotionModel, PoseGuider) and the trained UNet (``unet.pth``) are float32;
@@ -131,7 +131,7 @@ def tiny_pose_guider_config() -> dict[str, Any]:
 
 
 def svd_xt_scheduler_config() -> dict[str, Any]:
-    """The SVD-XT ``scheduler/scheduler_config.json`` (spec 6.6), as the release ships it."""
+    """The SVD-XT ``scheduler/scheduler_config.json`` (compat §6.6), as the release ships it."""
     return {
         "_class_name": "EulerDiscreteScheduler",
         "_diffusers_version": "0.24.0.dev0",
@@ -258,7 +258,19 @@ def _feature_extractor():
     return WhisperFeatureExtractor(feature_size=80)
 
 
-def _write_portrait(root: Path, models: dict[str, Any], priors: dict[str, np.ndarray]) -> None:
+def _write_emotion_classifier(root: Path, seed: int) -> None:
+    """The optional ``emotion_classifier/`` holding the tiny release tensors (what the converter keeps)."""
+    from portrait.models.emotion_classifier import EmotionClassifier
+
+    tensors = {k.removeprefix("classifier."): v for k, v in _classifier_tensors(seed).items()}
+    config = {"in_channels": 40, "hidden_dims": [8, 6], "num_classes": 22}  # TINY_CLASSIFIER_SHAPES
+    with torch.random.fork_rng(devices=[]):
+        model = EmotionClassifier(**config)
+    model.load_state_dict(tensors, strict=True)
+    model.save_pretrained(root / "emotion_classifier", safe_serialization=True)
+
+
+def _write_portrait(root: Path, models: dict[str, Any], priors: dict[str, np.ndarray], seed: int = 0) -> None:
     from diffusers import EulerDiscreteScheduler
     from safetensors.torch import save_file
 
@@ -268,6 +280,7 @@ def _write_portrait(root: Path, models: dict[str, Any], priors: dict[str, np.nda
         models[name].save_pretrained(root / name, safe_serialization=True)
     for name in ("image_encoder", "audio_encoder"):
         models[name].save_pretrained(root / name)
+    _write_emotion_classifier(root, seed)
     _feature_extractor().save_pretrained(root / "audio_encoder")
     EulerDiscreteScheduler.from_config(svd_xt_scheduler_config()).save_pretrained(root / "scheduler")
     (root / EMOTIONS_DIR).mkdir()
@@ -293,7 +306,7 @@ def _write_dice_talk(root: Path, models: dict[str, Any], priors: dict[str, np.nd
         {**models["emotion_model"].state_dict(), **_classifier_tensors(seed)}, release / "emo_model.pth"
     )
 
-    (root / "RIFE").mkdir()  # the release pickles RIFE with a DataParallel "module." prefix (spec 7.1)
+    (root / "RIFE").mkdir()  # the release pickles RIFE with a DataParallel "module." prefix (compat §7.1)
     torch.save(
         {f"module.{k}": v for k, v in models["interpolation"].state_dict().items()},
         root / "RIFE" / "flownet.pkl",
@@ -322,6 +335,46 @@ def _write_dice_talk(root: Path, models: dict[str, Any], priors: dict[str, np.nd
         np.save(emo_dir / f"{name}.npy", np.array({"mu": mu}, dtype=object))
 
 
+def write_tiny_landmark_guider(root: Path, seed: int = 0) -> Path:
+    """Add a tiny **non-zero** ``landmark_guider/`` to a portrait tree (and refresh its manifest).
+
+    Every parameter is redrawn (``conv_out`` included), so the guider changes the output: the test
+    stand-in for a fine-tuned guider. Returns the component folder.
+    """
+    from portrait.models.landmark_guider import LandmarkGuider
+    from portrait.weights.convert import write_manifest
+
+    with torch.random.fork_rng(devices=[]):
+        guider = randomize_(LandmarkGuider(**tiny_pose_guider_config()), seed, "landmark_guider")
+    folder = Path(root) / "landmark_guider"
+    guider.save_pretrained(folder, safe_serialization=True)
+    write_manifest(Path(root))
+    return folder
+
+
+def tiny_emotion_embedder_config() -> dict[str, Any]:
+    """``EmotionEmbedder`` arguments matching the tiny Whisper (3 states of 16) and fer's 7 classes."""
+    return {"audio_blocks": 3, "audio_channels": 16, "visual_dim": 7, "dim": 16, "heads": 2, "bank_size": 8}
+
+
+def write_tiny_emotion_embedder(root: Path, seed: int = 0) -> Path:
+    """Add a tiny random ``emotion_embedder/`` (config.json + model.safetensors) to a portrait tree and
+    refresh its manifest; the test stand-in for a trained embedder. Returns the component folder."""
+    from safetensors.torch import save_file
+
+    from portrait.models.emotion_embedder import EmotionEmbedder
+    from portrait.weights.convert import write_manifest
+
+    with torch.random.fork_rng(devices=[]):
+        model = randomize_(EmotionEmbedder(**tiny_emotion_embedder_config()), seed, "emotion_embedder")
+    folder = Path(root) / "emotion_embedder"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(dict(model.config), indent=2) + "\n")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    write_manifest(Path(root))
+    return folder
+
+
 def write_tiny_weights(root: Path, layout: str = "portrait", seed: int = 0) -> Path:
     """Write a complete tiny random weights tree.
 
@@ -329,7 +382,7 @@ def write_tiny_weights(root: Path, layout: str = "portrait", seed: int = 0) -> P
         root: folder to write into; created if missing, must be empty.
         layout: ``"portrait"`` (our tree: one folder per component, ``emotions/``, ``manifest.json``) or
             ``"dice-talk"`` (``DICE-Talk/*.pth``, ``stable-video-diffusion-img2vid-xt/``, ``whisper-tiny/``,
-            ``examples/emo/*.npy``: the release layout, spec section 8).
+            ``examples/emo/*.npy``: the release layout, compat §8).
         seed: weights and priors are a pure function of it.
 
     Returns:
@@ -347,7 +400,7 @@ def write_tiny_weights(root: Path, layout: str = "portrait", seed: int = 0) -> P
     models = _build_models(seed)
     priors = emotion_priors(seed)
     if layout == "portrait":
-        _write_portrait(root, models, priors)
+        _write_portrait(root, models, priors, seed)
     else:
         _write_dice_talk(root, models, priors, seed)
     logger.info("wrote tiny %s weights (seed %d) to %s", layout, seed, root)

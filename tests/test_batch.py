@@ -419,7 +419,7 @@ def test_worker_cleans_up_after_an_interrupt_and_frees_memory_after_oom(tiny_wei
     class Broken(Worker):
         error: BaseException = KeyboardInterrupt()
 
-        def _render(self, job):
+        def _render(self, job, retry=False):
             output.with_name("clip.partial.mp4").write_bytes(b"half")
             output.write_bytes(b"renamed, but no sidecar yet")
             raise self.error

@@ -53,6 +53,7 @@ SPEC_DEFAULTS = {
         "audio_units_per_frame": 2,
         "sample_rate": 16000,
         "face_selection": "reference",
+        "yolo_sha256": None,
     },
     "video": {
         "interpolate": True,
@@ -73,6 +74,13 @@ SPEC_DEFAULTS = {
         "window_batch": 1,
         "offload": "none",
         "offline": False,
+    },
+    "motion": {  # issue 13: used only when a job gives a driving source
+        "retarget": "relative",
+        "pose_gain": 1.0,
+        "expression_gain": 1.0,
+        "mouth": "audio",
+        "extend": "pingpong",
     },
 }
 
@@ -273,3 +281,29 @@ def test_with_values_returns_a_new_validated_config() -> None:
         with_values(base, {"sampling.nope": 1})
     with pytest.raises(ConfigError, match="sampling.steps"):
         with_values(base, {"sampling.steps": "many"})
+
+
+def test_motion_section_is_validated() -> None:
+    cfg = load_config(overrides=["motion.retarget=fixed", "motion.pose_gain=0", "motion.extend=hold"])
+    assert (cfg.motion.retarget, cfg.motion.pose_gain, cfg.motion.extend) == ("fixed", 0.0, "hold")
+    assert load_config(values={"motion.expression_gain": 4}).motion.expression_gain == 4.0
+    for override, key in (
+        ("motion.retarget=mirror", "motion.retarget"),
+        ("motion.mouth=both", "motion.mouth"),
+        ("motion.extend=loop", "motion.extend"),
+        ("motion.pose_gain=4.5", "motion.pose_gain"),
+        ("motion.expression_gain=-1", "motion.expression_gain"),
+        ("motion.pose_gain=.nan", "motion.pose_gain"),
+    ):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            load_config(overrides=[override])
+
+
+def test_yolo_sha256_must_be_hex_digests() -> None:
+    digest = "ab" * 32
+    assert load_config(overrides=[f"preprocess.yolo_sha256={digest}"]).preprocess.yolo_sha256 == digest
+    two = f"{digest},{'CD' * 32}"
+    assert load_config(values={"preprocess.yolo_sha256": two}).preprocess.yolo_sha256 == two
+    for bad in ("abc", "zz" * 32, ""):
+        with pytest.raises(ConfigError, match="preprocess.yolo_sha256"):
+            load_config(values={"preprocess.yolo_sha256": bad})

@@ -477,3 +477,29 @@ def test_shape_inference_recovers_the_release_sizes_on_meta_tensors() -> None:
     inferred = rel.pose_guider_config(guider.state_dict(), file)
     assert inferred == {**args(guider), "block_out_channels": [16, 32, 96, 256]}
     assert len(unet.state_dict()) == 1556  # spec 4.7: 1428 base + 128 adapter tensors
+
+
+def test_the_release_classifier_is_kept_as_an_optional_component(converted) -> None:
+    from portrait.layout import OPTIONAL_COMPONENTS
+    from portrait.models.emotion_classifier import EmotionClassifier
+    from portrait.testing import _classifier_tensors
+    from portrait.weights.load import load_component
+
+    dst, report = converted
+    assert "emotion_classifier" in {c.name for c in OPTIONAL_COMPONENTS}
+    assert report.components["emotion_classifier"].tensors == len(TINY_CLASSIFIER_SHAPES)
+    model = load_component("emotion_classifier", dst)  # strict: every key and shape checked
+    assert isinstance(model, EmotionClassifier)
+    config = model.config
+    assert (config.in_channels, tuple(config.hidden_dims), config.num_classes) == (40, (8, 6), 22)
+    source = {k.removeprefix("classifier."): v for k, v in _classifier_tensors(0).items()}
+    _assert_state_equal(model.state_dict(), source)
+    features = torch.randn(3, 40, 4, 4)
+    pooled = features.mean((2, 3))
+    first = torch.relu(pooled @ source["fc1.weight"].T + source["fc1.bias"])
+    hidden = torch.relu(first @ source["fc2.weight"].T + source["fc2.bias"])
+    expected = hidden @ source["fc3.weight"].T + source["fc3.bias"]
+    assert torch.allclose(model.float()(features), expected, atol=1e-4)
+    assert torch.equal(model.float()(features), model.float()(pooled))
+    with pytest.raises(ValueError, match=r"features must be \(B, 40"):
+        model(torch.randn(2, 39))

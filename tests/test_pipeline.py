@@ -57,18 +57,18 @@ def test_optimised_paths_match_the_reference_path(tiny_pipe, window_batch, fast)
 
 def test_seeded_runs_are_deterministic_and_seed_sensitive(tiny_pipe):
     ref, clip, mask, windows, prior = _inputs(27)
+
     def run(seed):
-        return (
-            tiny_pipe(  # noqa: E731
-                ref,
-                clip,
-                mask,
-                windows,
-                prior,
-                steps=2,
-                generator=torch.Generator().manual_seed(seed),
-            ).frames
-        )
+        return tiny_pipe(  # noqa: E731
+            ref,
+            clip,
+            mask,
+            windows,
+            prior,
+            steps=2,
+            generator=torch.Generator().manual_seed(seed),
+        ).frames
+
     a, b, c = run(1), run(1), run(2)
     assert torch.equal(a, b)
     assert (a - c).abs().max() > 1e-3
@@ -80,9 +80,7 @@ def test_generator_draw_order_matches_the_reference(tiny_pipe):
     gen = torch.Generator().manual_seed(7)
     torch.randn((1, 3, H, W), generator=gen)
     noise = torch.randn((1, 4 + 25, 4, 8, 8), generator=gen)
-    seeded = tiny_pipe(
-        ref, clip, mask, windows, prior, steps=2, generator=torch.Generator().manual_seed(7)
-    )
+    seeded = tiny_pipe(ref, clip, mask, windows, prior, steps=2, generator=torch.Generator().manual_seed(7))
     injected = tiny_pipe(ref, clip, mask, windows, prior, steps=2, latents=noise)
     assert torch.equal(seeded.frames, injected.frames)
 
@@ -91,9 +89,7 @@ def test_per_frame_priors_equal_broadcast_prior(tiny_pipe):
     ref, clip, mask, windows, prior = _inputs(6)
     noise = torch.randn(1, 31, 4, 8, 8, generator=torch.Generator().manual_seed(3))
     one = tiny_pipe(ref, clip, mask, windows, prior, steps=2, latents=noise).frames
-    per_frame = tiny_pipe(
-        ref, clip, mask, windows, prior.repeat(6, 1), steps=2, latents=noise
-    ).frames
+    per_frame = tiny_pipe(ref, clip, mask, windows, prior.repeat(6, 1), steps=2, latents=noise).frames
     assert torch.equal(one, per_frame)
 
 
@@ -110,24 +106,18 @@ def test_emotion_and_audio_change_the_video(tiny_pipe):
 def test_latent_output_and_streamed_decode(tiny_pipe):
     ref, clip, mask, windows, prior = _inputs(12)
     noise = torch.randn(1, 37, 4, 8, 8, generator=torch.Generator().manual_seed(3))
-    out = tiny_pipe(
-        ref, clip, mask, windows, prior, steps=2, latents=noise, output_type="latent"
-    )
+    out = tiny_pipe(ref, clip, mask, windows, prior, steps=2, latents=noise, output_type="latent")
     assert out.frames is None and out.latents.shape == (1, 37, 4, 8, 8)
     chunks = list(tiny_pipe.decode_frames(out.latents, 12, chunk_size=5))
     assert [c.shape[0] for c in chunks] == [5, 5, 2]
-    frames = tiny_pipe(
-        ref, clip, mask, windows, prior, steps=2, latents=noise, decode_chunk_size=5
-    ).frames
+    frames = tiny_pipe(ref, clip, mask, windows, prior, steps=2, latents=noise, decode_chunk_size=5).frames
     assert torch.equal(torch.cat(chunks), frames)
 
 
 def test_callback_sees_every_step(tiny_pipe):
     ref, clip, mask, windows, prior = _inputs(2)
     seen = []
-    tiny_pipe(
-        ref, clip, mask, windows, prior, steps=3, callback=lambda i, n, lat: seen.append((i, n))
-    )
+    tiny_pipe(ref, clip, mask, windows, prior, steps=3, callback=lambda i, n, lat: seen.append((i, n)))
     assert seen == [(0, 3), (1, 3), (2, 3)]
 
 

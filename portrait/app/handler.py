@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageDraw
 
+from portrait.app.emotion import reference_fields
 from portrait.config import RenderConfig, with_values
-from portrait.constants import EMOTION_FILE_SUFFIXES, UNIT_SECONDS
+from portrait.constants import EMOTION_FILE_SUFFIXES, MOUTH_MODES, RETARGET_MODES, UNIT_SECONDS
 from portrait.errors import (
     HINT_DLIB_DETECTOR,
     HINT_FACE_BOX,
@@ -68,8 +69,16 @@ UI_HINTS = {
     HINT_DLIB_DETECTOR: "start the app with --detector dlib",
 }
 
+#: Most emotion-QA re-renders one request may ask for (each is a full render on a shared server).
+MAX_QA_RETRIES = 3
+#: Per-attempt emotion-QA scores shown in the info panel.
+_QA_PANEL_KEYS = ("emo_scale", "emotion_confidence", "emotion_accuracy", "csim", "passed")
 #: Sidecar keys also shown in the info panel.
 _PANEL_EXTRAS = ("face_box", "crop_box", "size", "full_frame", "interpolated", "device")
+#: What the info panel shows of the sidecar's motion record.
+_MOTION_PANEL_KEYS = ("source_kind", "mode", "gains", "mouth", "extend", "applied", "frames")
+#: Uploads accepted as a driving source: a `portrait-gen motion extract` track or a video ffmpeg reads.
+MOTION_SUFFIXES = (".json", ".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi")
 
 Progress = Callable[[float, str], None]
 
@@ -96,7 +105,13 @@ class AppRequest:
     ``emotion_text``: a full spec (mixes, timelines) that wins over the dropdown and the table;
     ``emotion_file``: an uploaded prior / timeline file that wins over everything; ``seed`` < 0 or
     ``random_seed``: a fresh random seed; ``framing``: one of :data:`FRAMINGS`; ``face_box``: ``"X,Y,W,H"``
-    or empty (detect); ``max_size``: cap on the full-frame output's long side.
+    or empty (detect); ``max_size``: cap on the full-frame output's long side; ``emotion_qa``: render
+    through the closed-loop emotion QA (:mod:`portrait.eval.qa`) with ``qa_threshold`` / ``qa_retries``
+    (None: its defaults; retries at most :data:`MAX_QA_RETRIES`); ``motion``: an uploaded driving video or
+    track ``.json`` whose head motion the portrait follows, with ``retarget`` / ``mouth`` (None: the launch
+    config's ``motion`` section; docs/motion.md); ``emotion_from``: an uploaded picture or video whose facial
+    expression sets the emotion (wins over every other emotion control) with ``emotion_from_mode`` (mean |
+    timeline) and ``emotion_strength`` (0..2; docs/emotion.md).
     """
 
     image: str | Path | None
@@ -117,6 +132,15 @@ class AppRequest:
     face_box: str = ""
     face_index: int | None = None
     max_size: int | None = None
+    emotion_qa: bool = False
+    qa_threshold: float | None = None
+    qa_retries: int | None = None
+    motion: str | Path | None = None
+    retarget: str | None = None
+    mouth: str | None = None
+    emotion_from: str | Path | None = None
+    emotion_from_mode: str | None = None
+    emotion_strength: float | None = None
 
 
 @dataclass
@@ -196,20 +220,59 @@ def resolve_seed(seed: float | None, random_seed: bool = False) -> int:
 def request_values(request: AppRequest) -> dict[str, Any]:
     """Dotted config values of one request (None: keep the launch config's value)."""
 
-    def whole(value: float | None) -> int | None:
-        return None if value is None else int(round(float(value)))
+    def finite(value: float | None, what: str) -> float | None:
+        if value is None:
+            return None
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise InputError(f"{what} must be a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise InputError(f"{what} must be a finite number, got {value!r}")
+        return number
 
+    def whole(value: float | None, what: str) -> int | None:
+        number = finite(value, what)
+        return None if number is None else int(round(number))
+
+    ref_scale, emo_scale = finite(request.ref_scale, "ref scale"), finite(request.emo_scale, "emo scale")
     return {
-        "sampling.steps": whole(request.steps),
-        "sampling.ref_scale_min": request.ref_scale,
-        "sampling.ref_scale_max": request.ref_scale,
-        "sampling.emo_scale_min": request.emo_scale,
-        "sampling.emo_scale_max": request.emo_scale,
-        "preprocess.min_resolution": whole(request.size),
+        "sampling.steps": whole(request.steps, "steps"),
+        "sampling.ref_scale_min": ref_scale,
+        "sampling.ref_scale_max": ref_scale,
+        "sampling.emo_scale_min": emo_scale,
+        "sampling.emo_scale_max": emo_scale,
+        "preprocess.min_resolution": whole(request.size, "size"),
         "video.interpolate": request.interpolate,
-        "video.max_size": whole(request.max_size),
+        "video.max_size": whole(request.max_size, "max size"),
         **framing_values(request.framing),
+        **motion_values(request),
     }
+
+
+def motion_values(request: AppRequest) -> dict[str, Any]:
+    """Config values of the motion choices (None or empty: keep the launch config's ``motion`` section)."""
+    values: dict[str, Any] = {}
+    for key, value, allowed in (
+        ("retarget", request.retarget, RETARGET_MODES),
+        ("mouth", request.mouth, MOUTH_MODES),
+    ):
+        if value is None or not str(value).strip():
+            continue
+        if value not in allowed:
+            raise InputError(f"{key} {value!r} must be one of {', '.join(allowed)}")
+        values[f"motion.{key}"] = value
+    return values
+
+
+def motion_source(request: AppRequest) -> Path | None:
+    """The uploaded driving video / track file (None: no motion); refuses other kinds of file."""
+    if request.motion is None or not str(request.motion).strip():
+        return None
+    path = _existing(request.motion, "driving video")
+    if path.suffix.lower() not in MOTION_SUFFIXES:
+        raise InputError(f"driving video {path.name}: use a video ({', '.join(MOTION_SUFFIXES)}) or a track")
+    return path
 
 
 def framing_values(framing: str | None) -> dict[str, Any]:
@@ -219,6 +282,29 @@ def framing_values(framing: str | None) -> dict[str, Any]:
     if framing not in FRAMINGS:
         raise InputError(f"framing {framing!r} must be one of {', '.join(FRAMINGS)}")
     return FRAMINGS[framing]
+
+
+def qa_values(request: AppRequest) -> dict[str, Any] | None:
+    """``{"threshold": P, "retries": K}`` (only the given ones) when the request asks for emotion QA, else
+    None.
+
+    Raises:
+        InputError: a threshold outside [0, 1] or retries outside [0, :data:`MAX_QA_RETRIES`].
+    """
+    if not request.emotion_qa:
+        return None
+    values: dict[str, Any] = {}
+    if request.qa_threshold is not None:
+        threshold = _number(request.qa_threshold, "QA threshold")
+        if not 0 <= threshold <= 1:
+            raise InputError(f"QA threshold must be between 0 and 1, got {threshold:g}")
+        values["threshold"] = threshold
+    if request.qa_retries is not None:
+        retries = _number(request.qa_retries, "QA retries")
+        if retries != int(retries) or not 0 <= retries <= MAX_QA_RETRIES:
+            raise InputError(f"QA retries must be a whole number from 0 to {MAX_QA_RETRIES}, got {retries:g}")
+        values["retries"] = int(retries)
+    return values
 
 
 def default_framing(cfg: RenderConfig) -> str:
@@ -262,7 +348,21 @@ def summary(info: Mapping[str, Any], seconds: float) -> dict[str, Any]:
     """The info panel: duration, frames, seconds taken, seed used (and what the render resolved)."""
     panel = {"duration_s": info["audio_seconds"], "frames": info["video_frames"], "fps": info["fps"]}
     panel |= {"seconds_taken": round(seconds, 2), "seed": info["seed"], "emotion": info["emotion"]}
-    return panel | {key: info.get(key) for key in _PANEL_EXTRAS}
+    panel |= {key: info.get(key) for key in _PANEL_EXTRAS}
+    if info.get("motion"):  # what the driving source did (the file's name only: it is a server path)
+        record = info["motion"]
+        panel["motion"] = {"source": Path(str(record.get("source", ""))).name}
+        panel["motion"] |= {key: record[key] for key in _MOTION_PANEL_KEYS if key in record}
+    qa = info.get("emotion_qa")
+    if qa:  # each attempt's emotion confidence / CSIM and which one the video is
+        attempts = [{key: attempt.get(key) for key in _QA_PANEL_KEYS} for attempt in qa["attempts"]]
+        panel["emotion_qa"] = {
+            "chosen": qa["chosen"],
+            "passed": qa["passed"],
+            "threshold": qa.get("threshold"),
+            "attempts": attempts,
+        }
+    return panel
 
 
 def ui_message(err: BaseException, paths: Mapping[str, str] = {}) -> str:  # noqa: B006 (read only)
@@ -325,6 +425,9 @@ class Studio:
         self._render_lock = threading.Lock()
         self._running: str | None = None
         self._cancelled: set[str] = set()
+        self._waiting: set[str] = set()  # sessions whose request waits for the render lock
+        self._evaluate: Any = None  # emotion-QA evaluator (its face tools load on the first QA request)
+        self._expression: Any = None  # expression classifier of "Emotion from a reference" (loaded on use)
 
     def engine(self) -> Engine:
         """The loaded engine (loaded on the first call)."""
@@ -336,6 +439,15 @@ class Studio:
                 self._engine = load_engine(self.cfg, detector=self.detector)
                 logger.info("engine loaded in %.1f s", time.perf_counter() - started)
             return self._engine
+
+    def expression_classifier(self) -> Any:
+        """The offline expression classifier of reference clips (loaded on the CPU on the first call)."""
+        with self._load_lock:
+            if self._expression is None:
+                from portrait.weights.expression import load_expression_classifier
+
+                self._expression = load_expression_classifier()
+            return self._expression
 
     def emotion_names(self) -> list[str]:
         """The emotions of the loaded bank (sorted)."""
@@ -365,7 +477,10 @@ class Studio:
         box = parse_face_box(request.face_box) if request.face_box and request.face_box.strip() else None
         index = None if request.face_index is None else int(request.face_index)
         seed = resolve_seed(request.seed, request.random_seed)
-        return Job(image, audio, output, emotion=spec, face_box=box, face_index=index, seed=seed), cfg
+        motion = motion_source(request)
+        job = Job(image, audio, output, emotion=spec, face_box=box, face_index=index, seed=seed,
+                  motion=motion, **reference_fields(request))  # fmt: skip
+        return job, cfg
 
     def run(
         self, request: AppRequest, progress: Progress | None = None, session: str | None = None
@@ -379,14 +494,25 @@ class Studio:
         self._cancelled.discard(session or "")
         report(0.0, "loading models")
         engine = self.engine()
+        qa = qa_values(request)
         job, cfg = self.job(request, self.workspace.new_run() / "portrait.mp4")
-        prepared = prepare(job, cfg, engine.detector, engine.bank)
+        classifier = self.expression_classifier() if job.emotion_from is not None else None
+        prepared = prepare(job, cfg, engine.detector, engine.bank, expression_classifier=classifier)
         report(0.02, "waiting for the previous render" if self._render_lock.locked() else "rendering")
+        if session is not None:
+            self._waiting.add(session)  # a Cancel while waiting is kept and stops it before it renders
         with self._render_lock:
             self._running = session
+            self._waiting.discard(session or "")
             try:
                 self._check_cancelled()
-                result = generate(prepared, engine, cfg, progress=True, callback=self._step_callback)
+                render = lambda p, c: generate(  # noqa: E731
+                    p, engine, c, progress=True, callback=self._step_callback
+                )
+                if qa is None:
+                    result = render(prepared, cfg)
+                else:  # up to 1 + retries renders, the best kept (portrait.eval.qa)
+                    result = self._render_with_qa(prepared, render, cfg, qa)
             finally:
                 self._running = None
         info = result.info
@@ -395,12 +521,25 @@ class Studio:
         panel = summary(info, time.perf_counter() - started)
         if request.emotion_file:  # the upload's name, not its server path
             panel["emotion"] = f"file {Path(request.emotion_file).name}"
+        if job.emotion_from is not None:  # the reference's name and what it gave (no server path)
+            record = info.get("emotion_from", {})
+            panel["emotion"] = f"from {Path(job.emotion_from).name} ({job.emotion_from_mode})"
+            panel["emotion_from"] = {key: record.get(key) for key in ("strength", "embedder", "schedule")}
+            panel["emotion_from"]["top"] = record.get("probabilities", {}).get("top")
         report(1.0, "done")
-        return AppResult(result.output, result.sidecar, preview, panel)
+        return AppResult(result.output, public_sidecar(result.sidecar), preview, panel)
+
+    def _render_with_qa(self, prepared: Any, render: Callable, cfg: RenderConfig, qa: dict[str, Any]) -> Any:
+        from portrait.eval.qa import QASettings, default_evaluator, render_with_qa
+
+        if self._evaluate is None:
+            self._evaluate = default_evaluator()
+        return render_with_qa(prepared, render, cfg, QASettings(**qa), evaluate=self._evaluate)
 
     def cancel(self, session: str | None) -> bool:
-        """Ask ``session``'s render to stop (at its next sampling step)."""
-        if session is None or self._running != session:
+        """Ask ``session``'s render to stop (at its next sampling step, or before it starts when it is
+        still waiting for the previous render)."""
+        if session is None or (self._running != session and session not in self._waiting):
             return False
         self._cancelled.add(session)
         return True
@@ -415,8 +554,34 @@ class Studio:
     def message(self, err: BaseException, request: AppRequest) -> str:
         """:func:`ui_message` with upload paths shown as their file names and the workspace hidden."""
         paths = {str(self.workspace.root): "<workspace>"}
-        for value in (request.image, request.audio, request.emotion_file):
+        if self._engine is not None:  # the weights tree ("Save as emotion" writes there)
+            root = self._engine.weights_root
+            paths |= {str(root): "<weights>", str(Path(root).resolve()): "<weights>"}
+        uploads = (request.image, request.audio, request.emotion_file, request.motion, request.emotion_from)
+        for value in uploads:
             if value:
                 paths[str(value)] = Path(value).name
                 paths[str(Path(value).resolve())] = Path(value).name
         return ui_message(err, paths)
+
+
+def public_sidecar(sidecar: Path) -> Path:
+    """A copy of ``sidecar`` fit to hand to a visitor: every absolute path reduced to its file name.
+
+    Written next to it as ``<stem>.public.json``; the server's own sidecar is left as it is.
+    """
+    import json
+
+    def scrub(value: Any) -> Any:
+        if isinstance(value, str):
+            return Path(value).name if os.path.isabs(value) else value
+        if isinstance(value, Mapping):
+            return {key: scrub(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [scrub(item) for item in value]
+        return value
+
+    data = json.loads(sidecar.read_text(encoding="utf-8"))
+    public = sidecar.with_name(sidecar.name.removesuffix(".json") + ".public.json")
+    public.write_text(json.dumps(scrub(data), indent=2) + "\n", encoding="utf-8")
+    return public

@@ -98,6 +98,7 @@ def run_app(args: argparse.Namespace, serve: Serve | None = None) -> int:
     serve = serve or _app_serve()
     workspace = Workspace()
     os.environ.setdefault("GRADIO_TEMP_DIR", str(workspace.root / "gradio"))  # uploads stay private too
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # no telemetry, --offline or not
     from portrait.weights.hub import ensure_weights
     from portrait.weights.load import resolve_weights_root
 

@@ -7,18 +7,22 @@ The named endpoint ``/generate`` is documented in README ("Web demo").
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from portrait.app.handler import AppRequest, Studio, default_framing
+from portrait.app.emotion import REFERENCE_SUFFIXES, save_emotion
+from portrait.app.handler import MAX_QA_RETRIES, MOTION_SUFFIXES, AppRequest, Studio, default_framing
 from portrait.app.launch import LaunchOptions, add_app_arguments, run_app
 from portrait.cli.common import CLI_HINTS
 from portrait.constants import EMOTION_FILE_SUFFIXES
 from portrait.errors import PortraitError, describe
 
 logger = logging.getLogger("portrait.app")
+# No usage telemetry to gradio's servers, whatever the environment says (set before gradio is imported).
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 SAMPLE_PORTRAIT, SAMPLE_SPEECH = ASSETS / "sample_portrait.jpg", ASSETS / "sample_speech.wav"
@@ -34,12 +38,23 @@ TIMELINE_HEADERS = ["time (s)", "emotion", "intensity"]
 INPUT_NAMES = (
     "image", "audio", "emotion", "intensity", "timeline", "ref_scale", "emo_scale", "steps", "seed",
     "random_seed", "framing", "interpolate", "size", "face_box", "face_index", "max_size", "emotion_text",
-    "emotion_file",
+    "emotion_file", "emotion_qa", "qa_threshold", "qa_retries", "motion", "retarget", "mouth",
+    "emotion_from", "emotion_from_mode", "emotion_strength",
 )  # fmt: skip
+#: Choices of the Motion accordion (values: the ``motion`` config section's; see docs/motion.md).
+RETARGET_CHOICES = [
+    ("Relative (driving motion on the portrait's face)", "relative"),
+    ("Offset (head position only)", "offset"),
+    ("Naive (the driving points as they are)", "naive"),
+    ("Fixed (a still head)", "fixed"),
+]
+MOUTH_CHOICES = [("Lips from the speech", "audio"), ("Lips from the driving video", "video")]
+#: Defaults of the QA widgets (those of portrait.eval.qa.QASettings, not imported here: it loads torch).
+QA_THRESHOLD, QA_RETRIES = 0.5, 2
 
 
 def _main_inputs(gr: Any, studio: Studio) -> dict[str, Any]:
-    """Portrait, speech, emotion (dropdown, intensity, timeline), guidance, steps, seed, framing."""
+    """Portrait, speech, emotion (dropdown, intensity, timeline), guidance, steps, seed, framing, QA."""
     cfg, names = studio.cfg, studio.emotion_names()
     s = cfg.sampling
     w: dict[str, Any] = {}
@@ -68,11 +83,16 @@ def _main_inputs(gr: Any, studio: Studio) -> dict[str, Any]:
     with gr.Row():
         w["framing"] = gr.Radio(FRAMING, value=default_framing(cfg), label="Framing")
         w["interpolate"] = gr.Checkbox(value=cfg.video.interpolate, label="Frame interpolation (25 fps)")
+        w["emotion_qa"] = gr.Checkbox(
+            value=False,
+            label="Emotion QA",
+            info="measure the result; re-render with stronger emotion guidance when the emotion is not seen",
+        )
     return w
 
 
 def _advanced_inputs(gr: Any, studio: Studio) -> dict[str, Any]:
-    """The "Advanced" accordion: size, face choice, full-frame cap, free emotion spec or file."""
+    """The "Advanced" accordion: size, face choice, full-frame cap, free emotion spec or file, QA bounds."""
     w: dict[str, Any] = {}
     with gr.Accordion("Advanced", open=False):
         w["size"] = gr.Slider(
@@ -91,6 +111,58 @@ def _advanced_inputs(gr: Any, studio: Studio) -> dict[str, Any]:
             label="Emotion prior or timeline file (overrides every other emotion control)",
             type="filepath", file_types=list(EMOTION_FILE_SUFFIXES),
         )  # fmt: skip
+        with gr.Row():
+            w["qa_threshold"] = gr.Slider(
+                0, 1, value=QA_THRESHOLD, step=0.05, label="Emotion QA: least confidence to accept"
+            )
+            w["qa_retries"] = gr.Slider(
+                0, MAX_QA_RETRIES, value=QA_RETRIES, step=1, label="Emotion QA: re-renders at most"
+            )
+    return w
+
+
+def _motion_inputs(gr: Any, studio: Studio) -> dict[str, Any]:
+    """The "Motion" accordion: a driving video or track upload, the retarget mode and the lips' source."""
+    m = studio.cfg.motion
+    w: dict[str, Any] = {}
+    with gr.Accordion("Motion (head movement from a driving video)", open=False):
+        gr.Markdown(
+            "The head follows the face in this video (or a `portrait-gen motion extract` track). Steering "
+            "needs weights with a trained landmark guider; with the release weights alone only *Fixed* has "
+            "an effect (a calmer head, experimental). See docs/motion.md."
+        )
+        w["motion"] = gr.File(
+            label="Driving video or track .json", type="filepath", file_types=list(MOTION_SUFFIXES)
+        )
+        with gr.Row():
+            w["retarget"] = gr.Radio(RETARGET_CHOICES, value=m.retarget, label="Retarget")
+            w["mouth"] = gr.Radio(MOUTH_CHOICES, value=m.mouth, label="Mouth")
+    return w
+
+
+REFERENCE_MODES = [("One emotion for the whole clip (mean)", "mean"), ("Follow it over time", "timeline")]
+
+
+def _reference_inputs(gr: Any, studio: Studio) -> dict[str, Any]:
+    """The "Emotion from a reference" accordion: a picture/video upload, mean or timeline, strength, and
+    "Save as emotion" (``save_name``, ``save``, ``save_status``; not parameters of ``/generate``)."""
+    w: dict[str, Any] = {}
+    with gr.Accordion("Emotion from a reference", open=False):
+        gr.Markdown(
+            "The emotion follows the facial expression in this picture or video (it overrides every other "
+            "emotion control). *Save as emotion* adds it to the emotion list under a new name. See "
+            "docs/emotion.md."
+        )
+        w["emotion_from"] = gr.File(
+            label="Reference picture or video", type="filepath", file_types=list(REFERENCE_SUFFIXES)
+        )
+        with gr.Row():
+            w["emotion_from_mode"] = gr.Radio(REFERENCE_MODES, value="mean", label="Mode")
+            w["emotion_strength"] = gr.Slider(0, 2, value=1, step=0.05, label="Emotion strength")
+        with gr.Row():
+            w["save_name"] = gr.Textbox(label="New emotion name", placeholder="e.g. smirk")
+            w["save"] = gr.Button("Save as emotion")
+        w["save_status"] = gr.Markdown()
     return w
 
 
@@ -107,7 +179,8 @@ def build_demo(studio: Studio, options: LaunchOptions | None = None) -> Any:
         )
         with gr.Row():
             with gr.Column():
-                widgets = _main_inputs(gr, studio) | _advanced_inputs(gr, studio)
+                widgets = _main_inputs(gr, studio) | _advanced_inputs(gr, studio) | _motion_inputs(gr, studio)
+                widgets |= _reference_inputs(gr, studio)
                 with gr.Row():
                     run = gr.Button("Generate", variant="primary")
                     stop = gr.Button("Cancel", variant="stop")
@@ -124,7 +197,9 @@ def build_demo(studio: Studio, options: LaunchOptions | None = None) -> Any:
         # fmt: off
         def generate(image, audio, emotion, intensity, timeline, ref_scale, emo_scale, steps, seed,
                      random_seed, framing, interpolate, size, face_box=None, face_index=None, max_size=None,
-                     emotion_text=None, emotion_file=None, request: gr.Request = None,
+                     emotion_text=None, emotion_file=None, emotion_qa=False, qa_threshold=None,
+                     qa_retries=None, motion=None, retarget=None, mouth=None, emotion_from=None,
+                     emotion_from_mode=None, emotion_strength=None, request: gr.Request = None,
                      progress=gr.Progress(track_tqdm=True)):  # noqa: B008
             # fmt: on  (gradio reads the annotations: gr.Request is injected, optional API parameters = None)
             given = dict(locals())
@@ -139,9 +214,22 @@ def build_demo(studio: Studio, options: LaunchOptions | None = None) -> Any:
         def cancel(request: gr.Request) -> None:
             studio.cancel(getattr(request, "session_hash", None))
 
+        def save_as_emotion(name, clip, strength):
+            try:
+                names = save_emotion(studio, name, clip, strength)
+            except PortraitError as err:
+                values = AppRequest(None, None, emotion_from=clip)
+                raise gr.Error(studio.message(err, values), print_exception=False) from None
+            saved = str(name).strip()
+            return gr.update(choices=names, value=saved), f"Saved emotion **{saved}**."
+
         inputs = [widgets[name] for name in INPUT_NAMES]
         event = run.click(generate, inputs, outputs, api_name="generate")
         stop.click(cancel, None, None, cancels=[event], api_name=False)
+        save_inputs = [widgets[name] for name in ("save_name", "emotion_from", "emotion_strength")]
+        widgets["save"].click(
+            save_as_emotion, save_inputs, [widgets["emotion"], widgets["save_status"]], api_name=False
+        )
         names = studio.emotion_names()
         sample = [str(SAMPLE_PORTRAIT), str(SAMPLE_SPEECH)]
         examples = [sample + [name, x] for name, x in EXAMPLE_EMOTIONS if name in names]

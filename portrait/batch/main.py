@@ -42,7 +42,16 @@ from portrait.batch.manifest import (
     select_shard,
 )
 from portrait.batch.ray import RayOptions
-from portrait.batch.worker import Worker, WorkerSettings, is_done, remove_stale, to_job
+from portrait.batch.worker import (
+    FOREIGN_OUTPUT,
+    Worker,
+    WorkerSettings,
+    is_done,
+    is_foreign,
+    remove_stale,
+    sweep_stale,
+    to_job,
+)
 from portrait.cli.common import (
     add_runtime_arguments,
     configure_logging,
@@ -188,6 +197,26 @@ class Summary:
         return text
 
 
+@contextlib.contextmanager
+def _exclusive(results: Path) -> Iterator[None]:
+    """Hold an advisory lock on the results file for the run: a second run writing it stops at once
+    (static shards write their own results files and run side by side)."""
+    import fcntl
+
+    with open(results, "a", encoding="utf-8") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(
+                f"another portrait-batch run is writing {results}; "
+                "wait for it, or split the work with --shard I/N"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def results_path(out_dir: Path, shard: Shard) -> Path:
     name = "results.jsonl" if shard.count == 1 else f"results.shard-{shard.index}-of-{shard.count}.jsonl"
     return Path(out_dir) / name
@@ -232,6 +261,11 @@ class Batch:
         """Validate, then render with the chosen engine; Ctrl-C stops cleanly (``summary().interrupted``)."""
         entries = select_shard(read_manifest(self.manifest, self.out_dir), self.options.shard)
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        with _exclusive(self.results):
+            return self._run(entries)
+
+    def _run(self, entries: list[ManifestJob | InvalidLine]) -> Summary:
+        sweep_stale(self.out_dir)
         self.total, self.opened = len(entries), True
         self.results.write_text("", encoding="utf-8")
         logger.info("%d job(s) for shard %d/%d (%s)", self.total, self.options.shard.index,
@@ -262,13 +296,17 @@ class Batch:
             if is_done(entry.output):
                 self.record(JobRecord(entry.line, "skipped", str(entry.output)))
                 continue
+            if is_foreign(entry.output):
+                self.record(JobRecord(entry.line, "invalid", str(entry.output), 0.0, "InputError",
+                                      f"{entry.output}: {FOREIGN_OUTPUT}"))  # fmt: skip
+                continue
             if check is None:
                 cfg, check = self._prechecker()
             try:
                 job_cfg = with_values(cfg, dict(entry.values))
                 entry.output.parent.mkdir(parents=True, exist_ok=True)
                 check(to_job(entry), job_cfg)
-            except (PortraitError, OSError) as err:
+            except (PortraitError, OSError, ValueError, RecursionError) as err:
                 message = " ".join(str(err).split())
                 self.record(
                     JobRecord(entry.line, "invalid", str(entry.output), 0.0, type(err).__name__, message)
@@ -289,7 +327,7 @@ class Batch:
         if self.options.engine == "local":
             cfg = _rank_device(cfg)
         names = emotion_names(root)
-        detector = detector_from_name(self.options.detector, root)
+        detector = detector_from_name(self.options.detector, root, yolo_sha256=cfg.preprocess.yolo_sha256)
         # A full prepare of every job before any model loads; the result is dropped (memory stays flat in the
         # manifest's length) and the worker prepares the job again when it renders it.
         return cfg, lambda job, job_cfg: prepare(job, job_cfg, detector, names)
@@ -316,8 +354,13 @@ class Batch:
 
         make_worker = partial(_named_worker, self.worker_factory, settings)
         options = self.options.ray or RayOptions()
-        run_ray(jobs, make_worker, self.record, remove_stale, options,
+        cleanup = partial(_remove_unfinished, ours=True)  # a killed actor's job: its half output is ours
+        run_ray(jobs, make_worker, self.record, cleanup, options,
                 retries=self.options.retries, fail_fast=self.options.fail_fast)  # fmt: skip
+
+
+def _remove_unfinished(job: ManifestJob, ours: bool) -> None:
+    remove_stale(job.output, ours=ours)
 
 
 def _named_worker(factory: Callable, settings: WorkerSettings, name: str) -> Any:

@@ -2,9 +2,11 @@
 
 One job per line: ``image``, ``audio``, optional ``emotion`` and ``output`` (a relative ``.mp4`` name inside
 the output folder) and optional per-job overrides (:data:`OVERRIDE_KEYS`). Relative input paths resolve
-against the manifest's folder. A bad line becomes an :class:`InvalidLine` (line number + reason) and does
-not stop the others; only an unreadable or empty manifest raises. Also here: the per-job result record
-(:class:`JobRecord`) and static sharding (``--shard I/N``, Slurm, torchrun).
+against the manifest's folder. ``emotion_qa: true`` (optional ``qa_threshold``, ``qa_retries``) renders the
+job through the emotion-QA loop (:mod:`portrait.eval.qa`); ``emotion_from`` (:data:`EMOTION_FROM_KEYS`)
+takes the emotion from a reference clip. A bad line becomes an :class:`InvalidLine` (line number + reason)
+and does not stop the others; only an unreadable or empty manifest raises. Also here: the per-job result
+record (:class:`JobRecord`) and static sharding (``--shard I/N``, Slurm, torchrun).
 
 This module stays light (no torch): the CLI parses and validates before importing any model code.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -22,7 +25,15 @@ from typing import Any
 
 import yaml
 
-from portrait.constants import EMOTION_FILE_SUFFIXES
+from portrait.constants import (
+    EMOTION_EMBEDDERS,
+    EMOTION_FILE_SUFFIXES,
+    EMOTION_FROM_MODES,
+    EXTEND_MODES,
+    MAX_EMOTION_STRENGTH,
+    MOUTH_MODES,
+    RETARGET_MODES,
+)
 from portrait.errors import InputError
 
 __all__ = [
@@ -44,10 +55,29 @@ OVERRIDE_KEYS: dict[str, tuple[str, ...]] = {
     "size": ("preprocess.min_resolution",),
     "crop": ("preprocess.crop",),
     "interpolate": ("video.interpolate",),
+    # motion control (with a ``motion`` source; docs/motion.md): ``motion_gain`` is POSE,EXPR or one number
+    "retarget": ("motion.retarget",),
+    "motion_gain": ("motion.pose_gain", "motion.expression_gain"),
+    "mouth": ("motion.mouth",),
+    "motion_extend": ("motion.extend",),
 }
-_JOB_KEYS = ("image", "audio", "emotion", "output", "seed", "face_box", "face_index", "set")
-KNOWN_KEYS: tuple[str, ...] = _JOB_KEYS + tuple(OVERRIDE_KEYS)
+#: Override keys whose value is one of a fixed set of words.
+_CHOICE_KEYS: dict[str, tuple[str, ...]] = {
+    "retarget": RETARGET_MODES,
+    "mouth": MOUTH_MODES,
+    "motion_extend": EXTEND_MODES,
+}
+_JOB_KEYS = ("image", "audio", "emotion", "output", "seed", "face_box", "face_index", "set", "motion")
+#: Emotion from a reference clip (``emotion_from``: an image/video resolved like ``image``; docs/emotion.md).
+EMOTION_FROM_KEYS = ("emotion_from", "emotion_strength", "emotion_from_mode", "emotion_embedder")
+#: Closed-loop emotion QA keys (``emotion_qa: true`` plus optional ``qa_threshold`` / ``qa_retries``).
+QA_KEYS = ("emotion_qa", "qa_threshold", "qa_retries")
+#: Most QA re-renders one manifest line may ask for (each is a full render).
+MAX_QA_RETRIES = 5
+KNOWN_KEYS: tuple[str, ...] = _JOB_KEYS + tuple(OVERRIDE_KEYS) + QA_KEYS + EMOTION_FROM_KEYS
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+#: Deepest JSON nesting a manifest line may have (a real job line has 2).
+MAX_JSON_DEPTH = 8
 
 
 @dataclass(frozen=True)
@@ -55,6 +85,7 @@ class ManifestJob:
     """One valid manifest line: absolute input paths, an output inside the output folder, overrides.
 
     ``values``: dotted config keys for :func:`portrait.config.with_values` (e.g. ``("sampling.steps", 10)``).
+    ``qa``: ``(threshold, retries)`` of closed-loop emotion QA (:mod:`portrait.eval.qa`), None when off.
     """
 
     line: int
@@ -66,6 +97,15 @@ class ManifestJob:
     face_index: int | None = None
     seed: int | None = None
     values: tuple[tuple[str, Any], ...] = ()
+    qa: tuple[float, int] | None = None
+    #: A driving video or track ``.json`` (resolved like ``image``) whose head motion the job follows.
+    motion: Path | None = None
+    #: A reference image/video whose facial expression sets the emotion (resolved like ``image``), and its
+    #: strength (0..2), mode (mean | timeline) and embedder (auto | learned | classifier).
+    emotion_from: Path | None = None
+    emotion_strength: float = 1.0
+    emotion_from_mode: str = "mean"
+    emotion_embedder: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -83,6 +123,7 @@ class JobRecord:
 
     ``status``: ``ok``, ``skipped`` (already done), ``failed`` or ``invalid``. ``retryable`` (not written):
     the failure may go away on another attempt (out of memory, a lost worker), unlike a bad input.
+    ``qa`` (written only for an emotion-QA job): ``{"chosen", "passed", "attempts": [scores...]}``.
     """
 
     line: int
@@ -94,10 +135,13 @@ class JobRecord:
     attempts: int = 0
     worker: str | None = None
     retryable: bool = field(default=False, compare=False)
+    qa: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("retryable")
+        if data["qa"] is None:
+            data.pop("qa")
         return data
 
 
@@ -163,16 +207,44 @@ def _jsonl_rows(text: str) -> list[tuple[int, dict[str, Any] | _LineError]]:
         stripped = raw.strip()
         if not stripped or stripped.startswith("#"):
             continue
+        if _json_depth(stripped) > MAX_JSON_DEPTH:
+            rows.append((number, _LineError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")))
+            continue
         try:
             row = json.loads(stripped)
         except json.JSONDecodeError as err:
             rows.append((number, _LineError(f"not valid JSON: {err.msg} at column {err.colno}")))
+            continue
+        except RecursionError:
+            rows.append((number, _LineError("JSON nested too deeply")))
             continue
         if not isinstance(row, dict):
             rows.append((number, _LineError(f"must be a JSON object, got {type(row).__name__}")))
             continue
         rows.append((number, {k: v for k, v in row.items() if v is not None}))
     return rows
+
+
+def _json_depth(text: str) -> int:
+    """Deepest ``[``/``{`` nesting of a JSON text (brackets inside strings are not counted)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
 
 
 def _csv_rows(text: str, path: Path) -> list[tuple[int, dict[str, Any] | _LineError]]:
@@ -243,7 +315,54 @@ def _job_from_row(line: int, row: Mapping[str, Any], base: Path, out_root: Path)
         face_index=_integer(row["face_index"], "face_index", minimum=0) if "face_index" in row else None,
         seed=_integer(row["seed"], "seed", minimum=0) if "seed" in row else None,
         values=tuple(values),
+        qa=_qa(row),
+        motion=_input_path(row["motion"], "motion", base) if "motion" in row else None,
+        **_emotion_from(row, base),
     )
+
+
+def _emotion_from(row: Mapping[str, Any], base: Path) -> dict[str, Any]:
+    """``ManifestJob`` fields of the emotion-from keys; their options without ``emotion_from`` are refused."""
+    if "emotion_from" not in row:
+        given = [key for key in EMOTION_FROM_KEYS[1:] if key in row]
+        if given:
+            raise _LineError(f"{', '.join(map(repr, given))} given without 'emotion_from'")
+        return {}
+    fields: dict[str, Any] = {"emotion_from": _input_path(row["emotion_from"], "emotion_from", base)}
+    if "emotion_strength" in row:
+        strength = _number(row["emotion_strength"], "emotion_strength")
+        if not 0.0 <= strength <= MAX_EMOTION_STRENGTH:
+            raise _LineError(
+                f"'emotion_strength' must be between 0 and {MAX_EMOTION_STRENGTH:g}, got {strength:g}"
+            )
+        fields["emotion_strength"] = strength
+    for key, choices in (("emotion_from_mode", EMOTION_FROM_MODES), ("emotion_embedder", EMOTION_EMBEDDERS)):
+        if key in row:
+            value = _text(row[key], key)
+            if value not in choices:
+                raise _LineError(f"{key!r} must be one of {', '.join(choices)}, got {row[key]!r}")
+            fields[key] = value
+    return fields
+
+
+def _qa(row: Mapping[str, Any]) -> tuple[float, int] | None:
+    """``(threshold, retries)`` when the line sets ``emotion_qa: true`` (defaults: :class:`QASettings`'s).
+
+    ``qa_threshold`` / ``qa_retries`` without ``emotion_qa: true`` are refused rather than ignored.
+    """
+    enabled = _boolean(row["emotion_qa"], "emotion_qa") if "emotion_qa" in row else False
+    given = [key for key in ("qa_threshold", "qa_retries") if key in row]
+    if not enabled:
+        if given:
+            raise _LineError(f"{', '.join(map(repr, given))} given without 'emotion_qa': true")
+        return None
+    threshold = _number(row["qa_threshold"], "qa_threshold") if "qa_threshold" in row else 0.5
+    if not 0.0 <= threshold <= 1.0:
+        raise _LineError(f"'qa_threshold' must be between 0 and 1, got {threshold:g}")
+    retries = _integer(row["qa_retries"], "qa_retries", minimum=0) if "qa_retries" in row else 2
+    if retries > MAX_QA_RETRIES:
+        raise _LineError(f"'qa_retries' must be <= {MAX_QA_RETRIES}, got {retries}")
+    return (threshold, retries)
 
 
 def _confine_output(name: str, out_root: Path) -> Path:
@@ -285,6 +404,8 @@ def _reject_duplicates(entries: list[ManifestJob | InvalidLine]) -> list[Manifes
 def _text(value: Any, key: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise _LineError(f"{key!r} must be a non-empty string, got {value!r}")
+    if any(ord(char) < 32 for char in value):
+        raise _LineError(f"{key!r} contains a control character (NUL, newline, ...): {value!r}")
     return value.strip()
 
 
@@ -309,11 +430,13 @@ def _integer(value: Any, key: str, minimum: int | None = None) -> int:
 def _number(value: Any, key: str) -> float:
     if isinstance(value, str):
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             raise _LineError(f"{key!r} must be a number, got {value!r}") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _LineError(f"{key!r} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise _LineError(f"{key!r} must be a finite number, got {value!r}")
     return float(value)
 
 
@@ -329,6 +452,10 @@ def _override_value(key: str, value: Any, width: int) -> tuple[Any, ...]:
     """The config value(s) of one override key (a scale may be ``[min, max]`` or ``"min,max"``)."""
     if key in ("crop", "interpolate"):
         return (_boolean(value, key),)
+    if key in _CHOICE_KEYS:
+        if _text(value, key) not in _CHOICE_KEYS[key]:
+            raise _LineError(f"{key!r} must be one of {', '.join(_CHOICE_KEYS[key])}, got {value!r}")
+        return (value.strip(),)
     if key in ("steps", "size"):
         return (_integer(value, key),)
     parts = value.split(",") if isinstance(value, str) else value if isinstance(value, list) else [value]

@@ -27,7 +27,8 @@ DETECTORS = ("auto", "yolo", "insightface", "dlib")
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """``--weights --device --dtype --detector --offline --config --set`` (see :func:`runtime_values`)."""
+    """``--weights --device --dtype --detector --yolo-sha256 --offline --config --set`` (see
+    :func:`runtime_values`)."""
     parser.add_argument(
         "--weights", type=Path, default=None, metavar="DIR",
         help="weights tree (default: $PORTRAIT_WEIGHTS or ./weights)",
@@ -40,6 +41,11 @@ def add_runtime_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGr
         help="default: fp16 on CUDA, fp32 on CPU",
     )
     parser.add_argument("--detector", default="auto", choices=DETECTORS, help="face detector (default: auto)")
+    parser.add_argument(
+        "--yolo-sha256", default=None, metavar="HEX",
+        help="sha256 of a face_detector/yoloface_v5m.pt you trust (TorchScript runs code while it loads; "
+        "without it the file is used only when its digest is pinned)",
+    )  # fmt: skip
     parser.add_argument("--offline", action="store_true", default=None, help="never download missing weights")
     parser.add_argument(
         "--config",
@@ -56,12 +62,14 @@ def add_runtime_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGr
 
 
 def runtime_values(args: argparse.Namespace) -> dict[str, Any]:
-    """Dotted ``runtime.*`` config values of :func:`add_runtime_arguments`'s flags (None = not given)."""
+    """Dotted ``runtime.*`` (and ``preprocess.yolo_sha256``) config values of :func:`add_runtime_arguments`'s
+    flags (None = not given)."""
     return {
         "runtime.weights": str(args.weights) if args.weights is not None else None,
         "runtime.device": args.device,
         "runtime.dtype": args.dtype,
         "runtime.offline": args.offline,
+        "preprocess.yolo_sha256": getattr(args, "yolo_sha256", None),
     }
 
 

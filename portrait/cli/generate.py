@@ -12,6 +12,7 @@ from typing import Any
 
 from portrait.cli.common import add_runtime_arguments, quiet_libraries, runtime_values
 from portrait.config import RenderConfig
+from portrait.constants import EXTEND_MODES, MAX_MOTION_GAIN, MOUTH_MODES, RETARGET_MODES
 from portrait.errors import InputError
 
 EPILOG = """commands:
@@ -41,12 +42,53 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"smooth change between timeline entries (default {D.sampling.emotion_transition:g})",
     )
     io.add_argument(
+        "--emotion-from",
+        type=Path,
+        default=None,
+        metavar="CLIP",
+        help="take the emotion from the face in this image or video (replaces --emotion)",
+    )
+    io.add_argument(
+        "--emotion-strength",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="total intensity of the --emotion-from mixture, 0..2 (default 1)",
+    )
+    io.add_argument(
+        "--emotion-from-mode",
+        choices=("mean", "timeline"),
+        default="mean",
+        help="mean: one mixture for the whole clip; timeline: follow the reference over time",
+    )
+    io.add_argument(
+        "--emotion-embedder",
+        choices=("auto", "learned", "classifier"),
+        default="auto",
+        help="--emotion-from through the learned embedder (weights' emotion_embedder/) or the expression "
+        "classifier's mapping (default auto: learned when present and the mode is mean)",
+    )
+    io.add_argument(
         "-o", "--output", type=Path, default=None, help="output mp4 (default: IMAGE_AUDIO.mp4 here)"
     )
     io.add_argument(
         "--dump-frames", type=Path, default=None, metavar="DIR", help="also write lossless PNG frames"
     )
     add_runtime_arguments(parser.add_argument_group("runtime"))
+    qa = parser.add_argument_group("emotion QA")
+    qa.add_argument(
+        "--emotion-qa",
+        action="store_true",
+        help="evaluate the render; re-render with stronger emotion guidance when the emotion is not seen",
+    )
+    qa.add_argument(
+        "--qa-threshold",
+        type=float,
+        default=0.5,
+        metavar="P",
+        help="least mean probability of the requested emotion (default 0.5)",
+    )
+    qa.add_argument("--qa-retries", type=int, default=2, metavar="K", help="re-renders at most (default 2)")
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument(
         "--steps", type=int, default=None, help=f"denoising steps (default {D.sampling.steps})"
@@ -103,6 +145,61 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"skip frame interpolation ({D.sampling.fps:g} fps output)",
     )
+    add_motion_arguments(parser.add_argument_group("motion (docs/motion.md)"))
+
+
+def add_motion_arguments(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
+    """``--motion VIDEO|track.json [--retarget MODE] [--motion-gain POSE,EXPR] [--mouth audio|video]
+    [--motion-extend pingpong|hold]``; all but ``--motion`` set keys of the ``motion`` config section."""
+    D = RenderConfig().motion
+    group.add_argument(
+        "--motion",
+        type=Path,
+        default=None,
+        metavar="VIDEO|JSON",
+        help="follow the head motion of a driving video or a `portrait-gen motion extract` track",
+    )
+    group.add_argument(
+        "--retarget",
+        choices=RETARGET_MODES,
+        default=None,
+        help=f"how the driving motion lands on the portrait (fixed: a still head; default {D.retarget})",
+    )
+    group.add_argument(
+        "--motion-gain",
+        type=parse_motion_gain,
+        default=None,
+        metavar="POSE,EXPR",
+        help=f"scale of head motion and expression (default {D.pose_gain:g},{D.expression_gain:g})",
+    )
+    group.add_argument(
+        "--mouth",
+        choices=MOUTH_MODES,
+        default=None,
+        help=f"lips from the audio or from the driving video (default {D.mouth})",
+    )
+    group.add_argument(
+        "--motion-extend",
+        choices=EXTEND_MODES,
+        default=None,
+        help=f"a driving track shorter than the audio: back and forth, or hold (default {D.extend})",
+    )
+
+
+def parse_motion_gain(text: str) -> tuple[float, float]:
+    """``"POSE,EXPR"`` (or one value for both) → two finite gains in [0, 4]."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or not all(0.0 <= v <= MAX_MOTION_GAIN for v in values):
+        raise argparse.ArgumentTypeError(
+            f"expected POSE,EXPR gains between 0 and {MAX_MOTION_GAIN:g}, got {text!r}"
+        )
+    return values[0], values[1]
 
 
 def config_values(args: argparse.Namespace) -> dict[str, Any]:
@@ -110,6 +207,7 @@ def config_values(args: argparse.Namespace) -> dict[str, Any]:
     both = lambda v: (v, v)  # noqa: E731
     ref = both(args.ref_scale) if args.ref_scale is not None else (None, None)
     emo = both(args.emo_scale) if args.emo_scale is not None else (None, None)
+    gains = getattr(args, "motion_gain", None) or (None, None)
     return {
         "sampling.steps": args.steps,
         "sampling.seed": args.seed,
@@ -123,6 +221,11 @@ def config_values(args: argparse.Namespace) -> dict[str, Any]:
         "video.interpolate": args.interpolate,
         "video.full_frame": args.full_frame,
         "video.max_size": args.max_size,
+        "motion.retarget": getattr(args, "retarget", None),
+        "motion.pose_gain": gains[0],
+        "motion.expression_gain": gains[1],
+        "motion.mouth": getattr(args, "mouth", None),
+        "motion.extend": getattr(args, "motion_extend", None),
         **runtime_values(args),
     }
 
@@ -133,7 +236,7 @@ def default_output(image: Path, audio: Path) -> Path:
 
 def run_generate(args: argparse.Namespace) -> int:
     """Build the config, make sure weights exist, load the engine once and render the job."""
-    from portrait.config import load_config
+    from portrait.config import load_config, with_values
     from portrait.preprocess.face import parse_face_box
 
     cfg = load_config(files=args.config, overrides=args.overrides, values=config_values(args))
@@ -143,6 +246,7 @@ def run_generate(args: argparse.Namespace) -> int:
     output = args.output if args.output is not None else default_output(args.image, args.audio)
     box = parse_face_box(args.face_box) if args.face_box else None
 
+    from portrait.distributed.group import init_distributed
     from portrait.engine import load_engine
     from portrait.generate import generate
     from portrait.inputs import Job, prepare
@@ -160,19 +264,38 @@ def run_generate(args: argparse.Namespace) -> int:
         face_index=args.face_index,
         seed=args.seed,
         dump_frames=args.dump_frames,
+        emotion_from=args.emotion_from,
+        emotion_strength=args.emotion_strength,
+        emotion_from_mode=args.emotion_from_mode,
+        emotion_embedder=args.emotion_embedder,
+        motion=args.motion,
     )
     root = resolve_weights_root(cfg.runtime.weights)
     names = emotion_names(root) or RELEASE_EMOTIONS  # no tree yet: the download brings the release's bank
-    detector = detector_from_name(args.detector, root)
+    detector = detector_from_name(args.detector, root, yolo_sha256=cfg.preprocess.yolo_sha256)
     # Inputs first, each read once: a bad file fails in a second, before any download or model load.
     prepared = prepare(job, cfg, detector, names)
     if args.quiet:
         quiet_libraries()
     bars = not args.quiet and sys.stderr.isatty()  # progress bars on a terminal only
+    ctx = init_distributed(cfg.runtime.device)  # torchrun / srun: one rank per GPU (cuda:LOCAL_RANK)
+    if ctx is not None:  # ranks never download (they would race on one tree): `portrait-gen download` first
+        cfg = with_values(cfg, {"runtime.device": str(ctx.device), "runtime.offline": True})
     ensure_weights(root, offline=cfg.runtime.offline or None, progress=bars)  # None: $HF_HUB_OFFLINE
     engine = load_engine(cfg, detector=detector)
-    result = generate(prepared, engine, cfg, progress=bars)
-    if not args.quiet:
+    try:
+        if getattr(args, "emotion_qa", False) and ctx is None:  # QA reads the file: one process only
+            from portrait.eval.qa import QASettings, render_with_qa
+
+            settings = QASettings(threshold=args.qa_threshold, retries=args.qa_retries)
+            render = lambda p, c: generate(p, engine, c, progress=bars)  # noqa: E731
+            result = render_with_qa(prepared, render, cfg, settings)
+        else:
+            result = generate(prepared, engine, cfg, progress=bars)
+    finally:
+        if ctx is not None:
+            ctx.close()
+    if not args.quiet and result.info.get("written", True):
         info = result.info
         print(
             f"wrote {result.output} ({info['video_frames']} frames at {info['fps']:g} fps, "

@@ -22,8 +22,10 @@ from portrait import __version__
 from portrait.app.launch import add_app_arguments, run_app
 from portrait.batch.main import add_batch_arguments, run_batch
 from portrait.cli.common import configure_logging, print_error
+from portrait.cli.evaluate import add_eval_arguments, run_eval
 from portrait.cli.generate import EPILOG as GENERATE_EPILOG
 from portrait.cli.generate import add_generate_arguments, run_generate
+from portrait.cli.motion import add_motion_arguments, run_motion
 from portrait.cli.tools import (
     add_doctor_arguments,
     add_download_arguments,
@@ -32,11 +34,11 @@ from portrait.cli.tools import (
     run_download,
     run_emotions,
 )
+from portrait.cli.train import add_train_arguments, run_train
 from portrait.constants import EXIT_ERROR, EXIT_OK, EXIT_USAGE
 from portrait.errors import PortraitError
 
 logger = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,11 @@ COMMANDS: dict[str, Command] = {
         add_arguments=add_emotions_arguments,
         run=run_emotions,
     ),
+    "eval": Command(
+        help="measure videos: identity, emotion, lip sync, motion (JSON lines, --report HTML)",
+        add_arguments=add_eval_arguments,
+        run=run_eval,
+    ),
     "app": Command(
         help="serve the Gradio web demo (127.0.0.1 unless told otherwise)",
         add_arguments=add_app_arguments,
@@ -131,6 +138,16 @@ COMMANDS: dict[str, Command] = {
         help="render a manifest of jobs (also `portrait-batch`): local, static shards or Ray",
         add_arguments=add_batch_arguments,
         run=run_batch,
+    ),
+    "motion": Command(
+        help="driving-video motion: `motion extract VIDEO -o track.json` (landmark track for --motion)",
+        add_arguments=add_motion_arguments,
+        run=run_motion,
+    ),
+    "train": Command(
+        help="fine-tuning: `train prepare SRC`, `train embedder|motion`, `train install` (docs/training.md)",
+        add_arguments=add_train_arguments,
+        run=run_train,
     ),
     "convert": Command(
         help="convert the DICE-Talk research release into a portrait weights tree",
@@ -209,6 +226,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command].run(args)
     except PortraitError as err:
         print_error(err, args.debug, args.command)
+        return EXIT_ERROR
+    except OSError as err:  # a full disk, a read-only folder: one error line, not a traceback
+        print_error(PortraitError(f"cannot write: {err}"), args.debug, args.command)
         return EXIT_ERROR
 
 

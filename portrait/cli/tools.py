@@ -34,11 +34,13 @@ EMOTION_SYNTAX = (
 )
 
 
-def _add_weights_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
+def _add_weights_argument(parser: argparse.ArgumentParser, help_text: str, sub: bool = False) -> None:
+    """``--weights DIR``; ``sub``: a subcommand's copy, which keeps a value given before the subcommand
+    (``emotions --weights X add ...``) instead of resetting it to its own default."""
     parser.add_argument(
         "--weights",
         type=Path,
-        default=None,
+        default=argparse.SUPPRESS if sub else None,
         metavar="DIR",
         help=f"{help_text} (default: $PORTRAIT_WEIGHTS, else ./weights)",
     )
@@ -259,19 +261,77 @@ def run_doctor(args: argparse.Namespace) -> int:
 
 
 def add_emotions_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``portrait-gen emotions``."""
+    """Flags of ``portrait-gen emotions [classify|add|list|remove]`` (no action: list the bank)."""
     _add_weights_argument(parser, "weights tree whose emotion bank is listed")
+    actions = parser.add_subparsers(dest="emotions_action", required=False, metavar="ACTION")
+    classify = actions.add_parser("classify", help="facial-expression probabilities of an image or video")
+    classify.add_argument("media", type=Path, help="image or video with a face")
+    classify.add_argument("--face-box", default=None, metavar="X,Y,W,H", help="face position (no detection)")
+    classify.add_argument("--fps", type=float, default=2.0, help="video frames sampled per second")
+    classify.add_argument("--json", action="store_true", help="print the JSON summary")
+    add = actions.add_parser("add", help="add a custom emotion computed from reference clips")
+    add.add_argument("name", help="new emotion name (letters, digits, _ and -)")
+    add.add_argument("--from", dest="sources", type=Path, nargs="+", required=True, metavar="CLIP")
+    add.add_argument("--strength", type=float, default=1.0, help="intensity of the mixture (0..2)")
+    add.add_argument("--overwrite", action="store_true", help="replace an existing custom emotion")
+    _add_weights_argument(add, "weights tree to add the emotion to", sub=True)
+    listing = actions.add_parser("list", help="list the bank (release and custom entries)")
+    _add_weights_argument(listing, "weights tree whose emotion bank is listed", sub=True)
+    remove = actions.add_parser("remove", help="remove a custom emotion")
+    remove.add_argument("name")
+    _add_weights_argument(remove, "weights tree to remove the emotion from", sub=True)
 
 
 def run_emotions(args: argparse.Namespace) -> int:
-    """List the emotion names of the weights tree and remind the ``--emotion`` syntax."""
+    """List the bank (release vs custom) with the ``--emotion`` syntax, or classify / add / remove."""
     from portrait.layout import EMOTIONS_DIR
-    from portrait.weights.load import load_emotion_bank, resolve_weights_root
+    from portrait.weights.load import resolve_weights_root
+
+    action = getattr(args, "emotions_action", None)
+    if action == "classify":
+        return _emotions_classify(args)
+    from portrait.weights import bank as custom
 
     root = resolve_weights_root(args.weights)
-    bank = load_emotion_bank(root)
+    if action == "add":
+        from portrait.preprocess.detectors import DlibDetector
+        from portrait.preprocess.emotion_reference import reference_prior
+        from portrait.weights.expression import load_expression_classifier
+        from portrait.weights.load import load_emotion_bank
+
+        custom.check_emotion_name(args.name)
+        prior, records = reference_prior(
+            args.sources,
+            load_expression_classifier(),
+            DlibDetector(),
+            load_emotion_bank(root),
+            strength=args.strength,
+        )
+        path = custom.add_emotion(root, args.name, prior, overwrite=args.overwrite)
+        mixes = "; ".join(f"{r['file']}: {r['mix']}" for r in records)
+        print(f"wrote {path} from {len(records)} clip(s) ({mixes})")
+        return EXIT_OK
+    if action == "remove":
+        custom.remove_emotion(root, args.name)
+        print(f"removed emotion {args.name!r} from {root / EMOTIONS_DIR}")
+        return EXIT_OK
     print(f"emotions in {root / EMOTIONS_DIR}:")
-    for name, prior in bank.items():
-        print(f"  {name:<12} ({prior.shape[-1]}-d prior)")
+    for name, kind, dim in custom.list_emotions(root):
+        print(f"  {name:<12} ({dim}-d prior, {kind})")
     print(EMOTION_SYNTAX)
+    return EXIT_OK
+
+
+def _emotions_classify(args: argparse.Namespace) -> int:
+    import json
+
+    from portrait.preprocess.detectors import DlibDetector
+    from portrait.preprocess.expression import classify_media, format_expression_table
+    from portrait.preprocess.face import parse_face_box
+    from portrait.weights.expression import load_expression_classifier
+
+    box = parse_face_box(args.face_box) if args.face_box else None
+    detector = None if box is not None else DlibDetector()
+    summary = classify_media(args.media, load_expression_classifier(), detector, face_box=box, fps=args.fps)
+    print(json.dumps(summary, indent=2) if args.json else format_expression_table(summary))
     return EXIT_OK

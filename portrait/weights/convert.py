@@ -9,9 +9,11 @@
 
 and writes the tree of :mod:`portrait.layout` (safetensors + config.json per component, float32 priors,
 ``manifest.json``). Loading is strict where the reference was lax: every unexpected, missing or mis-shaped
-key is an error, except the documented ones (the emotion classifier is dropped; adapter weights absent
+key is an error, except the documented ones (the emotion classifier moves from ``emotion_model`` to the
+optional ``emotion_classifier/``; adapter weights absent
 from ``unet.pth`` start as copies of the SVD ``to_k``/``to_v``, as in the reference), which are reported.
-The tree is written into ``DST/.partial-<random>`` and moved into place only when complete.
+The tree is written into ``DST/.partial-<host>-<pid>-<random>`` and moved into place only when complete;
+such folders left by a converter that was killed are removed when the next conversion starts.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import re
 import secrets
 import shutil
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -33,6 +35,7 @@ import torch
 from safetensors.torch import save_file
 
 from portrait.errors import ConfigError, WeightsError
+from portrait.ffmpeg import owned_prefix, sweep_dead_owners
 from portrait.layout import (
     AUDIO_PREPROCESSOR_FILE,
     COMPONENTS,
@@ -52,6 +55,8 @@ logger = logging.getLogger(__name__)
 DTYPES = {"keep": None, "fp16": torch.float16, "fp32": torch.float32}
 #: Files a destination folder may hold and still count as empty.
 _IGNORED_IN_DST = {"README.md", ".gitignore", ".gitkeep"}
+#: Name prefix of the staging folder a conversion writes inside the destination (``.partial-<host>-<pid>-``).
+PARTIAL_PREFIX = ".partial-"
 _IP_KEY = re.compile(r"^(?P<attn>.+)\.processor\.to_(?P<kv>[kv])_ip\.\d+\.weight$")
 
 
@@ -101,10 +106,11 @@ class ConversionReport:
         return "\n".join(lines)
 
 
-def write_manifest(root: Path) -> Path:
+def write_manifest(root: Path, sources: Mapping[str, Any] | None = None) -> Path:
     """Write ``root/manifest.json``: the sha256 of every file of the component folders and ``emotions/``.
 
-    Written to a temporary name and renamed, so a manifest only exists for a complete tree.
+    ``sources`` (the download's record of each hub file: revision, sha256, verified) is stored under
+    ``"sources"``. Written to a temporary name and renamed, so a manifest only exists for a complete tree.
     """
     files: dict[str, str] = {}
     for top in [c.name for c in COMPONENTS + OPTIONAL_COMPONENTS] + [EMOTIONS_DIR, "face_detector"]:
@@ -112,6 +118,8 @@ def write_manifest(root: Path) -> Path:
             if path.is_file():
                 files[path.relative_to(root).as_posix()] = file_sha256(path)
     manifest = {"format": "portrait-weights", "version": 1, "files": dict(sorted(files.items()))}
+    if sources:
+        manifest["sources"] = dict(sorted(sources.items()))
     tmp = root / f".{MANIFEST_FILE}.tmp"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(tmp, root / MANIFEST_FILE)
@@ -211,6 +219,31 @@ def _convert_module(name: str, pth: Path, tmp: Path, dtype: str, cls: type, infe
     model.save_config(tmp / name)
     _save(tmp / name, name, tensors, rep, dtype)
     return rep, config
+
+
+def _convert_classifier(pth: Path, tmp: Path, dtype: str) -> ComponentReport | None:
+    """``emo_model.pth``'s ``classifier.*`` keys as the optional ``emotion_classifier/`` (None: none)."""
+    from portrait.models.emotion_classifier import EmotionClassifier
+
+    tensors, _ = rel.load_pth(pth)
+    keys = {k.removeprefix("classifier."): v for k, v in tensors.items() if k.startswith("classifier.")}
+    if not keys:
+        return None
+    try:
+        config = {
+            "in_channels": keys["fc1.weight"].shape[1],
+            "hidden_dims": [keys["fc1.weight"].shape[0], keys["fc2.weight"].shape[0]],
+            "num_classes": keys["fc3.weight"].shape[0],
+        }
+    except KeyError as err:
+        raise WeightsError(f"{pth}: the classifier.* keys lack {err}; found {sorted(keys)}") from err
+    rep = ComponentReport("emotion_classifier", sources=[str(pth)])
+    with torch.device("meta"):
+        model = EmotionClassifier.from_config(config)
+    rel.check_keys(_shapes(keys), _shapes(model.state_dict()), pth, "EmotionClassifier")
+    model.save_config(tmp / "emotion_classifier")
+    _save(tmp / "emotion_classifier", "emotion_classifier", keys, rep, dtype)
+    return rep
 
 
 def _resave(
@@ -363,8 +396,11 @@ def _convert_all(src: Path, tmp: Path, dtype: str, emo_folder: Path, report: Con
     )
     comps["emotion_model"], emo_config = _convert_module(
         "emotion_model", release / "emo_model.pth", tmp, dtype, EmotionModel, rel.emotion_model_config,
-        drop="classifier.",  # the training-only emotion classifier (compat §3)
+        drop="classifier.",  # the training-only emotion classifier (compat §3), kept just below
     )  # fmt: skip
+    classifier = _convert_classifier(release / "emo_model.pth", tmp, dtype)
+    if classifier is not None:
+        comps["emotion_classifier"] = classifier
     comps["pose_guider"], _ = _convert_module(
         "pose_guider", release / "pose_guider.pth", tmp, dtype, PoseGuider, rel.pose_guider_config
     )
@@ -408,9 +444,11 @@ def convert_dice_talk(
     src, dst = _locate_release(Path(src)), Path(dst)
     emo_folder = rel.find_emotion_folder(src, emotions_dir)
     created = not dst.exists()
+    if dst.is_dir():  # staging folders of converters that were killed (their owner is gone)
+        sweep_dead_owners(dst, (PARTIAL_PREFIX,))
     _prepare_dst(dst, overwrite)
     report = ConversionReport(src=src, dst=dst, dtype=dtype)
-    tmp = dst / f".partial-{secrets.token_hex(4)}"
+    tmp = dst / f"{owned_prefix(PARTIAL_PREFIX)}{secrets.token_hex(4)}"
     tmp.mkdir()
     try:
         _convert_all(src, tmp, dtype, emo_folder, report)

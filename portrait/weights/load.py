@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 WEIGHTS_ENV = "PORTRAIT_WEIGHTS"
 #: Keys a component's model may define that its file may lack (fnmatch patterns). Empty lists are the rule.
 EXPECTED_MISSING: dict[str, tuple[str, ...]] = {"image_encoder": ("*.position_ids",)}
-#: Components that run in float32 whatever the pipeline dtype (the reference's precision map, spec 11.3b).
+#: Components that run in float32 whatever the pipeline dtype (the reference's precision map, compat §11.3b).
 FP32_COMPONENTS = frozenset({"audio_encoder", "audio_projector", "emotion_model"})
 
 _PORTRAIT_CLASSES = {
@@ -45,7 +45,10 @@ _PORTRAIT_CLASSES = {
     "AudioProjector": "portrait.models.audio",
     "EmotionModel": "portrait.models.emotion",
     "PoseGuider": "portrait.models.pose_guider",
+    "LandmarkGuider": "portrait.models.landmark_guider",
     "IFNet": "portrait.models.interpolation",
+    "EmotionEmbedder": "portrait.models.emotion_embedder",
+    "EmotionClassifier": "portrait.models.emotion_classifier",
 }
 
 _FIX = (
@@ -218,7 +221,7 @@ def load_pipeline(
     """Build a :class:`~portrait.pipeline.PortraitPipeline` from a weights tree.
 
     The UNet, VAE, image encoder and pose guider are loaded in ``dtype``; the audio encoder, audio
-    projector and emotion model in float32 (spec 11.3b).
+    projector and emotion model in float32 (compat §11.3b).
     """
     from portrait.pipeline import PortraitPipeline
 
