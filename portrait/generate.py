@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from portrait import __version__
-from portrait.config import RenderConfig, config_to_dict
+from portrait.config import RenderConfig, SamplingConfig, config_to_dict
 from portrait.distributed.decode import chunks_per_rank, num_decode_chunks, split_decode
 from portrait.distributed.group import DistributedContext, init_distributed
 from portrait.engine import Engine
@@ -38,6 +38,7 @@ from portrait.inputs import (
 )
 from portrait.learned_emotion import learned_emotion
 from portrait.models.interpolation import midframes
+from portrait.preprocess.audio import AudioFeatures
 from portrait.preprocess.emotion import schedule_priors, schedule_summary
 from portrait.render.mux import mux_audio
 from portrait.render.paste import FramePaster, clip_box
@@ -126,8 +127,9 @@ def distributed_frames(
     )
 
 
-def _distributed_summary(ctx: DistributedContext, num_frames: int, chunk_size: int) -> dict[str, Any]:
-    chunks = chunks_per_rank(num_decode_chunks(num_frames, chunk_size), ctx.world_size)
+def _distributed_summary(ctx: DistributedContext, num_frames: int, s: SamplingConfig) -> dict[str, Any]:
+    """The sidecar's ``distributed`` record (``s``: the sampling config, for the decode chunk size)."""
+    chunks = chunks_per_rank(num_decode_chunks(num_frames, s.decode_chunk_size), ctx.world_size)
     return ctx.summary() | {"decode_chunks_per_rank": chunks}
 
 
@@ -171,6 +173,33 @@ def _versions() -> dict[str, str]:
     }
 
 
+class _Timer:
+    """Per-stage seconds for the sidecar: ``lap(name)`` records the time since the previous lap."""
+
+    def __init__(self) -> None:
+        self.started = self.last = time.perf_counter()
+        self.timings: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = round(now - self.last, 3)
+        self.last = now
+
+    def total(self) -> dict[str, float]:
+        return self.timings | {"total": round(time.perf_counter() - self.started, 3)}
+
+
+@dataclass
+class _Sampled:
+    """What sampling produced for the writing stage."""
+
+    latents: torch.Tensor  # (1, N + F, 4, h, w)
+    features: AudioFeatures
+    prepared: PreparedJob  # with the learned emotion applied, when there is one
+    seed: int
+    motion_info: dict[str, Any]
+
+
 def generate(
     prepared: PreparedJob,
     engine: Engine,
@@ -181,26 +210,53 @@ def generate(
 ) -> Result:
     """Render ``prepared`` into its job's output (+ ``<output>.json``). No partial output survives a failure.
 
-    ``cache``: reuse identity encodings (CLIP and VAE) across jobs of one process.
+    ``cache``: reuse identity encodings (CLIP and VAE) across jobs of one process. Under torchrun / srun
+    with several processes every rank samples its share of the windows and decodes its share of the chunks;
+    rank 0 alone writes (the other ranks return a Result whose ``info["written"]`` is False).
     """
-    job = prepared.job
-    started = time.perf_counter()
-    timings: dict[str, float] = {}
-
-    def lap(name: str, since: float) -> float:
-        now = time.perf_counter()
-        timings[name] = round(now - since, 3)
-        return now
-
+    timer = _Timer()
     ctx = init_distributed(str(engine.device))  # None unless launched by torchrun / srun with > 1 process
+    sampled = _sample(prepared, engine, cfg, ctx, cache, callback, progress, timer)
+    job, s = prepared.job, cfg.sampling
+    interpolator = engine.interpolator if cfg.video.interpolate else None
+    num_frames = sampled.features.num_frames
+    if ctx is not None and not ctx.is_main:  # decode and interpolate this rank's chunks for rank 0
+        for _ in distributed_frames(
+            ctx, engine, sampled.latents, num_frames, s.decode_chunk_size, interpolator
+        ):
+            pass  # ranks > 0 yield nothing: they send their chunks
+        ctx.finish()
+        info = {"rank": ctx.rank, "written": False, "distributed": _distributed_summary(ctx, num_frames, s)}
+        return Result(job.output, job.output.with_name(job.output.name + ".json"), info)
+    paster = full_frame_paster(sampled.prepared, cfg)
+    written = _write_video(sampled, engine, cfg, ctx, interpolator, paster, progress, timer)
+    info = _sidecar_info(sampled, engine, cfg, ctx, interpolator, paster, written, timer.total())
+    sidecar = job.output.with_name(job.output.name + ".json")
+    _write_json(sidecar, info)
+    if ctx is not None:
+        ctx.finish()
+    return Result(job.output, sidecar, info)
+
+
+def _sample(
+    prepared: PreparedJob,
+    engine: Engine,
+    cfg: RenderConfig,
+    ctx: DistributedContext | None,
+    cache: IdentityCache | None,
+    callback: Callable[[int, int, torch.Tensor], None] | None,
+    progress: bool,
+    timer: _Timer,
+) -> _Sampled:
+    """Identity and audio encodings, emotion priors, motion conditions, then the pipeline's latents."""
     identity = encode_identity(prepared, engine, cfg, cache)
-    t = lap("image", started)
+    timer.lap("image")
     features, windows = audio_windows(prepared, engine, cfg)
     prepared = learned_emotion(prepared, engine, cfg, windows)  # no-op unless --emotion-from is learned
-    t = lap("audio", t)
+    timer.lap("audio")
     s = cfg.sampling
     priors = schedule_priors(prepared.schedule, emotion_bank(prepared, engine), features.num_frames, s.fps)
-    seed = s.seed if job.seed is None else job.seed
+    seed = s.seed if prepared.job.seed is None else prepared.job.seed
     generator = torch.Generator(engine.device).manual_seed(seed)
     engine.pipe.set_progress_bar_config(disable=not progress, desc="sampling")
     tensors = prepared.portrait
@@ -218,34 +274,47 @@ def generate(
         output_type="latent",
         **({"window_executor": ctx.executor} if ctx is not None else {}),
     ).latents
-    t = lap("sampling", t)
-    interpolator = engine.interpolator if cfg.video.interpolate else None
-    if ctx is not None:  # every rank decodes its share of the chunks; rank 0 alone encodes and writes
-        stream = distributed_frames(
-            ctx, engine, latents, features.num_frames, s.decode_chunk_size, interpolator
-        )
-        if not ctx.is_main:
-            for _ in stream:  # ranks > 0 yield nothing: they decode, interpolate and send their chunks
-                pass
-            ctx.finish()
-            summary = _distributed_summary(ctx, features.num_frames, s.decode_chunk_size)
-            info = {"rank": ctx.rank, "written": False, "distributed": summary}
-            return Result(job.output, job.output.with_name(job.output.name + ".json"), info)
-        new_dump = job.dump_frames is not None and not job.dump_frames.exists()
-    fps = s.fps * (2 if interpolator is not None else 1)
-    paster = full_frame_paster(prepared, cfg)
-    sweep_dead_owners(job.output.resolve().parent, (".portrait-",))  # work folders of killed renders
-    work = Path(tempfile.mkdtemp(prefix=owned_prefix(".portrait-"), dir=job.output.resolve().parent))
-    try:
-        from tqdm.auto import tqdm
+    timer.lap("sampling")
+    return _Sampled(latents, features, prepared, seed, motion_info)
 
-        total = 2 * features.num_frames if interpolator is not None else features.num_frames
-        if ctx is None:
-            chunks = engine.pipe.decode_frames(latents, features.num_frames, s.decode_chunk_size)
+
+def _write_video(
+    sampled: _Sampled,
+    engine: Engine,
+    cfg: RenderConfig,
+    ctx: DistributedContext | None,
+    interpolator: torch.nn.Module | None,
+    paster: FramePaster | None,
+    progress: bool,
+    timer: _Timer,
+) -> int:
+    """Decode → interpolate → (paste) → encode → mux into the job's output; returns the frames written.
+
+    The work folder (named after this host and process, so a later render sweeps it if this one is
+    killed) goes in every case; with several ranks a frame dump this run started goes on failure too.
+    """
+    from tqdm.auto import tqdm
+
+    job, s, num_frames = sampled.prepared.job, cfg.sampling, sampled.features.num_frames
+    if ctx is None:
+        chunks = interpolated(
+            engine.pipe.decode_frames(sampled.latents, num_frames, s.decode_chunk_size), interpolator
+        )
+    else:  # every rank decodes its share of the chunks; rank 0 receives them in order
+        chunks = distributed_frames(
+            ctx, engine, sampled.latents, num_frames, s.decode_chunk_size, interpolator
+        )
+    new_dump = ctx is not None and job.dump_frames is not None and not job.dump_frames.exists()
+    fps = s.fps * (2 if interpolator is not None else 1)
+    folder = job.output.resolve().parent
+    sweep_dead_owners(folder, (".portrait-",))  # work folders of killed renders
+    work = Path(tempfile.mkdtemp(prefix=owned_prefix(".portrait-"), dir=folder))
+    try:
+        total = 2 * num_frames if interpolator is not None else num_frames
         dump = _png_dumper(job.dump_frames) if job.dump_frames is not None else None
         with tqdm(total=total, desc="encoding", unit="frame", disable=not progress) as bar:
             written = encode_video(
-                interpolated(chunks, interpolator) if ctx is None else stream,
+                chunks,
                 work / "silent.mp4",
                 fps=fps,
                 crf=cfg.video.crf,
@@ -253,25 +322,34 @@ def generate(
                 on_frames=dump,
                 progress=bar,
             )
-        t = lap("decode_encode", t)
-        mux_audio(
-            work / "silent.mp4",
-            job.audio,
-            job.output,
-            crf=cfg.video.mux_crf,
-            audio_codec=cfg.video.audio_codec,
-        )
-        lap("mux", t)
+        timer.lap("decode_encode")
+        v = cfg.video
+        mux_audio(work / "silent.mp4", job.audio, job.output, crf=v.mux_crf, audio_codec=v.audio_codec)
+        timer.lap("mux")
     except BaseException:
-        if ctx is not None and new_dump:  # a lost rank leaves no partial frame dump either
+        if new_dump:  # a lost rank leaves no partial frame dump either
             shutil.rmtree(job.dump_frames, ignore_errors=True)  # type: ignore[arg-type]
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    timings["total"] = round(time.perf_counter() - started, 3)
-    image_info = prepared.image_info
+    return written
+
+
+def _sidecar_info(
+    sampled: _Sampled,
+    engine: Engine,
+    cfg: RenderConfig,
+    ctx: DistributedContext | None,
+    interpolator: torch.nn.Module | None,
+    paster: FramePaster | None,
+    written: int,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """Everything that decided the output, for ``<output>.json``."""
+    prepared, features = sampled.prepared, sampled.features
+    job, image_info = prepared.job, prepared.image_info
     output_bytes, output_sha256 = _file_digest(job.output)
-    info = {
+    return {
         "output": str(job.output),
         "output_bytes": output_bytes,
         "output_sha256": output_sha256,
@@ -280,12 +358,12 @@ def generate(
         "emotion": job.emotion,
         "emotion_schedule": schedule_summary(prepared.schedule, features.duration),
         **prepared.emotion_info,
-        **({"motion": motion_info} if motion_info else {}),
-        "seed": seed,
+        **({"motion": sampled.motion_info} if sampled.motion_info else {}),
+        "seed": sampled.seed,
         "audio_seconds": round(features.duration, 3),
         "generated_frames": features.num_frames,
         "video_frames": written,
-        "fps": fps,
+        "fps": cfg.sampling.fps * (2 if interpolator is not None else 1),
         "interpolated": interpolator is not None,
         "device": str(engine.device),
         "dtype": str(engine.dtype).removeprefix("torch."),
@@ -294,17 +372,12 @@ def generate(
         "timings": timings,
         "versions": _versions(),
         **(
-            {"distributed": _distributed_summary(ctx, features.num_frames, s.decode_chunk_size)}
+            {"distributed": _distributed_summary(ctx, features.num_frames, cfg.sampling)}
             if ctx is not None
             else {}
         ),
         "config": config_to_dict(cfg),
     }
-    sidecar = job.output.with_name(job.output.name + ".json")
-    _write_json(sidecar, info)
-    if ctx is not None:
-        ctx.finish()
-    return Result(job.output, sidecar, info)
 
 
 def full_frame_paster(prepared: PreparedJob, cfg: RenderConfig) -> FramePaster | None:

@@ -17,20 +17,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from portrait.app.handler import (
+from portrait.app.handler import Cancelled, Studio
+from portrait.app.launch import LaunchOptions, add_app_arguments, exposure_warnings, parse_auth
+from portrait.app.present import draw_face_box, ui_message
+from portrait.app.request import (
     AppRequest,
-    Cancelled,
-    Studio,
-    Workspace,
     default_framing,
-    draw_face_box,
     emotion_spec,
     framing_values,
     resolve_seed,
     timeline_rows,
-    ui_message,
 )
-from portrait.app.launch import LaunchOptions, add_app_arguments, exposure_warnings, parse_auth
+from portrait.app.workspace import Workspace
 from portrait.config import load_config
 from portrait.errors import ConfigError, InputError, NoFaceError
 

@@ -12,7 +12,9 @@ import torch
 from safetensors.torch import load_file
 
 from portrait.app.emotion import reference_fields, save_emotion
-from portrait.app.handler import AppRequest, Studio, Workspace
+from portrait.app.handler import Studio
+from portrait.app.request import AppRequest
+from portrait.app.workspace import Workspace
 from portrait.config import load_config
 from portrait.errors import InputError
 

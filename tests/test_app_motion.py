@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from portrait.app.handler import AppRequest, Studio, Workspace, motion_source, motion_values
+from portrait.app.handler import Studio
+from portrait.app.request import AppRequest, motion_source, motion_values
+from portrait.app.workspace import Workspace
 from portrait.config import load_config
 from portrait.errors import InputError
 

@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from portrait.app.handler import MAX_QA_RETRIES, AppRequest, Studio, Workspace, qa_values, summary
+from portrait.app.handler import Studio
+from portrait.app.present import summary
+from portrait.app.request import MAX_QA_RETRIES, AppRequest, qa_values
+from portrait.app.workspace import Workspace
 from portrait.config import load_config
 from portrait.errors import InputError
 

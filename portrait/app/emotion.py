@@ -17,7 +17,8 @@ from portrait.constants import EMOTION_FROM_MODES, MAX_EMOTION_STRENGTH
 from portrait.errors import InputError
 
 if TYPE_CHECKING:
-    from portrait.app.handler import AppRequest, Studio
+    from portrait.app.handler import Studio
+    from portrait.app.request import AppRequest
 
 logger = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from portrait.app.handler import (
     DEFAULT_QUEUE_SIZE,
     LOOPBACK_HOSTS,
     Studio,
-    Workspace,
 )
+from portrait.app.workspace import Workspace
 from portrait.cli.common import add_runtime_arguments, runtime_values
 from portrait.errors import ConfigError
 

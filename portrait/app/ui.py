@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from portrait.app.emotion import REFERENCE_SUFFIXES, save_emotion
-from portrait.app.handler import MAX_QA_RETRIES, MOTION_SUFFIXES, AppRequest, Studio, default_framing
+from portrait.app.handler import Studio
 from portrait.app.launch import LaunchOptions, add_app_arguments, run_app
+from portrait.app.request import MAX_QA_RETRIES, MOTION_SUFFIXES, AppRequest, default_framing
 from portrait.cli.common import CLI_HINTS
 from portrait.constants import EMOTION_FILE_SUFFIXES
 from portrait.errors import PortraitError, describe

@@ -12,8 +12,9 @@ import pytest
 import soundfile as sf
 from hostile_support import PORTRAIT, SPEECH
 
-from portrait.app.handler import Studio, Workspace
+from portrait.app.handler import Studio
 from portrait.app.launch import LaunchOptions
+from portrait.app.workspace import Workspace
 from portrait.config import load_config
 
 FAST = dict(size=64, steps=2, framing="photo", interpolate=False)
@@ -116,7 +117,8 @@ def test_bomb_prior_is_a_readable_app_error(app_client, short_speech) -> None:
 )
 def test_nan_and_inf_numbers_are_readable_errors(app_client, short_speech, tmp_path, numbers, fragment):
     # gradio_client refuses to send NaN/inf itself, so the handler behind /generate is called directly.
-    from portrait.app.handler import AppRequest, ui_message
+    from portrait.app.present import ui_message
+    from portrait.app.request import AppRequest
     from portrait.errors import PortraitError
 
     studio = app_client[3]

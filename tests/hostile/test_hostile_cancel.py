@@ -8,7 +8,9 @@ from pathlib import Path
 import soundfile as sf
 from hostile_support import PORTRAIT, SPEECH
 
-from portrait.app.handler import AppRequest, Cancelled, Studio, Workspace
+from portrait.app.handler import Cancelled, Studio
+from portrait.app.request import AppRequest
+from portrait.app.workspace import Workspace
 from portrait.config import load_config
 
 FAST = dict(size=64, steps=1, framing="photo", interpolate=False)
