@@ -22,14 +22,15 @@ from portrait.eval.faces import interpolate_gaps
 from portrait.eval.metric import Metric, available, unavailable
 from portrait.eval.observe import Observations, observe
 from portrait.eval.tools import EvalTools, default_tools
+from portrait.layout import RELEASE_EMOTIONS
 from portrait.motion.landmarks import mouth_opening
 from portrait.preprocess.detectors import Face
 from portrait.preprocess.emotion import EmotionSchedule, parse_emotion
 
 logger = logging.getLogger(__name__)
 
-#: Emotion-bank names accepted in ``--emotion`` specs given to the evaluation.
-BANK_NAMES = ("angry", "contempt", "disgusted", "fear", "happy", "neutral", "sad", "surprised")
+#: Emotion-bank names accepted in ``--emotion`` specs given to the evaluation: the release bank.
+BANK_NAMES = RELEASE_EMOTIONS
 
 METRIC_NAMES = (
     "face_coverage",
