@@ -15,15 +15,8 @@ import soundfile as sf
 
 from portrait.batch import main as batch
 from portrait.batch.main import Batch, BatchOptions, main
-from portrait.batch.manifest import (
-    InvalidLine,
-    JobRecord,
-    ManifestJob,
-    Shard,
-    read_manifest,
-    resolve_shard,
-    select_shard,
-)
+from portrait.batch.manifest import InvalidLine, JobRecord, ManifestJob, read_manifest
+from portrait.batch.shard import Shard, resolve_shard, select_shard
 from portrait.batch.worker import Worker, WorkerSettings, is_done, remove_stale
 from portrait.config import load_config, with_values
 from portrait.errors import InputError

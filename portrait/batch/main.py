@@ -32,16 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from portrait import __version__
-from portrait.batch.manifest import (
-    InvalidLine,
-    JobRecord,
-    ManifestJob,
-    Shard,
-    read_manifest,
-    resolve_shard,
-    select_shard,
-)
+from portrait.batch.manifest import InvalidLine, JobRecord, ManifestJob, read_manifest
 from portrait.batch.ray import RayOptions
+from portrait.batch.shard import Shard, resolve_shard, select_shard
 from portrait.batch.worker import (
     FOREIGN_OUTPUT,
     Worker,

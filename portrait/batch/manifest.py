@@ -6,7 +6,8 @@ against the manifest's folder. ``emotion_qa: true`` (optional ``qa_threshold``, 
 job through the emotion-QA loop (:mod:`portrait.eval.qa`); ``emotion_from`` (:data:`EMOTION_FROM_KEYS`)
 takes the emotion from a reference clip. A bad line becomes an :class:`InvalidLine` (line number + reason)
 and does not stop the others; only an unreadable or empty manifest raises. Also here: the per-job result
-record (:class:`JobRecord`) and static sharding (``--shard I/N``, Slurm, torchrun).
+record (:class:`JobRecord`); static shards are in :mod:`portrait.batch.shard`, value parsers in
+:mod:`portrait.batch.fields`.
 
 This module stays light (no torch): the CLI parses and validates before importing any model code.
 """
@@ -16,15 +17,22 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-import yaml
-
+from portrait.batch.fields import (
+    LineError,
+    boolean_value,
+    face_box_value,
+    input_path,
+    integer_value,
+    number_value,
+    set_values,
+    text_value,
+)
 from portrait.constants import (
     EMOTION_EMBEDDERS,
     EMOTION_FILE_SUFFIXES,
@@ -41,10 +49,7 @@ __all__ = [
     "InvalidLine",
     "JobRecord",
     "ManifestJob",
-    "Shard",
     "read_manifest",
-    "resolve_shard",
-    "select_shard",
 ]
 
 #: Per-job override keys → the config keys they set (``ref_scale``/``emo_scale`` set both min and max).
@@ -75,7 +80,6 @@ QA_KEYS = ("emotion_qa", "qa_threshold", "qa_retries")
 #: Most QA re-renders one manifest line may ask for (each is a full render).
 MAX_QA_RETRIES = 5
 KNOWN_KEYS: tuple[str, ...] = _JOB_KEYS + tuple(OVERRIDE_KEYS) + QA_KEYS + EMOTION_FROM_KEYS
-_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 #: Deepest JSON nesting a manifest line may have (a real job line has 2).
 MAX_JSON_DEPTH = 8
 
@@ -145,19 +149,6 @@ class JobRecord:
         return data
 
 
-@dataclass(frozen=True)
-class Shard:
-    """Static shard ``index`` of ``count`` (0-based) and where that came from."""
-
-    index: int = 0
-    count: int = 1
-    source: str = "default"
-
-
-class _LineError(Exception):
-    """A problem with one manifest line (becomes an :class:`InvalidLine`)."""
-
-
 # ------------------------------------------------------------------------------------------------ reading
 def read_manifest(path: Path, out_dir: Path) -> list[ManifestJob | InvalidLine]:
     """Every job line of ``path`` (JSONL or CSV) in file order, each valid or invalid.
@@ -189,10 +180,10 @@ def read_manifest(path: Path, out_dir: Path) -> list[ManifestJob | InvalidLine]:
     entries: list[ManifestJob | InvalidLine] = []
     for line, row in rows:
         try:
-            if isinstance(row, _LineError):
+            if isinstance(row, LineError):
                 raise row
             entries.append(_job_from_row(line, row, base, out_root))
-        except _LineError as err:
+        except LineError as err:
             entries.append(InvalidLine(line, str(err)))
     return _reject_duplicates(entries)
 
@@ -201,25 +192,25 @@ def _looks_like_json(text: str) -> bool:
     return text.lstrip().startswith("{")
 
 
-def _jsonl_rows(text: str) -> list[tuple[int, dict[str, Any] | _LineError]]:
-    rows: list[tuple[int, dict[str, Any] | _LineError]] = []
+def _jsonl_rows(text: str) -> list[tuple[int, dict[str, Any] | LineError]]:
+    rows: list[tuple[int, dict[str, Any] | LineError]] = []
     for number, raw in enumerate(text.splitlines(), start=1):
         stripped = raw.strip()
         if not stripped or stripped.startswith("#"):
             continue
         if _json_depth(stripped) > MAX_JSON_DEPTH:
-            rows.append((number, _LineError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")))
+            rows.append((number, LineError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")))
             continue
         try:
             row = json.loads(stripped)
         except json.JSONDecodeError as err:
-            rows.append((number, _LineError(f"not valid JSON: {err.msg} at column {err.colno}")))
+            rows.append((number, LineError(f"not valid JSON: {err.msg} at column {err.colno}")))
             continue
         except RecursionError:
-            rows.append((number, _LineError("JSON nested too deeply")))
+            rows.append((number, LineError("JSON nested too deeply")))
             continue
         if not isinstance(row, dict):
-            rows.append((number, _LineError(f"must be a JSON object, got {type(row).__name__}")))
+            rows.append((number, LineError(f"must be a JSON object, got {type(row).__name__}")))
             continue
         rows.append((number, {k: v for k, v in row.items() if v is not None}))
     return rows
@@ -247,7 +238,7 @@ def _json_depth(text: str) -> int:
     return deepest
 
 
-def _csv_rows(text: str, path: Path) -> list[tuple[int, dict[str, Any] | _LineError]]:
+def _csv_rows(text: str, path: Path) -> list[tuple[int, dict[str, Any] | LineError]]:
     reader = csv.reader(io.StringIO(text))
     try:
         header = [name.strip() for name in next(reader)]
@@ -261,7 +252,7 @@ def _csv_rows(text: str, path: Path) -> list[tuple[int, dict[str, Any] | _LineEr
             f"manifest {path}: CSV header (line 1) must name image and audio once each and only known "
             f"columns ({', '.join(KNOWN_KEYS)}); unknown: {', '.join(unknown) or 'none'}"
         )
-    rows: list[tuple[int, dict[str, Any] | _LineError]] = []
+    rows: list[tuple[int, dict[str, Any] | LineError]] = []
     end = reader.line_num
     while True:
         start = end + 1
@@ -270,14 +261,14 @@ def _csv_rows(text: str, path: Path) -> list[tuple[int, dict[str, Any] | _LineEr
         except StopIteration:
             break
         except csv.Error as err:
-            rows.append((start, _LineError(f"bad CSV: {err}")))
+            rows.append((start, LineError(f"bad CSV: {err}")))
             end = reader.line_num
             continue
         end = reader.line_num
         if not any(cell.strip() for cell in cells):
             continue
         if len(cells) != len(header):
-            rows.append((start, _LineError(f"has {len(cells)} cells; the header has {len(header)}")))
+            rows.append((start, LineError(f"has {len(cells)} cells; the header has {len(header)}")))
             continue
         rows.append((start, {k: v.strip() for k, v in zip(header, cells, strict=True) if v.strip()}))
     return rows
@@ -287,16 +278,16 @@ def _csv_rows(text: str, path: Path) -> list[tuple[int, dict[str, Any] | _LineEr
 def _job_from_row(line: int, row: Mapping[str, Any], base: Path, out_root: Path) -> ManifestJob:
     unknown = sorted(set(row) - set(KNOWN_KEYS))
     if unknown:
-        raise _LineError(f"unknown key(s) {', '.join(map(repr, unknown))}; known: {', '.join(KNOWN_KEYS)}")
+        raise LineError(f"unknown key(s) {', '.join(map(repr, unknown))}; known: {', '.join(KNOWN_KEYS)}")
     for key in ("image", "audio"):
         if key not in row:
-            raise _LineError(f"missing {key!r}")
-    image, audio = _input_path(row["image"], "image", base), _input_path(row["audio"], "audio", base)
-    emotion = _text(row.get("emotion", "neutral"), "emotion")
+            raise LineError(f"missing {key!r}")
+    image, audio = input_path(row["image"], "image", base), input_path(row["audio"], "audio", base)
+    emotion = text_value(row.get("emotion", "neutral"), "emotion")
     if Path(emotion).suffix.lower() in EMOTION_FILE_SUFFIXES:
-        emotion = str(_input_path(emotion, "emotion", base))
+        emotion = str(input_path(emotion, "emotion", base))
     if "output" in row:
-        output = _confine_output(_text(row["output"], "output"), out_root)
+        output = _confine_output(text_value(row["output"], "output"), out_root)
     else:
         output = out_root / f"{line}_{image.stem}_{audio.stem}.mp4"
     values: list[tuple[str, Any]] = []
@@ -304,19 +295,19 @@ def _job_from_row(line: int, row: Mapping[str, Any], base: Path, out_root: Path)
         if key in row:
             values.extend(zip(targets, _override_value(key, row[key], len(targets)), strict=True))
     if "set" in row:
-        values.extend(_set_values(row["set"]))
+        values.extend(set_values(row["set"]))
     return ManifestJob(
         line,
         image,
         audio,
         output,
         emotion=emotion,
-        face_box=_face_box(row["face_box"]) if "face_box" in row else None,
-        face_index=_integer(row["face_index"], "face_index", minimum=0) if "face_index" in row else None,
-        seed=_integer(row["seed"], "seed", minimum=0) if "seed" in row else None,
+        face_box=face_box_value(row["face_box"]) if "face_box" in row else None,
+        face_index=integer_value(row["face_index"], "face_index", minimum=0) if "face_index" in row else None,
+        seed=integer_value(row["seed"], "seed", minimum=0) if "seed" in row else None,
         values=tuple(values),
         qa=_qa(row),
-        motion=_input_path(row["motion"], "motion", base) if "motion" in row else None,
+        motion=input_path(row["motion"], "motion", base) if "motion" in row else None,
         **_emotion_from(row, base),
     )
 
@@ -326,21 +317,21 @@ def _emotion_from(row: Mapping[str, Any], base: Path) -> dict[str, Any]:
     if "emotion_from" not in row:
         given = [key for key in EMOTION_FROM_KEYS[1:] if key in row]
         if given:
-            raise _LineError(f"{', '.join(map(repr, given))} given without 'emotion_from'")
+            raise LineError(f"{', '.join(map(repr, given))} given without 'emotion_from'")
         return {}
-    fields: dict[str, Any] = {"emotion_from": _input_path(row["emotion_from"], "emotion_from", base)}
+    fields: dict[str, Any] = {"emotion_from": input_path(row["emotion_from"], "emotion_from", base)}
     if "emotion_strength" in row:
-        strength = _number(row["emotion_strength"], "emotion_strength")
+        strength = number_value(row["emotion_strength"], "emotion_strength")
         if not 0.0 <= strength <= MAX_EMOTION_STRENGTH:
-            raise _LineError(
+            raise LineError(
                 f"'emotion_strength' must be between 0 and {MAX_EMOTION_STRENGTH:g}, got {strength:g}"
             )
         fields["emotion_strength"] = strength
     for key, choices in (("emotion_from_mode", EMOTION_FROM_MODES), ("emotion_embedder", EMOTION_EMBEDDERS)):
         if key in row:
-            value = _text(row[key], key)
+            value = text_value(row[key], key)
             if value not in choices:
-                raise _LineError(f"{key!r} must be one of {', '.join(choices)}, got {row[key]!r}")
+                raise LineError(f"{key!r} must be one of {', '.join(choices)}, got {row[key]!r}")
             fields[key] = value
     return fields
 
@@ -350,38 +341,38 @@ def _qa(row: Mapping[str, Any]) -> tuple[float, int] | None:
 
     ``qa_threshold`` / ``qa_retries`` without ``emotion_qa: true`` are refused rather than ignored.
     """
-    enabled = _boolean(row["emotion_qa"], "emotion_qa") if "emotion_qa" in row else False
+    enabled = boolean_value(row["emotion_qa"], "emotion_qa") if "emotion_qa" in row else False
     given = [key for key in ("qa_threshold", "qa_retries") if key in row]
     if not enabled:
         if given:
-            raise _LineError(f"{', '.join(map(repr, given))} given without 'emotion_qa': true")
+            raise LineError(f"{', '.join(map(repr, given))} given without 'emotion_qa': true")
         return None
-    threshold = _number(row["qa_threshold"], "qa_threshold") if "qa_threshold" in row else 0.5
+    threshold = number_value(row["qa_threshold"], "qa_threshold") if "qa_threshold" in row else 0.5
     if not 0.0 <= threshold <= 1.0:
-        raise _LineError(f"'qa_threshold' must be between 0 and 1, got {threshold:g}")
-    retries = _integer(row["qa_retries"], "qa_retries", minimum=0) if "qa_retries" in row else 2
+        raise LineError(f"'qa_threshold' must be between 0 and 1, got {threshold:g}")
+    retries = integer_value(row["qa_retries"], "qa_retries", minimum=0) if "qa_retries" in row else 2
     if retries > MAX_QA_RETRIES:
-        raise _LineError(f"'qa_retries' must be <= {MAX_QA_RETRIES}, got {retries}")
+        raise LineError(f"'qa_retries' must be <= {MAX_QA_RETRIES}, got {retries}")
     return (threshold, retries)
 
 
 def _confine_output(name: str, out_root: Path) -> Path:
     """``name`` (relative, ``.mp4``) joined to ``out_root``; refuses anything that could land outside it."""
     if not name.strip():
-        raise _LineError("'output' is empty")
+        raise LineError("'output' is empty")
     if (
         PurePosixPath(name).is_absolute()
         or PureWindowsPath(name).is_absolute()
         or PureWindowsPath(name).drive
     ):
-        raise _LineError(f"output {name!r} is an absolute path; give a name relative to --out-dir")
+        raise LineError(f"output {name!r} is an absolute path; give a name relative to --out-dir")
     if ".." in PurePosixPath(name.replace("\\", "/")).parts:
-        raise _LineError(f"output {name!r} contains '..'; outputs must stay inside --out-dir")
+        raise LineError(f"output {name!r} contains '..'; outputs must stay inside --out-dir")
     if not name.lower().endswith(".mp4") or name.lower().endswith(".partial.mp4"):
-        raise _LineError(f"output {name!r} must end in .mp4 (and not .partial.mp4)")
+        raise LineError(f"output {name!r} must end in .mp4 (and not .partial.mp4)")
     path = (out_root / name).resolve()
     if not path.is_relative_to(out_root):
-        raise _LineError(f"output {name!r} resolves to {path}, outside --out-dir {out_root}")
+        raise LineError(f"output {name!r} resolves to {path}, outside --out-dir {out_root}")
     return path
 
 
@@ -401,142 +392,18 @@ def _reject_duplicates(entries: list[ManifestJob | InvalidLine]) -> list[Manifes
     return out
 
 
-def _text(value: Any, key: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise _LineError(f"{key!r} must be a non-empty string, got {value!r}")
-    if any(ord(char) < 32 for char in value):
-        raise _LineError(f"{key!r} contains a control character (NUL, newline, ...): {value!r}")
-    return value.strip()
-
-
-def _input_path(value: Any, key: str, base: Path) -> Path:
-    path = Path(_text(value, key)).expanduser()
-    return Path(os.path.normpath(path if path.is_absolute() else base / path))
-
-
-def _integer(value: Any, key: str, minimum: int | None = None) -> int:
-    if isinstance(value, str):
-        try:
-            value = int(value)
-        except ValueError:
-            raise _LineError(f"{key!r} must be an integer, got {value!r}") from None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _LineError(f"{key!r} must be an integer, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise _LineError(f"{key!r} must be >= {minimum}, got {value}")
-    return value
-
-
-def _number(value: Any, key: str) -> float:
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            raise _LineError(f"{key!r} must be a number, got {value!r}") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _LineError(f"{key!r} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise _LineError(f"{key!r} must be a finite number, got {value!r}")
-    return float(value)
-
-
-def _boolean(value: Any, key: str) -> bool:
-    if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
-        return value.lower() in _TRUE
-    if not isinstance(value, bool):
-        raise _LineError(f"{key!r} must be true or false, got {value!r}")
-    return value
-
-
 def _override_value(key: str, value: Any, width: int) -> tuple[Any, ...]:
     """The config value(s) of one override key (a scale may be ``[min, max]`` or ``"min,max"``)."""
     if key in ("crop", "interpolate"):
-        return (_boolean(value, key),)
+        return (boolean_value(value, key),)
     if key in _CHOICE_KEYS:
-        if _text(value, key) not in _CHOICE_KEYS[key]:
-            raise _LineError(f"{key!r} must be one of {', '.join(_CHOICE_KEYS[key])}, got {value!r}")
+        if text_value(value, key) not in _CHOICE_KEYS[key]:
+            raise LineError(f"{key!r} must be one of {', '.join(_CHOICE_KEYS[key])}, got {value!r}")
         return (value.strip(),)
     if key in ("steps", "size"):
-        return (_integer(value, key),)
+        return (integer_value(value, key),)
     parts = value.split(",") if isinstance(value, str) else value if isinstance(value, list) else [value]
     if len(parts) not in (1, width):
-        raise _LineError(f"{key!r} must be a number or [min, max], got {value!r}")
-    numbers = tuple(_number(part, key) for part in parts)
+        raise LineError(f"{key!r} must be a number or [min, max], got {value!r}")
+    numbers = tuple(number_value(part, key) for part in parts)
     return numbers * width if len(numbers) == 1 else numbers
-
-
-def _face_box(value: Any) -> tuple[float, float, float, float]:
-    parts = value.split(",") if isinstance(value, str) else value if isinstance(value, list) else None
-    if parts is None or len(parts) != 4:
-        raise _LineError(f"'face_box' must be X,Y,W,H (four numbers), got {value!r}")
-    x, y, w, h = (_number(part, "face_box") for part in parts)
-    if not (w > 0 and h > 0):
-        raise _LineError(f"'face_box' {value!r} must have a positive width and height")
-    return (x, y, w, h)
-
-
-def _set_values(value: Any) -> list[tuple[str, Any]]:
-    """``set``: a mapping of dotted config keys, or ``"a.b=1; c.d=x"``; ``runtime.*`` is per batch only."""
-    if isinstance(value, str):
-        pairs = [item.partition("=") for item in value.split(";") if item.strip()]
-        if any(not sep for _, sep, _ in pairs):
-            raise _LineError(f"'set' must be 'section.key=value; ...', got {value!r}")
-        try:
-            value = {k.strip(): yaml.safe_load(v) for k, _, v in pairs}
-        except yaml.YAMLError as err:
-            raise _LineError(f"'set' {value!r}: cannot parse a value: {err}") from None
-    if not isinstance(value, dict):
-        raise _LineError(f"'set' must be an object of dotted config keys, got {value!r}")
-    for key in value:
-        if not isinstance(key, str) or "." not in key or key.startswith("runtime."):
-            raise _LineError(f"'set' key {key!r}: give section.key (runtime.* is set for the whole batch)")
-    return sorted(value.items())
-
-
-# ------------------------------------------------------------------------------------------------ shards
-def resolve_shard(text: str | None, env: Mapping[str, str] | None = None) -> Shard:
-    """The static shard of this process.
-
-    ``--shard I/N`` wins; else a Slurm job array (``SLURM_ARRAY_TASK_ID`` relative to
-    ``SLURM_ARRAY_TASK_MIN`` in steps of ``SLURM_ARRAY_TASK_STEP``, of ``SLURM_ARRAY_TASK_COUNT``); else Slurm
-    tasks (``SLURM_PROCID`` / ``SLURM_NTASKS``); else torchrun (``RANK`` / ``WORLD_SIZE``); else 0/1.
-
-    Raises:
-        InputError: a malformed ``I/N`` or an index outside ``[0, N)``.
-    """
-    env = os.environ if env is None else env
-    if text is not None:
-        index, sep, count = text.partition("/")
-        return _shard(index, count if sep else "", f"--shard {text}")
-    if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
-        task, low = env["SLURM_ARRAY_TASK_ID"], env.get("SLURM_ARRAY_TASK_MIN", "0")
-        step = env.get("SLURM_ARRAY_TASK_STEP", "1")
-        try:
-            index = (int(task) - int(low)) // max(int(step), 1)
-        except ValueError:
-            raise InputError(
-                f"SLURM_ARRAY_TASK_ID={task!r} / _MIN={low!r} / _STEP={step!r} are not integers"
-            ) from None
-        return _shard(str(index), env["SLURM_ARRAY_TASK_COUNT"], "Slurm job array")
-    for rank, size, what in (
-        ("SLURM_PROCID", "SLURM_NTASKS", "Slurm tasks"),
-        ("RANK", "WORLD_SIZE", "torchrun"),
-    ):
-        if rank in env and size in env:
-            return _shard(env[rank], env[size], f"{what} ({rank}/{size})")
-    return Shard()
-
-
-def _shard(index: str, count: str, source: str) -> Shard:
-    try:
-        i, n = int(index), int(count)
-    except ValueError:
-        raise InputError(f"shard from {source} must be I/N with integers, got {index!r}/{count!r}") from None
-    if n < 1 or not 0 <= i < n:
-        raise InputError(f"shard {i}/{n} from {source}: need N >= 1 and 0 <= I < N")
-    return Shard(i, n, source)
-
-
-def select_shard(entries: list[ManifestJob | InvalidLine], shard: Shard) -> list[ManifestJob | InvalidLine]:
-    """Round-robin over the manifest's entries: entry k belongs to shard ``k mod N``."""
-    return entries[shard.index :: shard.count]
