@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from tiny_inputs import studio_on
 
-from portrait.app.handler import Cancelled, Studio
+from portrait.app.handler import Cancelled
 from portrait.app.launch import LaunchOptions, add_app_arguments, exposure_warnings, parse_auth
 from portrait.app.present import draw_face_box, ui_message
 from portrait.app.request import (
@@ -160,14 +161,8 @@ def test_api_parameters_are_request_fields():
 
 # ---------------------------------------------------------------------------------- handler, tiny weights
 @pytest.fixture(scope="module")
-def studio(tiny_weights, tmp_path_factory) -> Studio:
-    cfg = load_config(values={"runtime.weights": str(tiny_weights), "sampling.steps": 2})
-    studio = Studio(
-        cfg, detector="dlib", max_seconds=3.0, workspace=Workspace(tmp_path_factory.mktemp("app"))
-    )
-    studio.engine()
-    yield studio
-    studio.workspace.cleanup()
+def studio(tiny_weights, tmp_path_factory):
+    yield from studio_on(tiny_weights, tmp_path_factory.mktemp("app"), steps=2)
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from tiny_inputs import studio_on
 
 from portrait.app.handler import Studio
 from portrait.app.request import AppRequest, motion_source, motion_values
-from portrait.app.workspace import Workspace
-from portrait.config import load_config
 from portrait.errors import InputError
 
 pytest.importorskip("cv2")
@@ -56,13 +55,7 @@ def studio(tmp_path_factory) -> Studio:
 
     root = write_tiny_weights(tmp_path_factory.mktemp("guided") / "w", layout="portrait", seed=0)
     write_tiny_landmark_guider(root, seed=0)
-    cfg = load_config(values={"runtime.weights": str(root), "sampling.steps": 2})
-    studio = Studio(
-        cfg, detector="dlib", max_seconds=3.0, workspace=Workspace(tmp_path_factory.mktemp("app"))
-    )
-    studio.engine()
-    yield studio
-    studio.workspace.cleanup()
+    yield from studio_on(root, tmp_path_factory.mktemp("app"), steps=2)
 
 
 @pytest.fixture(scope="module")

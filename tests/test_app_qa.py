@@ -7,12 +7,10 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
+from tiny_inputs import studio_on
 
-from portrait.app.handler import Studio
 from portrait.app.present import summary
 from portrait.app.request import MAX_QA_RETRIES, AppRequest, qa_values
-from portrait.app.workspace import Workspace
-from portrait.config import load_config
 from portrait.errors import InputError
 
 ASSETS = Path(__file__).resolve().parents[1] / "portrait" / "assets"
@@ -57,13 +55,7 @@ def test_summary_shows_each_attempts_scores_and_the_chosen_one():
 
 @pytest.fixture(scope="module")
 def studio(tiny_weights, tmp_path_factory):
-    cfg = load_config(values={"runtime.weights": str(tiny_weights), "sampling.steps": 1})
-    studio = Studio(
-        cfg, detector="dlib", max_seconds=3.0, workspace=Workspace(tmp_path_factory.mktemp("app"))
-    )
-    studio.engine()
-    yield studio
-    studio.workspace.cleanup()
+    yield from studio_on(tiny_weights, tmp_path_factory.mktemp("app"), steps=1)
 
 
 @pytest.fixture(scope="module")

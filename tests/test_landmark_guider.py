@@ -7,25 +7,14 @@ import logging
 
 import pytest
 import torch
+from tiny_inputs import H, W, pipeline_inputs
 
 from portrait.errors import InputError
 from portrait.models.landmark_guider import LandmarkGuider
 from portrait.pipeline import PortraitPipeline
 from portrait.testing import randomize_, tiny_pose_guider_config
 
-H = W = 64
 N = 30  # two windows of 25 with the 25 padding frames: several windows per step
-
-
-def _inputs(num_frames: int = N, seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    ref = torch.rand(1, 3, H, W, generator=gen) * 2 - 1
-    clip = torch.randn(1, 3, 224, 224, generator=gen)
-    mask = torch.zeros(1, 3, H, W)
-    mask[..., 14:50, 10:54] = 1.0
-    windows = torch.randn(num_frames, 10, 3, 16, generator=gen)
-    prior = torch.randn(1, 256, generator=gen) * 0.85
-    return ref, clip, mask, windows, prior
 
 
 def _maps(num_frames: int = N, seed: int = 1) -> torch.Tensor:
@@ -58,14 +47,14 @@ def _random_guider(seed: int = 0) -> LandmarkGuider:
 
 
 def _run(pipe, maps=None, **kw):
-    ref, clip, mask, windows, prior = _inputs()
+    ref, clip, mask, windows, prior = pipeline_inputs(N)
     return pipe(ref, clip, mask, windows, prior, steps=1, latents=_noise(), motion_maps=maps, **kw).frames
 
 
 @pytest.fixture(scope="module")
 def baseline(tiny_pipe):
     """Today's output: the pipeline without a landmark guider and without the argument."""
-    ref, clip, mask, windows, prior = _inputs()
+    ref, clip, mask, windows, prior = pipeline_inputs(N)
     return tiny_pipe(ref, clip, mask, windows, prior, steps=1, latents=_noise()).frames
 
 

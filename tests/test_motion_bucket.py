@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from tiny_inputs import pipeline_inputs
 
 from portrait.errors import InputError
 from portrait.motion.bucket import (
@@ -30,7 +31,6 @@ from portrait.pipeline import _Conditioning, _padded_buckets, _window_time_ids
 
 ASSETS = Path(__file__).resolve().parents[1] / "portrait" / "assets"
 PORTRAIT, SPEECH = ASSETS / "sample_portrait.jpg", ASSETS / "sample_speech.wav"
-H = W = 64
 N = 30  # two windows of 25 plus 25 padding frames: several windows per step
 
 
@@ -147,20 +147,9 @@ def test_window_time_ids_mean_rounded_with_padding_held():
 
 
 # ------------------------------------------------------------------------------------ pipeline exactness
-def _inputs(num_frames: int = N, seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    ref = torch.rand(1, 3, H, W, generator=gen) * 2 - 1
-    clip = torch.randn(1, 3, 224, 224, generator=gen)
-    mask = torch.zeros(1, 3, H, W)
-    mask[..., 14:50, 10:54] = 1.0
-    windows = torch.randn(num_frames, 10, 3, 16, generator=gen)
-    prior = torch.randn(1, 256, generator=gen) * 0.85
-    return ref, clip, mask, windows, prior
-
-
 def _run(pipe, **kw):
     noise = torch.randn(1, N + 25, 4, 8, 8, generator=torch.Generator().manual_seed(5))
-    return pipe(*_inputs(), steps=1, latents=noise, overlap=3, **kw).frames
+    return pipe(*pipeline_inputs(N), steps=1, latents=noise, overlap=3, **kw).frames
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +182,7 @@ def test_varying_table_changes_the_video(tiny_pipe, baseline):
 )  # fmt: skip
 def test_bad_tables_are_input_errors(tiny_pipe, table, message):
     with pytest.raises(InputError, match=message):
-        tiny_pipe(*_inputs(), steps=1, motion_bucket_ids=table)
+        tiny_pipe(*pipeline_inputs(N), steps=1, motion_bucket_ids=table)
 
 
 # ------------------------------------------------------------------------------------ motion_arguments

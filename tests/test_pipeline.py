@@ -5,27 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 from reference_impl import reference_generate
+from tiny_inputs import H, W, pipeline_inputs
 
 from portrait.errors import InputError
-
-H = W = 64
-
-
-def _inputs(num_frames: int, seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    ref = torch.rand(1, 3, H, W, generator=gen) * 2 - 1
-    clip = torch.randn(1, 3, 224, 224, generator=gen)
-    mask = torch.zeros(1, 3, H, W)
-    mask[..., 14:50, 10:54] = 1.0
-    windows = torch.randn(num_frames, 10, 3, 16, generator=gen)
-    prior = torch.randn(1, 256, generator=gen) * 0.85
-    return ref, clip, mask, windows, prior
 
 
 @pytest.mark.parametrize("num_frames", [3, 30])
 def test_frames_match_the_reference_transcription(tiny_pipe, num_frames):
     """Spec 11.4: CPU fp32, same weights/inputs/noise → frames within 1e-3 of the reference."""
-    ref, clip, mask, windows, prior = _inputs(num_frames)
+    ref, clip, mask, windows, prior = pipeline_inputs(num_frames)
     noise = torch.randn(1, num_frames + 25, 4, 8, 8, generator=torch.Generator().manual_seed(5))
     ours = tiny_pipe(ref, clip, mask, windows, prior, steps=3, latents=noise).frames
     expected = reference_generate(tiny_pipe, ref, clip, mask, windows, prior, noise, steps=3)
@@ -38,7 +26,7 @@ def test_frames_match_the_reference_transcription(tiny_pipe, num_frames):
 @pytest.mark.parametrize("window_batch, fast", [(1, True), (3, False), (4, True)])
 def test_optimised_paths_match_the_reference_path(tiny_pipe, window_batch, fast):
     """Batched windows and the compact temporal context change kernels, not the maths."""
-    ref, clip, mask, windows, prior = _inputs(40)
+    ref, clip, mask, windows, prior = pipeline_inputs(40)
     noise = torch.randn(1, 65, 4, 8, 8, generator=torch.Generator().manual_seed(5))
     plain = tiny_pipe(ref, clip, mask, windows, prior, steps=3, latents=noise).frames
     fast_frames = tiny_pipe(
@@ -56,7 +44,7 @@ def test_optimised_paths_match_the_reference_path(tiny_pipe, window_batch, fast)
 
 
 def test_seeded_runs_are_deterministic_and_seed_sensitive(tiny_pipe):
-    ref, clip, mask, windows, prior = _inputs(27)
+    ref, clip, mask, windows, prior = pipeline_inputs(27)
 
     def run(seed):
         return tiny_pipe(  # noqa: E731
@@ -76,7 +64,7 @@ def test_seeded_runs_are_deterministic_and_seed_sensitive(tiny_pipe):
 
 def test_generator_draw_order_matches_the_reference(tiny_pipe):
     """Draw #1 (noise augmentation, (1,3,H,W) fp32) precedes draw #2 (initial noise) on one generator."""
-    ref, clip, mask, windows, prior = _inputs(4)
+    ref, clip, mask, windows, prior = pipeline_inputs(4)
     gen = torch.Generator().manual_seed(7)
     torch.randn((1, 3, H, W), generator=gen)
     noise = torch.randn((1, 4 + 25, 4, 8, 8), generator=gen)
@@ -86,7 +74,7 @@ def test_generator_draw_order_matches_the_reference(tiny_pipe):
 
 
 def test_per_frame_priors_equal_broadcast_prior(tiny_pipe):
-    ref, clip, mask, windows, prior = _inputs(6)
+    ref, clip, mask, windows, prior = pipeline_inputs(6)
     noise = torch.randn(1, 31, 4, 8, 8, generator=torch.Generator().manual_seed(3))
     one = tiny_pipe(ref, clip, mask, windows, prior, steps=2, latents=noise).frames
     per_frame = tiny_pipe(ref, clip, mask, windows, prior.repeat(6, 1), steps=2, latents=noise).frames
@@ -94,7 +82,7 @@ def test_per_frame_priors_equal_broadcast_prior(tiny_pipe):
 
 
 def test_emotion_and_audio_change_the_video(tiny_pipe):
-    ref, clip, mask, windows, prior = _inputs(5)
+    ref, clip, mask, windows, prior = pipeline_inputs(5)
     noise = torch.randn(1, 30, 4, 8, 8, generator=torch.Generator().manual_seed(3))
     base = tiny_pipe(ref, clip, mask, windows, prior, steps=2, latents=noise).frames
     other_emotion = tiny_pipe(ref, clip, mask, windows, -prior, steps=2, latents=noise).frames
@@ -104,7 +92,7 @@ def test_emotion_and_audio_change_the_video(tiny_pipe):
 
 
 def test_latent_output_and_streamed_decode(tiny_pipe):
-    ref, clip, mask, windows, prior = _inputs(12)
+    ref, clip, mask, windows, prior = pipeline_inputs(12)
     noise = torch.randn(1, 37, 4, 8, 8, generator=torch.Generator().manual_seed(3))
     out = tiny_pipe(ref, clip, mask, windows, prior, steps=2, latents=noise, output_type="latent")
     assert out.frames is None and out.latents.shape == (1, 37, 4, 8, 8)
@@ -115,7 +103,7 @@ def test_latent_output_and_streamed_decode(tiny_pipe):
 
 
 def test_callback_sees_every_step(tiny_pipe):
-    ref, clip, mask, windows, prior = _inputs(2)
+    ref, clip, mask, windows, prior = pipeline_inputs(2)
     seen = []
     tiny_pipe(ref, clip, mask, windows, prior, steps=3, callback=lambda i, n, lat: seen.append((i, n)))
     assert seen == [(0, 3), (1, 3), (2, 3)]
@@ -134,7 +122,7 @@ def test_callback_sees_every_step(tiny_pipe):
     ],
 )
 def test_check_inputs_names_the_bad_argument(tiny_pipe, change, message):
-    ref, clip, mask, windows, prior = _inputs(3)
+    ref, clip, mask, windows, prior = pipeline_inputs(3)
     args = dict(ref=ref, clip=clip, mask=mask, windows=windows, prior=prior, steps=1, latents=None)
     change(args)
     with pytest.raises(InputError, match=message):
