@@ -39,7 +39,7 @@ from portrait.inputs import (
 from portrait.learned_emotion import learned_emotion
 from portrait.models.interpolation import midframes
 from portrait.preprocess.audio import AudioFeatures
-from portrait.preprocess.emotion import schedule_priors, schedule_summary
+from portrait.preprocess.emotion_spec import schedule_priors, schedule_summary
 from portrait.render.mux import mux_audio
 from portrait.render.paste import FramePaster, clip_box
 from portrait.render.video import encode_video

@@ -27,15 +27,15 @@ from portrait.models.audio import frame_audio_windows, whisper_hidden_states
 from portrait.models.identity import IdentityEncoding
 from portrait.preprocess.audio import AudioFeatures, audio_features, load_audio
 from portrait.preprocess.detectors import FaceDetector
-from portrait.preprocess.emotion import (
+from portrait.preprocess.emotion_from_reference import reference_emotion
+from portrait.preprocess.emotion_spec import (
     EmotionSchedule,
     check_schedule_fits,
     load_timeline_file,
     parse_emotion,
 )
-from portrait.preprocess.emotion_reference import reference_emotion
-from portrait.preprocess.expression import ExpressionClassifier
 from portrait.preprocess.face import check_face_box, crop_image, reference_crop_box, select_face
+from portrait.preprocess.face_expressions import ExpressionClassifier
 from portrait.preprocess.image import PortraitTensors, load_image, prepare_portrait
 from portrait.render.paste import wants_full_frame
 
@@ -177,7 +177,7 @@ def _with_motion(prepared: PreparedJob, cfg: RenderConfig, detector: FaceDetecto
     """Add the job's motion maps: the driving track retargeted onto the portrait's own working image."""
     from dataclasses import replace
 
-    from portrait.motion.job import motion_for_job
+    from portrait.motion.driving import motion_for_job
     from portrait.preprocess.audio import SAMPLES_PER_UNIT
 
     job, pre, info = prepared.job, cfg.preprocess, prepared.image_info
@@ -286,7 +286,7 @@ def _reference_emotion(
     per-frame probabilities are also its visual input and generate replaces the schedule. An audio-only
     reference is accepted only by the learned embedder (its audio branch).
     """
-    from portrait.preprocess.emotion_reference import _audio_only, check_strength
+    from portrait.preprocess.emotion_from_reference import _audio_only, check_strength
 
     embedder = embedder_choice(job, cfg)
     if embedder == "learned" and _audio_only(Path(job.emotion_from)):
@@ -298,7 +298,7 @@ def _reference_emotion(
         placeholder = parse_emotion(NEUTRAL_NAME, names, cfg.sampling.emotion_transition)
         return placeholder, {"emotion_from": record}, {"audio_samples": reference}
     if classifier is None:
-        from portrait.weights.expression import load_expression_classifier
+        from portrait.weights.expression_classifier import load_expression_classifier
 
         classifier = load_expression_classifier()
     if detector is None:

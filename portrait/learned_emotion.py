@@ -27,7 +27,7 @@ from portrait.inputs import PreparedJob
 from portrait.layout import RELEASE_EMOTIONS
 from portrait.models.audio import TOKENS_PER_UNIT, whisper_hidden_states
 from portrait.preprocess.audio import audio_features
-from portrait.preprocess.emotion import EmotionSchedule, Keyframe, Mix
+from portrait.preprocess.emotion_spec import EmotionSchedule, Keyframe, Mix
 
 logger = logging.getLogger(__name__)
 

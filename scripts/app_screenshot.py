@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="portrait-shot-") as scratch:
         weights = args.weights
         if weights is None:
-            from portrait.testing import write_tiny_weights
+            from portrait.testing.trees import write_tiny_weights
 
             weights = write_tiny_weights(Path(scratch) / "tiny", layout="portrait", seed=0)
         os.environ.setdefault("GRADIO_TEMP_DIR", str(Path(scratch) / "gradio"))

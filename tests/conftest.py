@@ -39,7 +39,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory):
     """A complete tiny random-weight weights tree in our layout (seed 0)."""
-    from portrait.testing import write_tiny_weights
+    from portrait.testing.trees import write_tiny_weights
 
     return write_tiny_weights(tmp_path_factory.mktemp("weights") / "tiny", layout="portrait", seed=0)
 

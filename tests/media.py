@@ -1,4 +1,5 @@
-"""Media inspection for the tests: what streams a file has, measured by ffmpeg (there may be no ffprobe)."""
+"""Media for the tests: what streams a file has, measured by ffmpeg (there may be no ffprobe), and a made-up
+driving track."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from portrait.errors import FFmpegError, InputError
 from portrait.ffmpeg import media_path, run_ffmpeg, stderr_tail
@@ -165,3 +167,30 @@ def seam_shift(frame: np.ndarray, paster: FramePaster) -> float:
         return 0.0
     diff = frame[band].astype(np.float64) - paster.canvas[band].astype(np.float64)
     return float(np.abs(diff.mean(0)).max())
+
+
+ASSETS = Path(__file__).resolve().parents[1] / "portrait" / "assets"
+
+
+def write_driving_track(path: Path, frames: int = 20, fps: float = 25.0) -> Path:
+    """A track of the sample portrait's own dlib landmarks, rotated and moved along a known path."""
+    from portrait.motion.landmarks import DlibLandmarker
+    from portrait.motion.pose import head_pose
+    from portrait.motion.track import Track
+    from portrait.motion.track_io import write_track
+    from portrait.preprocess.detectors import DlibDetector
+
+    image = np.asarray(Image.open(ASSETS / "sample_portrait.jpg").convert("RGB"))
+    face = DlibDetector().detect(image[:, :, ::-1].copy())[0]
+    points = DlibLandmarker()(image, face.box).astype(np.float64)
+    centre = points.mean(0)
+    moving = []
+    for i in range(frames):
+        angle = np.radians(8 * np.sin(2 * np.pi * i / frames))
+        rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+        moving.append((points - centre) @ rotation.T + centre + [6 * np.sin(2 * np.pi * i / frames), 0])
+    landmarks = np.stack(moving).astype(np.float32)
+    size = (image.shape[1], image.shape[0])
+    poses = np.stack([head_pose(p, size).as_array() for p in landmarks])
+    track = Track(fps, size, np.arange(frames) / fps, landmarks, poses, np.ones(frames, np.float32))
+    return write_track(track, path)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from portrait.cli.benchmark import run_benchmark
+from portrait.benchmark import run_benchmark
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
 

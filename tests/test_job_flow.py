@@ -34,14 +34,14 @@ def test_each_input_is_read_once_per_cli_job(tiny_weights, tmp_path, monkeypatch
     import portrait.engine  # noqa: F401  (bind the names the spies replace)
     import portrait.generate  # noqa: F401
     import portrait.inputs  # noqa: F401
-    from portrait.preprocess import audio, detectors, emotion, image
+    from portrait.preprocess import audio, detectors, emotion_spec, image
 
     calls: Counter = Counter()
     _spy(monkeypatch, calls, image, "load_image", "image decoded")
     _spy(monkeypatch, calls, detectors.DlibDetector, "detect", "face detected")
     _spy(monkeypatch, calls, audio, "load_audio", "audio decoded")
     _spy(monkeypatch, calls, audio, "resample", "audio resampled")
-    _spy(monkeypatch, calls, emotion, "parse_emotion", "emotion parsed")
+    _spy(monkeypatch, calls, emotion_spec, "parse_emotion", "emotion parsed")
     out = tmp_path / "out.mp4"
     argv = ["--weights", str(tiny_weights), "--device", "cpu", "--detector", "dlib", "--quiet",
             "--image", str(PORTRAIT), "--audio", str(SPEECH), "--emotion", "0:neutral, 1.5:happy:0.8",

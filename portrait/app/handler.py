@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from portrait.app.emotion import reference_fields
+from portrait.app.emotion_reference import reference_fields
 from portrait.app.present import draw_face_box, public_sidecar, summary, ui_message
 from portrait.app.request import (
     AppRequest,
@@ -102,7 +102,7 @@ class Studio:
         """The offline expression classifier of reference clips (loaded on the CPU on the first call)."""
         with self._load_lock:
             if self._expression is None:
-                from portrait.weights.expression import load_expression_classifier
+                from portrait.weights.expression_classifier import load_expression_classifier
 
                 self._expression = load_expression_classifier()
             return self._expression
@@ -114,7 +114,7 @@ class Studio:
     def job(self, request: AppRequest, output: Path) -> tuple[Job, RenderConfig]:
         """Validate ``request`` into a job writing ``output`` and its config (raises PortraitError)."""
         from portrait.inputs import Job
-        from portrait.preprocess.emotion import parse_emotion
+        from portrait.preprocess.emotion_spec import parse_emotion
         from portrait.preprocess.face import parse_face_box
 
         image, audio = existing_upload(request.image, "portrait"), existing_upload(request.audio, "audio")

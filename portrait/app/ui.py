@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from portrait.app.emotion import REFERENCE_SUFFIXES, save_emotion
+from portrait.app.emotion_reference import REFERENCE_SUFFIXES, save_emotion
 from portrait.app.handler import Studio
 from portrait.app.launch import LaunchOptions, add_app_arguments, run_app
 from portrait.app.request import MAX_QA_RETRIES, MOTION_SUFFIXES, AppRequest, default_framing

@@ -121,3 +121,15 @@ def print_error(err: PortraitError, debug: bool, what: str) -> None:
     if debug:
         logger.exception("%s failed", what)
     print("error: " + describe(err, CLI_HINTS), file=sys.stderr)
+
+
+def add_weights_argument(parser: argparse.ArgumentParser, help_text: str, sub: bool = False) -> None:
+    """``--weights DIR``; ``sub``: a subcommand's copy, which keeps a value given before the subcommand
+    (``emotions --weights X add ...``) instead of resetting it to its own default."""
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        default=argparse.SUPPRESS if sub else None,
+        metavar="DIR",
+        help=f"{help_text} (default: $PORTRAIT_WEIGHTS, else ./weights)",
+    )

@@ -158,8 +158,8 @@ def run_eval(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
     out = stdout if stdout is not None else sys.stdout
     gts = _check_inputs(args)
     from portrait.eval.evaluate import BANK_NAMES, evaluate_video
-    from portrait.eval.tools import default_tools
-    from portrait.preprocess.emotion import parse_emotion
+    from portrait.eval.toolkit import default_tools
+    from portrait.preprocess.emotion_spec import parse_emotion
 
     schedule = parse_emotion(args.emotion, BANK_NAMES) if args.emotion is not None else None
     tools = default_tools(

@@ -16,26 +16,20 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from portrait import __version__
 from portrait.app.launch import add_app_arguments, run_app
 from portrait.batch.main import add_batch_arguments, run_batch
 from portrait.cli.common import configure_logging, print_error
+from portrait.cli.doctor import add_doctor_arguments, run_doctor
+from portrait.cli.download import add_convert_arguments, add_download_arguments, run_convert, run_download
+from portrait.cli.emotions import add_emotions_arguments, run_emotions
 from portrait.cli.evaluate import add_eval_arguments, run_eval
 from portrait.cli.generate import EPILOG as GENERATE_EPILOG
 from portrait.cli.generate import add_generate_arguments, run_generate
 from portrait.cli.motion import add_motion_arguments, run_motion
-from portrait.cli.tools import (
-    add_doctor_arguments,
-    add_download_arguments,
-    add_emotions_arguments,
-    run_doctor,
-    run_download,
-    run_emotions,
-)
 from portrait.cli.train import add_train_arguments, run_train
-from portrait.constants import EXIT_ERROR, EXIT_OK, EXIT_USAGE
+from portrait.constants import EXIT_ERROR, EXIT_USAGE
 from portrait.errors import PortraitError
 
 logger = logging.getLogger(__name__)
@@ -55,51 +49,6 @@ class Command:
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
     epilog: str | None = None
-
-
-def _convert_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--from-dice-talk",
-        dest="src",
-        type=Path,
-        required=True,
-        metavar="SRC",
-        help="the DICE-Talk release checkpoints folder (DICE-Talk/, stable-video-diffusion-"
-        "img2vid-xt/, whisper-tiny/)",
-    )
-    parser.add_argument(
-        "--weights",
-        dest="dst",
-        type=Path,
-        required=True,
-        metavar="DST",
-        help="weights tree to write (must be empty unless --overwrite)",
-    )
-    parser.add_argument(
-        "--dtype",
-        choices=("keep", "fp16", "fp32"),
-        default="keep",
-        help="dtype of the floating tensors written (default: keep the source dtype)",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace the components of an existing tree")
-    parser.add_argument(
-        "--emotions-dir",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="folder of the release emotion priors <emotion>.npy (default: searched near SRC)",
-    )
-
-
-def _run_convert(args: argparse.Namespace) -> int:
-    from portrait.weights.convert import convert_dice_talk
-
-    report = convert_dice_talk(
-        args.src, args.dst, dtype=args.dtype, overwrite=args.overwrite, emotions_dir=args.emotions_dir
-    )
-    if not args.quiet:
-        print(report.summary())  # the CLI owns stdout
-    return EXIT_OK
 
 
 COMMANDS: dict[str, Command] = {
@@ -151,8 +100,8 @@ COMMANDS: dict[str, Command] = {
     ),
     "convert": Command(
         help="convert the DICE-Talk research release into a portrait weights tree",
-        add_arguments=_convert_arguments,
-        run=_run_convert,
+        add_arguments=add_convert_arguments,
+        run=run_convert,
     ),
 }
 

@@ -58,7 +58,7 @@ def _check_extract(args: argparse.Namespace) -> None:
 def run_motion(args: argparse.Namespace) -> int:
     """Run ``motion extract``: the track JSON (and plot) are written only when extraction succeeds."""
     _check_extract(args)
-    from portrait.motion.job import extract_to_files
+    from portrait.motion.driving import extract_to_files
 
     existed = {p: p.exists() for p in (args.output, args.plot) if p is not None}
     try:

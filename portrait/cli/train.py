@@ -158,11 +158,11 @@ def _run_trainer(args: argparse.Namespace) -> int:
     cfg = train_config(args)
     cache = Cache(args.data)
     if args.train_action == "embedder":
-        from portrait.training.embedder import EmbedderRecipe
+        from portrait.training.emotion_embedder import EmbedderRecipe
 
         recipe = EmbedderRecipe(cache, args.weights, cfg.options, seed=cfg.seed)
     else:
-        from portrait.training.motion import MotionRecipe
+        from portrait.training.landmark_guider import MotionRecipe
 
         recipe = MotionRecipe(cache, args.weights, cfg.options, cfg.gradient_checkpointing)
     render = _validation_renderer(args, cfg, cache)
@@ -179,7 +179,7 @@ def _validation_renderer(args: argparse.Namespace, cfg, cache):
         raise InputError("--validate-render renders with the landmark guider: it is for `train motion` only")
     if not cfg.validate_every:
         raise InputError("--validate-render needs --validate-every N (the steps to render at)")
-    from portrait.cli.train_validate import ValidationRenderer
+    from portrait.training.validate import ValidationRenderer
 
     return ValidationRenderer(
         args.weights, args.out, args.validate_render, int(cache.index["settings"]["size"]),

@@ -17,15 +17,15 @@ from typing import Any
 import numpy as np
 
 from portrait.errors import InputError, PortraitError
-from portrait.eval import emotion, frechet, identity, motion, sync
+from portrait.eval import emotion_accuracy, frechet, identity, motion, sync
 from portrait.eval.faces import interpolate_gaps
 from portrait.eval.metric import Metric, available, unavailable
 from portrait.eval.observe import Observations, observe
-from portrait.eval.tools import EvalTools, default_tools
+from portrait.eval.toolkit import EvalTools, default_tools
 from portrait.layout import RELEASE_EMOTIONS
 from portrait.motion.landmarks import mouth_opening
 from portrait.preprocess.detectors import Face
-from portrait.preprocess.emotion import EmotionSchedule, parse_emotion
+from portrait.preprocess.emotion_spec import EmotionSchedule, parse_emotion
 
 logger = logging.getLogger(__name__)
 
@@ -92,15 +92,17 @@ def _emotion(
                 for i in range(0, len(times), 64)
             ]
         )
-        series = emotion.per_second(times, probs, tools.classifier.classes)
+        series = emotion_accuracy.per_second(times, probs, tools.classifier.classes)
         lines["emotion"] = {
             "seconds": series.seconds.tolist(),
             "classes": list(series.classes),
             "probs": [[round(float(p), 4) for p in row] for row in series.probs],
-            "requested": emotion.requested_per_second(schedule, series.seconds) if schedule else None,
+            "requested": emotion_accuracy.requested_per_second(schedule, series.seconds)
+            if schedule
+            else None,
         }
     reason = tools.note("classifier", "no expression classifier") if tools.classifier is None else ""
-    out["emotion_accuracy"], out["emotion_confidence"] = emotion.emotion_metrics(
+    out["emotion_accuracy"], out["emotion_confidence"] = emotion_accuracy.emotion_metrics(
         series, schedule, backend, reason
     )
 
@@ -207,7 +209,7 @@ def evaluate_video(
         video: the generated video. reference: the portrait it should look like (CSIM). audio: the speech
             it should follow (default: the video's own audio track). emotion_schedule: the requested
             ``--emotion`` spec or a parsed schedule. gt: a ground-truth video (LMD, fd_clip, FID, FVD).
-        tools: models and settings (default :func:`~portrait.eval.tools.default_tools`, built per call:
+        tools: models and settings (default :func:`~portrait.eval.toolkit.default_tools`, built per call:
             build it once when evaluating many videos).
 
     Raises:

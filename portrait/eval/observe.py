@@ -16,9 +16,9 @@ from PIL import Image
 from portrait.errors import InputError
 from portrait.eval.faces import FaceTrack, FaceTracker, square_crop
 from portrait.eval.motion import background_difference
-from portrait.eval.tools import EvalTools
+from portrait.eval.toolkit import EvalTools
 from portrait.models.syncnet import CROP_SIZE
-from portrait.preprocess.expression import crop_face
+from portrait.preprocess.face_expressions import crop_face
 
 #: Side of the face crops for a classifier that does not name its ``input_size``.
 EXPRESSION_CROP = 64

@@ -70,9 +70,9 @@ class QASettings:
 
 
 def default_evaluator(tools: Any = None) -> Evaluator:
-    """An evaluator with the offline tools built once (:func:`portrait.eval.tools.default_tools`)."""
+    """An evaluator with the offline tools built once (:func:`portrait.eval.toolkit.default_tools`)."""
     from portrait.eval.evaluate import evaluate_video
-    from portrait.eval.tools import default_tools
+    from portrait.eval.toolkit import default_tools
 
     built = tools
 

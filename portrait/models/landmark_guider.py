@@ -18,7 +18,7 @@ from portrait.models.pose_guider import PoseGuider
 
 logger = logging.getLogger(__name__)
 
-#: Channels of a motion map (outline/brows/nose, eyes, lips; see ``portrait.motion.render``).
+#: Channels of a motion map (outline/brows/nose, eyes, lips; see ``portrait.motion.maps``).
 MOTION_CHANNELS = 3
 
 

@@ -14,8 +14,8 @@ Modules, in data-flow order:
 - ``render``: landmarks → (F, 3, H, W) float32 motion maps in [0, 1].
 - ``plot``: head pose and mouth opening over time → PNG.
 - ``bucket``: per-frame head-motion energy → SVD motion-bucket table (the release-weights-only path).
-- ``job``: the one call of the generate path (:func:`~portrait.motion.job.motion_maps_for_job`) and of the
-  ``motion extract`` command (:func:`~portrait.motion.job.extract_to_files`).
+- ``job``: the one call of the generate path (:func:`~portrait.motion.driving.motion_maps_for_job`) and of the
+  ``motion extract`` command (:func:`~portrait.motion.driving.extract_to_files`).
 
 Nothing here imports ``portrait.models`` or a config object; detectors and landmarkers come in as
 arguments typed by protocols.

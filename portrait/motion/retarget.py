@@ -18,7 +18,7 @@ Modes (``motion.retarget``), with portrait landmarks ``L_s`` and driving landmar
 
 ``mouth="audio"`` (default) leaves the lips to the audio: in ``relative`` mode the mouth and the lower jaw
 (points 5-11) get no expression displacement, and the lips channel of the motion maps is blank (see
-:mod:`portrait.motion.render`). ``mouth="video"`` drives them too.
+:mod:`portrait.motion.maps`). ``mouth="video"`` drives them too.
 
 Time: the driving track is resampled to ``fps`` (12.5 for generation) by linear interpolation; when it is
 shorter than needed it is extended by ``pingpong`` (forward, backward, forward, ...) or ``hold`` (the last

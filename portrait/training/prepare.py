@@ -31,11 +31,11 @@ from portrait.errors import InputError, NoFaceError, PortraitError
 from portrait.models.audio import frame_audio_windows, whisper_hidden_states
 from portrait.models.identity import LATENT_SCALE, encode_clip_image, encode_reference_latents
 from portrait.motion.landmarks import MOUTH
-from portrait.motion.render import render_motion_maps
+from portrait.motion.maps import render_motion_maps
 from portrait.motion.track import track_frames
 from portrait.preprocess.audio import audio_features, load_audio
-from portrait.preprocess.expression import crop_face
 from portrait.preprocess.face import crop_image, reference_crop_box, select_face
+from portrait.preprocess.face_expressions import crop_face
 from portrait.preprocess.image import prepare_portrait, to_tensor
 from portrait.preprocess.video import iter_frames
 from portrait.training.data import (
@@ -285,7 +285,7 @@ def load_extractors(weights_root: Path, device: str = "cpu") -> Extractors:
     from portrait.layout import AUDIO_PREPROCESSOR_FILE
     from portrait.motion.landmarks import DlibLandmarker
     from portrait.preprocess.detectors import DlibDetector
-    from portrait.weights.expression import load_expression_classifier
+    from portrait.weights.expression_classifier import load_expression_classifier
     from portrait.weights.load import load_pipeline
 
     pipe = load_pipeline(weights_root, device=device, dtype=torch.float32)

@@ -371,7 +371,7 @@ def _convert_all(src: Path, tmp: Path, dtype: str, emo_folder: Path, report: Con
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, WhisperConfig, WhisperModel
 
     from portrait.models.audio import AudioProjector
-    from portrait.models.emotion import EmotionModel
+    from portrait.models.emotion_model import EmotionModel
     from portrait.models.pose_guider import PoseGuider
 
     comps, release = report.components, src / RELEASE_DIR

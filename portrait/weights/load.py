@@ -43,7 +43,7 @@ FP32_COMPONENTS = frozenset({"audio_encoder", "audio_projector", "emotion_model"
 _PORTRAIT_CLASSES = {
     "PortraitUNet": "portrait.models.unet",
     "AudioProjector": "portrait.models.audio",
-    "EmotionModel": "portrait.models.emotion",
+    "EmotionModel": "portrait.models.emotion_model",
     "PoseGuider": "portrait.models.pose_guider",
     "LandmarkGuider": "portrait.models.landmark_guider",
     "IFNet": "portrait.models.interpolation",

@@ -10,6 +10,6 @@ import pytest
 @pytest.fixture(scope="session")
 def hostile_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny random weights in the portrait layout (seed 1)."""
-    from portrait.testing import write_tiny_weights
+    from portrait.testing.trees import write_tiny_weights
 
     return write_tiny_weights(tmp_path_factory.mktemp("hostile") / "w", layout="portrait", seed=1)

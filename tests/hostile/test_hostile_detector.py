@@ -174,7 +174,7 @@ def test_owned_names_and_dead_owner_sweep(tmp_path: Path) -> None:
 
 
 def test_convert_sweeps_a_killed_converters_folder(tmp_path: Path) -> None:
-    from portrait.testing import write_tiny_weights
+    from portrait.testing.trees import write_tiny_weights
     from portrait.weights.convert import convert_dice_talk
 
     release = write_tiny_weights(tmp_path / "release", layout="dice-talk", seed=0)

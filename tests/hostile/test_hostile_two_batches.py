@@ -12,7 +12,7 @@ import soundfile as sf
 from hostile_support import PORTRAIT, SPEECH
 
 from portrait.batch.worker import is_done
-from portrait.testing import write_tiny_weights
+from portrait.testing.trees import write_tiny_weights
 
 _BATCH = "import sys; from portrait.batch.main import main; sys.exit(main(sys.argv[1:]))"
 

@@ -1,0 +1,355 @@
+"""End-to-end speed and memory benchmark on random weights (no download): ``scripts/benchmark.py``.
+
+Builds the pipeline at the real DICE-Talk sizes (meta-device construction, then random weights materialised
+straight on the device) or at the tiny test sizes, renders N seconds of synthetic audio end to end (audio
+encoding, identity encoding, sampling, VAE decode, frame interpolation, H.264 encode + mux) and prints one
+JSON line per run. ``--compare`` runs the plain eager path (the reference's call shapes) and the optimised
+path in one process with the same initial noise and prints their speed ratio and the PSNR of the optimised
+frames against the eager ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import resource
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from portrait.engine import apply_runtime_options
+from portrait.generate import interpolated
+from portrait.models.audio import frame_audio_windows, whisper_hidden_states
+from portrait.pipeline import PortraitPipeline
+from portrait.render.mux import mux_audio
+from portrait.render.video import encode_video
+from portrait.weights.load import FP32_COMPONENTS
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How one run is configured."""
+
+    name: str
+    compile: str = "off"
+    window_batch: int = 1
+    fast_attention: bool = False
+    offload: str = "none"
+
+
+BASELINE = Variant("baseline")
+OPTIMISED = Variant("optimised", compile="blocks", window_batch=2, fast_attention=True)
+
+
+def _random_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Deterministic small random weights (norm scales 1, biases 0): activations stay O(1)."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            values = torch.randn(param.shape, generator=gen) * 0.02
+            if name.endswith("weight") and param.ndim == 1:
+                values = torch.ones(param.shape)
+            elif name.endswith("bias"):
+                values = torch.zeros(param.shape)
+            param.copy_(values)
+    return module
+
+
+def _materialise(
+    module: torch.nn.Module, device: torch.device, dtype: torch.dtype, seed: int
+) -> torch.nn.Module:
+    module = module.to_empty(device=device)
+    for buffer_name, buffer in module.named_buffers():  # non-persistent buffers (e.g. position ids)
+        if "position_ids" in buffer_name:
+            buffer.copy_(torch.arange(buffer.shape[-1], device=device).expand_as(buffer))
+    return torch.nn.Module.to(
+        _random_(module, seed), dtype
+    ).eval()  # plain cast: no diffusers fp32-module warning
+
+
+def build_pipeline(tiny: bool, device: torch.device, dtype: torch.dtype) -> PortraitPipeline:
+    """A pipeline with random weights at the tiny or the real (SVD-XT / DICE-Talk) sizes."""
+    from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, WhisperConfig, WhisperModel
+
+    from portrait.models.audio import AudioProjector
+    from portrait.models.emotion_model import EmotionModel
+    from portrait.models.interpolation import IFNet
+    from portrait.models.pose_guider import PoseGuider
+    from portrait.models.unet import PortraitUNet
+    from portrait.testing import configs as t
+
+    if tiny:
+        configs = dict(
+            unet=t.tiny_unet_config(), vae=t.tiny_vae_config(), clip=t.tiny_clip_config(),
+            whisper=t.tiny_whisper_config(), audio=t.tiny_audio_projector_config(),
+            emotion=t.tiny_emotion_config(),
+            pose=t.tiny_pose_guider_config(), rife=dict(channels=8),
+        )  # fmt: skip
+    else:
+        configs = dict(
+            unet={}, vae={}, audio={}, emotion={}, pose={}, rife={},
+            clip=dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
+                      patch_size=14, image_size=224, projection_dim=1024, hidden_act="gelu"),
+            whisper=dict(d_model=384, encoder_layers=4, decoder_layers=4, encoder_attention_heads=6,
+                         decoder_attention_heads=6, encoder_ffn_dim=1536, decoder_ffn_dim=1536,
+                         num_mel_bins=80),
+        )  # fmt: skip
+    with torch.device("meta"):
+        parts = dict(
+            unet=PortraitUNet(**configs["unet"]),
+            vae=AutoencoderKLTemporalDecoder(**configs["vae"]),
+            image_encoder=CLIPVisionModelWithProjection(CLIPVisionConfig(**configs["clip"])),
+            audio_encoder=WhisperModel(WhisperConfig(**configs["whisper"])),
+            audio_projector=AudioProjector(**configs["audio"]),
+            emotion_model=EmotionModel(**configs["emotion"]),
+            pose_guider=PoseGuider(**configs["pose"]),
+        )
+        rife = IFNet(**configs["rife"])
+    for i, (name, module) in enumerate(parts.items()):
+        parts[name] = _materialise(
+            module, device, torch.float32 if name in FP32_COMPONENTS else dtype, seed=i
+        )
+    pipe = PortraitPipeline(
+        scheduler=EulerDiscreteScheduler.from_config(t.svd_xt_scheduler_config()), **parts
+    )
+    pipe.interpolator = _materialise(rife, device, torch.float32, seed=99)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(device: torch.device):
+    @contextlib.contextmanager
+    def timer(store: dict[str, float], name: str):
+        _sync(device)
+        start = time.perf_counter()
+        yield
+        _sync(device)
+        store[name] = round(store.get(name, 0.0) + time.perf_counter() - start, 4)
+
+    return timer
+
+
+def _synthetic_inputs(pipe: PortraitPipeline, seconds: float, size: int, device: torch.device, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    samples = int(seconds * 16000)
+    pieces = math.ceil(samples / 480000)
+    mel = torch.randn(1, 80, 3000 * pieces, generator=gen) * 0.5
+    ref = torch.rand(1, 3, size, size, generator=gen) * 2 - 1
+    clip = torch.randn(1, 3, 224, 224, generator=gen)
+    mask = torch.zeros(1, 3, size, size)
+    mask[..., size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 1
+    prior = torch.randn(1, pipe.emotion_model.config.prior_dim, generator=gen) * 0.85
+    audio_len = samples // 640
+    return mel, ref, clip, mask, prior, audio_len, audio_len // 2
+
+
+def run_once(
+    pipe: PortraitPipeline, variant: Variant, args: argparse.Namespace, noise_seed: int = 7
+) -> dict[str, Any]:
+    """One end-to-end render; returns the metrics dict and the frames (uint8, CPU) under ``_frames``."""
+    device = pipe.unet.device
+    timer, times = _timed(device), {}
+    mel, ref, clip, mask, prior, audio_len, frames = _synthetic_inputs(
+        pipe, args.seconds, args.size, device, 3
+    )
+    calls = {"n": 0}
+    hook = pipe.unet.register_forward_pre_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with timer(times, "compile_and_first_call"):
+        apply_runtime_options(pipe, variant.offload, variant.compile, device)
+        if variant.compile != "off":
+            window_call(pipe, args.size)  # compilation happens on the first call
+    with torch.inference_mode():
+        with timer(times, "audio_encoding"):
+            hidden = whisper_hidden_states(pipe.audio_encoder.encoder, mel.to(device))
+            windows = frame_audio_windows(hidden, audio_len, frames)
+        with timer(times, "identity_encoding"):
+            identity = pipe.encode_identity(ref, clip, torch.zeros_like(ref), 0.0)
+        length = frames + 25
+        noise = torch.randn(
+            pipe.latent_shape(length, args.size, args.size),
+            generator=torch.Generator().manual_seed(noise_seed),
+        )
+        with timer(times, "sampling"):
+            latents = pipe(
+                ref,
+                clip,
+                mask,
+                windows,
+                prior,
+                steps=args.steps,
+                latents=noise,
+                identity=identity,
+                output_type="latent",
+                window_batch=variant.window_batch,
+                fast_attention=variant.fast_attention,
+            ).latents
+    hook.remove()
+    kept: list[np.ndarray] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        import soundfile as sf
+
+        wav = Path(tmp) / "a.wav"
+        sf.write(wav, np.zeros(int(args.seconds * 16000), dtype=np.float32) + 1e-3, 16000)
+        chunks = pipe.decode_frames(latents, frames, args.decode_chunk)
+        model = pipe.interpolator if args.interpolate else None
+        decode_t = 0.0
+
+        def timed_chunks() -> Iterator[torch.Tensor]:  # decode (+ interpolation) time, chunk by chunk
+            nonlocal decode_t
+            stream = interpolated(chunks, model)
+            while True:
+                start = time.perf_counter()
+                chunk = next(stream, None)
+                _sync(device)
+                decode_t += time.perf_counter() - start
+                if chunk is None:
+                    return
+                yield chunk
+
+        keep = (lambda data, index: kept.append(data)) if args.keep_frames else None
+        start = time.perf_counter()
+        fps = 25.0 if model is not None else 12.5
+        encode_video(timed_chunks(), Path(tmp) / "v.mp4", fps=fps, on_frames=keep)
+        encode_t = time.perf_counter() - start - decode_t
+        times["decode_and_interpolation"] = round(decode_t, 4)
+        with timer(times, "encode_and_mux"):
+            mux_audio(Path(tmp) / "v.mp4", wav, Path(tmp) / "out.mp4")
+        times["encode_and_mux"] = round(times["encode_and_mux"] + encode_t, 4)
+    total = sum(v for k, v in times.items() if k != "compile_and_first_call")
+    windows_done = args.steps * math.ceil((frames + 25) / 25)
+    flops = args.flops_per_call
+    result = {
+        "variant": variant.name, "device": str(device), "dtype": str(pipe.unet.dtype).removeprefix("torch."),
+        "size": args.size, "steps": args.steps, "audio_seconds": args.seconds, "frames": frames,
+        "seconds_per_video_second": round(total / args.seconds, 4), "stage_seconds": times,
+        "unet_calls": calls["n"], "window_batch": variant.window_batch,
+        "fast_attention": variant.fast_attention,
+        "compile": variant.compile, "offload": variant.offload,
+        "achieved_tflops": round(flops * windows_done / times["sampling"] / 1e12, 2) if flops else None,
+        "tflop_per_window_call": round(flops / 1e12, 3) if flops else None,
+        "peak_gpu_gib": (
+            round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if device.type == "cuda" else None
+        ),
+        "peak_host_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+    }  # fmt: skip
+    result["_frames"] = np.concatenate(kept) if kept else None
+    return result
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two uint8 frame stacks (inf when identical)."""
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2) / 255.0**2
+    return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def count_flops_per_window(pipe: PortraitPipeline, size: int) -> float:
+    """FLOPs of one reference window call (3 branches × 25 frames), counted by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        window_call(pipe, size)
+    return float(counter.get_total_flops())
+
+
+def window_call(pipe: PortraitPipeline, size: int) -> None:
+    """One UNet call with the reference's window shapes (3 branches × 25 frames) on random inputs."""
+    device, dtype = pipe.unet.device, pipe.unet.dtype
+    h = size // pipe.vae_scale_factor
+    dim = pipe.unet.config.cross_attention_dim
+    tokens = pipe.audio_projector.config.context_tokens
+    args = dict(
+        sample=torch.randn(3, 25, 8, h, h, device=device, dtype=dtype),
+        timestep=torch.tensor(1.0, device=device),
+        encoder_hidden_states=torch.randn(75, 1, dim, device=device, dtype=dtype),
+        added_time_ids=torch.tensor([[12.5, 8.0, 16.0]] * 3, device=device, dtype=dtype),
+        adapter_tokens=tuple(torch.randn(75, tokens, dim, device=device, dtype=dtype) for _ in range(2)),
+        face_mask=torch.ones(1, 1, size, size, device=device, dtype=dtype),
+    )  # fmt: skip
+    with torch.inference_mode():
+        pipe.unet(**args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--tiny", action="store_true", help="tiny random components on the CPU (CI smoke run)"
+    )
+    parser.add_argument("--seconds", type=float, default=10.0, help="seconds of synthetic audio")
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--dtype", default=None, choices=("fp16", "bf16", "fp32"), help="default: fp16 on CUDA"
+    )
+    parser.add_argument("--baseline", action="store_true", help="run only the plain eager path")
+    parser.add_argument(
+        "--compare", action="store_true", help="baseline and optimised in one process, with ratio"
+    )
+    parser.add_argument(
+        "--compile",
+        default=None,
+        choices=("off", "blocks", "full"),
+        help=f"optimised path's compile mode (default {OPTIMISED.compile}; off with --tiny)",
+    )
+    parser.add_argument("--window-batch", type=int, default=OPTIMISED.window_batch)
+    parser.add_argument("--offload", default="none", choices=("none", "model", "sequential"))
+    parser.add_argument("--decode-chunk", type=int, default=10)
+    parser.add_argument("--no-interpolate", dest="interpolate", action="store_false")
+    parser.add_argument("--no-flops", action="store_true", help="skip counting FLOPs (one extra UNet call)")
+    return parser
+
+
+def run_benchmark(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    """Run the benchmark described by ``argv`` (see :func:`build_parser`); returns the JSON records.
+
+    One record per run; with ``--compare`` a last record holds the speed-up and the PSNR check.
+    """
+    args = build_parser().parse_args(argv)
+    if args.tiny:
+        args.size, args.device = min(args.size, 64), "cpu"
+    if args.compile is None:
+        args.compile = "off" if args.tiny else OPTIMISED.compile
+    device = torch.device(args.device)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[
+        args.dtype or ("fp16" if device.type == "cuda" else "fp32")
+    ]
+    started = time.perf_counter()
+    pipe = build_pipeline(args.tiny, device, dtype)
+    load_seconds = round(time.perf_counter() - started, 3)
+    args.flops_per_call = None if args.no_flops else count_flops_per_window(pipe, args.size)
+    args.keep_frames = args.compare
+    optimised = Variant("optimised", args.compile, args.window_batch, True, args.offload)
+    runs = [BASELINE] if args.baseline else [BASELINE, optimised] if args.compare else [optimised]
+    results = []
+    for variant in runs:
+        result = run_once(pipe, variant, args)
+        result["load_seconds"] = load_seconds
+        results.append(result)
+    records = [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]
+    if args.compare:
+        base, opt = results
+        summary = {
+            "speedup": round(base["seconds_per_video_second"] / opt["seconds_per_video_second"], 3),
+            "sampling_speedup": round(
+                base["stage_seconds"]["sampling"] / opt["stage_seconds"]["sampling"], 3
+            ),
+            "psnr_db": round(psnr(base["_frames"], opt["_frames"]), 2),
+        }
+        summary["frames_match"] = summary["psnr_db"] >= 40.0
+        records.append(summary)
+    return records

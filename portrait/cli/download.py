@@ -1,0 +1,88 @@
+"""The ``download`` and ``convert`` subcommands: a weights tree from the Hub, or from the release files.
+
+Parsing imports nothing heavy; the ``run_*`` functions import what they need and print to stdout (the CLI
+owns it). A :class:`~portrait.errors.PortraitError` propagates to ``cli.main``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from portrait.cli.common import add_weights_argument
+from portrait.constants import EXIT_OK
+
+
+def add_download_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``portrait-gen download``."""
+    add_weights_argument(parser, "weights tree to download and convert into")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where the resumable download folder goes (default: next to the weights tree); it is deleted "
+        "once the weights are converted",
+    )
+
+
+def run_download(args: argparse.Namespace) -> int:
+    """Download the public weights into the weights tree (:func:`portrait.weights.hub.download_weights`)."""
+    from portrait.weights.hub import download_weights
+    from portrait.weights.load import resolve_weights_root
+
+    root = resolve_weights_root(args.weights)
+    quiet = getattr(args, "quiet", False)
+    download_weights(
+        root, cache_dir=args.cache_dir, offline=None, progress=not quiet
+    )  # honours HF_HUB_OFFLINE
+    if not quiet:
+        print(f"weights ready in {root}")
+    return EXIT_OK
+
+
+def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``portrait-gen convert``."""
+    parser.add_argument(
+        "--from-dice-talk",
+        dest="src",
+        type=Path,
+        required=True,
+        metavar="SRC",
+        help="the DICE-Talk release checkpoints folder (DICE-Talk/, stable-video-diffusion-"
+        "img2vid-xt/, whisper-tiny/)",
+    )
+    parser.add_argument(
+        "--weights",
+        dest="dst",
+        type=Path,
+        required=True,
+        metavar="DST",
+        help="weights tree to write (must be empty unless --overwrite)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("keep", "fp16", "fp32"),
+        default="keep",
+        help="dtype of the floating tensors written (default: keep the source dtype)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace the components of an existing tree")
+    parser.add_argument(
+        "--emotions-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder of the release emotion priors <emotion>.npy (default: searched near SRC)",
+    )
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    """Convert the DICE-Talk release into a weights tree (``weights.convert.convert_dice_talk``)."""
+    from portrait.weights.convert import convert_dice_talk
+
+    report = convert_dice_talk(
+        args.src, args.dst, dtype=args.dtype, overwrite=args.overwrite, emotions_dir=args.emotions_dir
+    )
+    if not args.quiet:
+        print(report.summary())  # the CLI owns stdout
+    return EXIT_OK
