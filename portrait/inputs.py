@@ -405,7 +405,7 @@ def load_prior_file(path: Path) -> torch.Tensor:
     if not path.is_file():
         raise InputError(f"emotion prior file {path} does not exist")
     if path.suffix.lower() == ".npy":
-        from portrait.weights.release import load_emotion_prior
+        from portrait.weights.emotion_priors import load_emotion_prior
 
         prior = torch.from_numpy(load_emotion_prior(path))
     else:

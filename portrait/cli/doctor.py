@@ -103,7 +103,7 @@ def _check_emotions(root: Path) -> Check:
 
 
 def _optional_checks(root: Path) -> list[Check]:
-    from portrait.weights.hub import FACE_DETECTOR_DIR, YOLO_FILE
+    from portrait.weights.sources import FACE_DETECTOR_DIR, YOLO_FILE
 
     checks = []
     for comp in OPTIONAL_COMPONENTS:
@@ -120,7 +120,7 @@ def _optional_checks(root: Path) -> list[Check]:
 
 
 def _check_face_detection(root: Path) -> Check:
-    from portrait.weights.hub import FACE_DETECTOR_DIR, YOLO_FILE
+    from portrait.weights.sources import FACE_DETECTOR_DIR, YOLO_FILE
 
     found = []
     if (root / FACE_DETECTOR_DIR / YOLO_FILE).is_file():

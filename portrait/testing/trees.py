@@ -157,7 +157,7 @@ def _write_portrait(root: Path, models: dict[str, Any], priors: dict[str, np.nda
     from diffusers import EulerDiscreteScheduler
     from safetensors.torch import save_file
 
-    from portrait.weights.convert import write_manifest
+    from portrait.weights.manifest import write_manifest
 
     for name in ("unet", "vae", "audio_projector", "emotion_model", "pose_guider", "interpolation"):
         models[name].save_pretrained(root / name, safe_serialization=True)
@@ -225,7 +225,7 @@ def write_tiny_landmark_guider(root: Path, seed: int = 0) -> Path:
     stand-in for a fine-tuned guider. Returns the component folder.
     """
     from portrait.models.landmark_guider import LandmarkGuider
-    from portrait.weights.convert import write_manifest
+    from portrait.weights.manifest import write_manifest
 
     with torch.random.fork_rng(devices=[]):
         guider = randomize_(LandmarkGuider(**tiny_pose_guider_config()), seed, "landmark_guider")
@@ -246,7 +246,7 @@ def write_tiny_emotion_embedder(root: Path, seed: int = 0) -> Path:
     from safetensors.torch import save_file
 
     from portrait.models.emotion_embedder import EmotionEmbedder
-    from portrait.weights.convert import write_manifest
+    from portrait.weights.manifest import write_manifest
 
     with torch.random.fork_rng(devices=[]):
         model = randomize_(EmotionEmbedder(**tiny_emotion_embedder_config()), seed, "emotion_embedder")

@@ -19,12 +19,12 @@ def install_component(out: Path, weights_root: Path) -> list[str]:
     """Copy every trained component of ``out`` into ``weights_root`` (checked strictly first).
 
     The copy goes to a temporary folder that is renamed over the old component; ``manifest.json`` is
-    rewritten (``portrait.weights.convert.write_manifest``), so ``portrait-gen doctor`` and a render see it.
+    rewritten (``portrait.weights.manifest.write_manifest``), so ``portrait-gen doctor`` and a render see it.
 
     Returns:
         The names installed. Raises InputError when ``out`` holds none or ``weights_root`` is no tree.
     """
-    from portrait.weights.convert import write_manifest
+    from portrait.weights.manifest import write_manifest
     from portrait.weights.load import check_tree, load_component
 
     out, weights_root = Path(out), Path(weights_root)

@@ -1,19 +1,13 @@
 """Download the public weights into a portrait weights tree: the only networked module of portrait.
 
-Sources (the files the DICE-Talk release is made of, compat §8):
-
-* ``EEEELY/DICE-Talk`` on the Hugging Face Hub: ``DICE-Talk/{unet,pose_guider,audio_linear,emo_model}.pth``,
-  ``RIFE/flownet.pkl`` (frame interpolation) and ``yoloface_v5m.pt`` (the YOLOv5-face detector);
-* ``stabilityai/stable-video-diffusion-img2vid-xt`` (gated: its licence must be accepted on the Hub page and
-  a token given with ``hf auth login`` / ``HF_TOKEN``): the fp16 UNet, VAE and image encoder, the scheduler;
-* ``openai/whisper-tiny``: config, weights, feature-extractor settings;
-* the eight emotion priors ``examples/emo/<name>.npy`` of the DICE-Talk GitHub repository at commit
-  :data:`PRIORS_COMMIT`, each checked against :data:`PRIOR_SHA256`.
+What is fetched, at which revision and with which sha256, is :mod:`portrait.weights.sources` (compat §8):
+the DICE-Talk checkpoints with RIFE and the YOLOv5-face detector, the gated SVD-xt parts (accept its licence
+on the Hub page and log in with ``hf auth login`` / ``HF_TOKEN``), Whisper tiny, and the eight emotion
+priors of the DICE-Talk GitHub repository.
 
 :func:`download_weights` fetches them into a staging folder laid out as the release (``SRC`` of
 :func:`portrait.weights.convert.convert_dice_talk`), converts it into the weights tree (RIFE included),
-copies the
-detector into ``face_detector/``, rewrites ``manifest.json`` and deletes the staging folder.
+copies the detector into ``face_detector/``, rewrites ``manifest.json`` and deletes the staging folder.
 An interrupted run leaves the staging folder behind and the next run resumes from it (huggingface_hub resumes
 its own files; the priors resume from ``<name>.npy.part`` with an HTTP Range request). Offline (argument or
 ``HF_HUB_OFFLINE=1``) or without network it fails at once with the list of files to fetch by hand.
@@ -30,7 +24,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,107 +31,32 @@ from tqdm.auto import tqdm
 
 from portrait.errors import WeightsError
 from portrait.ffmpeg import sweep_dead_owners
-from portrait.layout import RELEASE_EMOTIONS, YOLO_SHA256_PINNED
-from portrait.weights.convert import PARTIAL_PREFIX, convert_dice_talk, write_manifest
+from portrait.layout import RELEASE_EMOTIONS
+from portrait.weights.convert import PARTIAL_PREFIX, convert_dice_talk
 from portrait.weights.load import file_sha256, missing_files
-from portrait.weights.release import RELEASE_DIR, SVD_DIR, WHISPER_DIR
+from portrait.weights.manifest import write_manifest
+from portrait.weights.sources import (
+    FACE_DETECTOR_DIR,
+    HUB_REPOS,
+    HUB_REVISIONS,
+    HUB_SHA256,
+    PRIOR_SHA256,
+    PRIORS_DIR,
+    YOLO_FILE,
+    HubRepo,
+    manual_instructions,
+    prior_url,
+)
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class HubRepo:
-    """One Hugging Face model repository and the files portrait takes from it.
-
-    Attributes:
-        repo_id: ``owner/name`` on the Hub.
-        subdir: where its files go inside the staging folder (``""``: the folder itself).
-        files: paths inside the repository (passed as ``allow_patterns``).
-        optional: files that may be missing without failing the download.
-        gated: the repository asks users to accept a licence before downloading.
-        revision: the commit (or, while none is verified, the branch) asked for (:data:`HUB_REVISIONS`).
-    """
-
-    repo_id: str
-    subdir: str
-    files: tuple[str, ...]
-    optional: tuple[str, ...] = ()
-    gated: bool = False
-    revision: str = "main"
-
-
-FLOWNET_FILE = "RIFE/flownet.pkl"
-YOLO_FILE = "yoloface_v5m.pt"
-DICE_TALK_REPO = HubRepo(
-    "EEEELY/DICE-Talk",
-    "",
-    tuple(f"{RELEASE_DIR}/{n}.pth" for n in ("unet", "pose_guider", "audio_linear", "emo_model"))
-    + (FLOWNET_FILE, YOLO_FILE),
-    optional=(FLOWNET_FILE, YOLO_FILE),
-)
-SVD_REPO = HubRepo(
-    "stabilityai/stable-video-diffusion-img2vid-xt",
-    SVD_DIR,
-    (
-        "unet/config.json",
-        "unet/diffusion_pytorch_model.fp16.safetensors",
-        "vae/config.json",
-        "vae/diffusion_pytorch_model.fp16.safetensors",
-        "image_encoder/config.json",
-        "image_encoder/model.fp16.safetensors",
-        "scheduler/scheduler_config.json",
-    ),
-    gated=True,
-)
-WHISPER_REPO = HubRepo(
-    "openai/whisper-tiny", WHISPER_DIR, ("config.json", "model.safetensors", "preprocessor_config.json")
-)
-HUB_REPOS: tuple[HubRepo, ...] = (DICE_TALK_REPO, SVD_REPO, WHISPER_REPO)
-
-#: The ``revision=`` passed to ``snapshot_download`` per repository. The commits the released weights are
-#: at could not be checked offline, so each is still the branch ``"main"`` (not a pin: a changed repository
-#: is caught only by the digests of :data:`HUB_SHA256`). Put the 40-hex commit here once verified, or
-#: pass ``download_weights(revisions={repo_id: commit})``.
-HUB_REVISIONS: dict[str, str] = {repo.repo_id: repo.revision for repo in HUB_REPOS}
-#: The sha256 of every hub file the download fetches, checked before the file is used or recorded. None:
-#: the digest is not known yet (not verified offline); the file is used and the manifest records it under
-#: ``"sources"`` with ``"verified": false``. The YOLO detector's comes from
-#: :data:`portrait.layout.YOLO_SHA256_PINNED` (empty: the detector is never auto-loaded without
-#: ``--yolo-sha256``).
-HUB_SHA256: dict[str, dict[str, str | None]] = {
-    repo.repo_id: {name: None for name in repo.files} for repo in HUB_REPOS
-}
-HUB_SHA256[DICE_TALK_REPO.repo_id][YOLO_FILE] = YOLO_SHA256_PINNED[0] if YOLO_SHA256_PINNED else None
-
-#: Commit of github.com/toto222/DICE-Talk whose ``examples/emo/*.npy`` are the release emotion priors.
-PRIORS_COMMIT = "a8a92b1"
-PRIORS_URL = "https://raw.githubusercontent.com/toto222/DICE-Talk/{commit}/examples/emo/{name}.npy"
-#: Folder of the priors inside the staging folder (where the converter looks for them).
-PRIORS_DIR = "examples/emo"
-PRIOR_SHA256: dict[str, str] = {
-    "angry": "ba5a185d63a31a0c0a3eacac79e843985ff05c4605199d459d00377719b968e3",
-    "contempt": "0cb2b27282f1e63149d24415ebefaf59d8ff7c567971ed809588ee00f30cb988",
-    "disgusted": "097068dd93b0c5fc955740355847c8b23c2ab752abb67ac880b5f60a2048fb0e",
-    "fear": "0767fa00bbea51406bfc92962b16b7cb003954b353f5b26ab7a267835a43b5a2",
-    "happy": "ce84e8456729a227cb2d629b4c37c4de274800a427aa5f35b10e0fda79fec549",
-    "neutral": "2cb35601ae8de98aba9293187b45f34c9cfec5f5bf3efd41d5948bc229cae21e",
-    "sad": "9d323ad9b1c42a1c1ed8a8f05e6c0b7344be20e86ed48a855c657d7812545a98",
-    "surprised": "0aaae02af23b5874e8407d93cf7fe89a44077efb4a7159f91e51d469c97f400e",
-}
-#: Where the YOLO face detector goes in the weights tree (``portrait.preprocess.face.YOLO_WEIGHTS``).
-FACE_DETECTOR_DIR = "face_detector"
+#: Values of ``HF_HUB_OFFLINE`` that mean offline; bytes read per chunk of a prior download.
 _TRUE = {"1", "ON", "YES", "TRUE"}
 _CHUNK = 1 << 16
-
 #: ``snapshot(repo_id, *, local_dir, allow_patterns)``: huggingface_hub.snapshot_download or a fake.
 SnapshotFn = Callable[..., Any]
 #: ``fetch(url, part_path, *, progress)``: append the rest of ``url`` to ``part_path`` (:func:`fetch_url`).
 FetchFn = Callable[..., None]
-
-
-def prior_url(name: str, commit: str = PRIORS_COMMIT) -> str:
-    """Raw GitHub URL of the release prior ``name``."""
-    return PRIORS_URL.format(commit=commit, name=name)
 
 
 def staging_dir(root: Path, cache_dir: Path | None = None) -> Path:
@@ -153,23 +71,6 @@ def is_offline(offline: bool | None = None) -> bool:
     if offline is not None:
         return offline
     return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in _TRUE
-
-
-def manual_instructions(root: Path, src: Path) -> str:
-    """What to download by hand into ``src`` (release layout) and the command converting it into ``root``."""
-    steps = []
-    for repo in HUB_REPOS:
-        local = src / repo.subdir if repo.subdir else src
-        steps.append(f"`hf download {repo.repo_id} {' '.join(repo.files)} --local-dir {local}`")
-    svd = SVD_REPO.repo_id
-    return (
-        f"download by hand into {src}: {'; '.join(steps)} ({svd} is gated: accept its licence on "
-        f"https://huggingface.co/{svd} and log in with `hf auth login` (`huggingface-cli login`) or set "
-        f"HF_TOKEN); the emotion priors {prior_url('<name>')} for <name> in {', '.join(RELEASE_EMOTIONS)} "
-        f"into {src / PRIORS_DIR}/; then run `portrait-gen convert --from-dice-talk {src} --weights {root}` "
-        f"({FLOWNET_FILE} and {YOLO_FILE} are optional: frame interpolation, and the YOLO face detector, "
-        f"which goes to {root / FACE_DETECTOR_DIR}/)"
-    )
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:

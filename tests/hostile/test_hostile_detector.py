@@ -108,7 +108,7 @@ def test_cli_flag_reaches_the_config() -> None:
 
 
 def test_hub_files_are_fetched_at_a_revision_and_checked(tmp_path: Path) -> None:
-    from portrait.weights import hub
+    from portrait.weights import hub, sources
 
     asked: list[dict] = []
     payload = {"a.bin": b"good", "b.bin": b"evil"}
@@ -118,7 +118,7 @@ def test_hub_files_are_fetched_at_a_revision_and_checked(tmp_path: Path) -> None
         for name in allow_patterns:
             (Path(local_dir) / name).write_bytes(payload[name])
 
-    repo = hub.HubRepo("owner/repo", "r", ("a.bin", "b.bin"), revision="main")
+    repo = sources.HubRepo("owner/repo", "r", ("a.bin", "b.bin"), revision="main")
     import hashlib
 
     good = hashlib.sha256(b"good").hexdigest()
@@ -132,15 +132,15 @@ def test_hub_files_are_fetched_at_a_revision_and_checked(tmp_path: Path) -> None
 
 
 def test_every_hub_repo_has_a_revision_and_a_digest_table() -> None:
-    from portrait.weights import hub
+    from portrait.weights import sources
 
-    for repo in hub.HUB_REPOS:
-        assert hub.HUB_REVISIONS[repo.repo_id] == repo.revision and repo.revision
-        assert set(hub.HUB_SHA256[repo.repo_id]) == set(repo.files)
+    for repo in sources.HUB_REPOS:
+        assert sources.HUB_REVISIONS[repo.repo_id] == repo.revision and repo.revision
+        assert set(sources.HUB_SHA256[repo.repo_id]) == set(repo.files)
 
 
 def test_manifest_records_sources(tmp_path: Path) -> None:
-    from portrait.weights.convert import write_manifest
+    from portrait.weights.manifest import write_manifest
 
     (tmp_path / "face_detector").mkdir()
     (tmp_path / "face_detector" / "yoloface_v5m.pt").write_bytes(b"x")

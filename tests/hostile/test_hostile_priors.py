@@ -9,7 +9,7 @@ import pytest
 from hostile_support import FAST, PORTRAIT, SPEECH, run_cli_measured
 
 from portrait.errors import WeightsError
-from portrait.weights.release import load_emotion_prior
+from portrait.weights.emotion_priors import load_emotion_prior
 
 GIB = 1 << 30
 

@@ -460,7 +460,7 @@ def test_shape_inference_recovers_the_release_sizes_on_meta_tensors() -> None:
     from portrait.models.emotion_model import EmotionModel
     from portrait.models.pose_guider import PoseGuider
     from portrait.models.unet import PortraitUNet
-    from portrait.weights import release as rel
+    from portrait.weights import release_config as rel
 
     with torch.device("meta"):  # full size, no memory
         audio, emotion, guider = AudioProjector(), EmotionModel(), PoseGuider()

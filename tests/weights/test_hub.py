@@ -23,19 +23,17 @@ from portrait.pipeline import PortraitPipeline
 from portrait.preprocess.detectors import YOLO_WEIGHTS
 from portrait.testing.trees import emotion_priors, write_tiny_weights
 from portrait.weights import hub
-from portrait.weights.hub import (
+from portrait.weights.hub import download_weights, ensure_weights, fetch_url, staging_dir
+from portrait.weights.sources import (
     DICE_TALK_REPO,
     FLOWNET_FILE,
     HUB_REPOS,
+    PRIOR_SHA256,
     PRIORS_DIR,
     SVD_REPO,
     WHISPER_REPO,
     YOLO_FILE,
-    download_weights,
-    ensure_weights,
-    fetch_url,
     prior_url,
-    staging_dir,
 )
 from portrait.weights.load import (
     file_sha256,
@@ -105,7 +103,7 @@ def fake(hub_files: tuple[Path, dict[str, Path]]) -> FakeHub:
 
 @pytest.fixture
 def sha_table(hub_files: tuple[Path, dict[str, Path]]) -> dict[str, str]:
-    """The tiny priors' sha256 (the real table of hub.PRIOR_SHA256 does not match random priors)."""
+    """The tiny priors' sha256 (the real table of PRIOR_SHA256 does not match random priors)."""
     return {name: file_sha256(hub_files[1][prior_url(name)]) for name in RELEASE_EMOTIONS}
 
 
@@ -193,7 +191,7 @@ def test_the_real_hash_table_rejects_other_files(tmp_path: Path, fake: FakeHub) 
         download_weights(
             tmp_path / "w", snapshot=fake.snapshot, fetch=fake.fetch, progress=False, offline=False
         )
-    assert set(hub.PRIOR_SHA256) == set(RELEASE_EMOTIONS)
+    assert set(PRIOR_SHA256) == set(RELEASE_EMOTIONS)
 
 
 def _assert_manual_instructions(message: str, root: Path) -> None:
