@@ -12,7 +12,7 @@ reported unavailable: their standard weights download from the network.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -92,10 +92,3 @@ class ClipImageEncoder:
             x = ((x - mean) / std).to(param.device, param.dtype)
             out.append(self.model(pixel_values=x).image_embeds.float().cpu())
         return torch.cat(out).numpy().astype(np.float64)
-
-
-def sample_indices(count: int, limit: int) -> Sequence[int]:
-    """At most ``limit`` evenly spread indices of ``range(count)``."""
-    if count <= limit:
-        return range(count)
-    return sorted({int(round(v)) for v in np.linspace(0, count - 1, limit)})

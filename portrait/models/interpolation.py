@@ -1,4 +1,4 @@
-"""RIFE HDv3 frame interpolation (compat §7.1): ``IFNet`` and the mid-frame helpers.
+"""RIFE HDv3 frame interpolation (compat §7.1): ``IFNet`` and :func:`midframes`.
 
 The network estimates, coarse to fine, a bidirectional flow ``(B, 4, H, W)`` (channels 0–1 warp frame 0
 to the middle, 2–3 warp frame 1) and a blend mask logit ``(B, 1, H, W)``; the middle frame is the
@@ -12,7 +12,6 @@ strictly: 160 tensors, 3 038 015 parameters at ``channels=90`` including the unu
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 
@@ -21,8 +20,6 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import Tensor, nn
 from torch.nn import functional as F
-
-logger = logging.getLogger(__name__)
 
 #: Image (3) + image (3) + mask (1) + flow (4) channels fed to a student block.
 STUDENT_IN_CHANNELS = 11
@@ -234,24 +231,3 @@ def midframes(model: IFNet, a: Tensor, b: Tensor, batch: int = 8) -> Tensor:
         return a.new_empty(a.shape)
     return torch.cat(outputs, dim=0)
 
-
-def interleave_midframes(frames: Tensor, model: IFNet, batch: int = 8) -> Tensor:
-    """Double the frame rate: ``f0, m01, f1, m12, …, f_{N−1}`` (2N − 1 frames; originals untouched).
-
-    Args:
-        frames: ``(N, 3, H, W)`` in [0, 1], N ≥ 1, H and W multiples of 16.
-        model: an :class:`IFNet`.
-        batch: pairs per network call.
-
-    Returns:
-        ``(2N − 1, 3, H, W)`` in [0, 1], on ``frames``' device and dtype; originals at even indices.
-    """
-    if frames.ndim != 4 or frames.shape[0] < 1:
-        raise ValueError(f"interleave_midframes needs (N >= 1, 3, H, W) frames, got {tuple(frames.shape)}")
-    count = frames.shape[0]
-    mids = midframes(model, frames[:-1], frames[1:], batch=batch)
-    out = frames.new_empty((2 * count - 1, *frames.shape[1:]))
-    out[0::2] = frames
-    out[1::2] = mids
-    logger.debug("interpolated %d frames to %d", count, 2 * count - 1)
-    return out

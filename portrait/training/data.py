@@ -19,7 +19,7 @@ import json
 import os
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from portrait.errors import InputError, WeightsError
@@ -230,7 +230,3 @@ class Cache:
         from safetensors.torch import load_file
 
         return load_file(str(self.root / SHARDS_DIR / f"{entry_id}.safetensors"))
-
-
-def entry_dict(entry: Entry) -> dict:
-    return asdict(entry)

@@ -30,7 +30,6 @@ from PIL import Image
 from portrait.errors import InputError, NoFaceError, PortraitError
 from portrait.models.audio import frame_audio_windows, whisper_hidden_states
 from portrait.models.identity import LATENT_SCALE, encode_clip_image, encode_reference_latents
-from portrait.motion.landmarks import MOUTH
 from portrait.motion.maps import render_motion_maps
 from portrait.motion.track import track_frames
 from portrait.preprocess.audio import audio_features, load_audio
@@ -291,8 +290,3 @@ def load_extractors(weights_root: Path, device: str = "cpu") -> Extractors:
     pipe = load_pipeline(weights_root, device=device, dtype=torch.float32)
     extractor = WhisperFeatureExtractor.from_pretrained((Path(weights_root) / AUDIO_PREPROCESSOR_FILE).parent)
     return Extractors(pipe, extractor, DlibDetector(), DlibLandmarker(), load_expression_classifier(device))
-
-
-def mouth_box(points: np.ndarray) -> tuple[float, float, float, float]:
-    """``(x, y, w, h)`` of the lips landmarks (points 48-67) of one (68, 2) frame."""
-    return _box_of(points[MOUTH])

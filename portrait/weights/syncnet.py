@@ -24,7 +24,6 @@ logger = logging.getLogger(__name__)
 #: Leading hex digits of the sha256 of the released ``syncnet_v2.model`` (from the research notes; the
 #: full digest was not recorded, so the converter checks this prefix unless told otherwise).
 SYNCNET_V2_SHA256_PREFIX = "961e8696"
-SYNCNET_FILE = "syncnet.safetensors"
 _PREFIXES = ("__S__.", "module.")
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from portrait.errors import WeightsError
-from portrait.models.interpolation import IFNet, check_size, interleave_midframes, midframes, warp
+from portrait.models.interpolation import IFNet, check_size, midframes, warp
 from portrait.weights.rife import convert_flownet
 
 TINY = 8  # IFNet channels of the tiny test model
@@ -211,10 +211,12 @@ def test_scale_list_and_size_checks() -> None:
 # ------------------------------------------------------------------------------------- helpers
 
 
-def test_interleave_keeps_originals_at_even_positions() -> None:
+def test_interpolated_keeps_originals_at_even_positions() -> None:
+    from portrait.generate import interpolated  # the render's way to insert midframes
+
     model = _tiny(seed=16)
     frames = _frames(4, seed=17)
-    out = interleave_midframes(frames, model, batch=2)
+    out = torch.cat(list(interpolated(iter([frames]), model, hold_last=False)))
     assert out.shape == (7, 3, SIZE, SIZE)
     assert torch.equal(out[0::2], frames)
     assert out.min() >= 0 and out.max() <= 1
@@ -222,15 +224,16 @@ def test_interleave_keeps_originals_at_even_positions() -> None:
         second_mid = model(frames[1:2], frames[2:3]).clamp(0, 1)
     # batching changes the conv reduction order a little (float32 round-off amplified by the flows)
     torch.testing.assert_close(out[3:4], second_mid, atol=1e-4, rtol=0)
-    torch.testing.assert_close(out, interleave_midframes(frames, model, batch=1), atol=1e-4, rtol=0)
+    batched = midframes(model, frames[:-1], frames[1:], batch=2)
+    torch.testing.assert_close(batched, midframes(model, frames[:-1], frames[1:], batch=1), atol=1e-4, rtol=0)
 
 
-def test_interleave_single_frame_and_errors() -> None:
+def test_interpolated_single_frame_and_errors() -> None:
+    from portrait.generate import interpolated
+
     model = _tiny()
     one = _frames(1)
-    assert torch.equal(interleave_midframes(one, model), one)
-    with pytest.raises(ValueError):
-        interleave_midframes(torch.zeros(0, 3, SIZE, SIZE), model)
+    assert torch.equal(torch.cat(list(interpolated(iter([one]), model, hold_last=False))), one)
     with pytest.raises(ValueError):
         midframes(model, _frames(2), _frames(3))
 
