@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageDraw
 
+from portrait.boxes import Box, CropBox
 from portrait.errors import (
     HINT_DLIB_DETECTOR,
     HINT_FACE_BOX,
@@ -46,8 +47,8 @@ _MOTION_PANEL_KEYS = ("source_kind", "mode", "gains", "mouth", "extend", "applie
 # ----------------------------------------------------------------------------------------- presentation
 def draw_face_box(
     image: Image.Image,
-    face_box: tuple[float, float, float, float],
-    crop_box: tuple[int, int, int, int] | None = None,
+    face_box: Box,
+    crop_box: CropBox | None = None,
     max_side: int = PREVIEW_SIDE,
 ) -> Image.Image:
     """A copy of ``image`` (RGB) with the face box ``(x, y, w, h)`` in green and the crop ``(x1, y1, x2, y2)``

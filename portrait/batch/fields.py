@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from portrait.boxes import Box
+
 TRUE_WORDS, FALSE_WORDS = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 
@@ -66,7 +68,7 @@ def boolean_value(value: Any, key: str) -> bool:
     return value
 
 
-def face_box_value(value: Any) -> tuple[float, float, float, float]:
+def face_box_value(value: Any) -> Box:
     parts = value.split(",") if isinstance(value, str) else value if isinstance(value, list) else None
     if parts is None or len(parts) != 4:
         raise LineError(f"'face_box' must be X,Y,W,H (four numbers), got {value!r}")

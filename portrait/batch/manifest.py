@@ -33,6 +33,7 @@ from portrait.batch.fields import (
     set_values,
     text_value,
 )
+from portrait.boxes import Box
 from portrait.constants import (
     EMOTION_EMBEDDERS,
     EMOTION_FILE_SUFFIXES,
@@ -97,7 +98,7 @@ class ManifestJob:
     audio: Path
     output: Path
     emotion: str = "neutral"
-    face_box: tuple[float, float, float, float] | None = None
+    face_box: Box | None = None
     face_index: int | None = None
     seed: int | None = None
     values: tuple[tuple[str, Any], ...] = ()

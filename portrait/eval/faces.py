@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from portrait.boxes import Box, iou
 from portrait.errors import InputError
 from portrait.motion.landmarks import Landmarker
-from portrait.preprocess.detectors import Box, FaceDetector
+from portrait.preprocess.detectors import FaceDetector
 
 logger = logging.getLogger(__name__)
 
@@ -44,15 +45,6 @@ class FaceTrack:
         return np.isfinite(self.boxes).all(axis=1)
 
 
-def _iou(a: Box, b: Box) -> float:
-    ax2, ay2, bx2, by2 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
-    iw = max(0.0, min(ax2, bx2) - max(a[0], b[0]))
-    ih = max(0.0, min(ay2, by2) - max(a[1], b[1]))
-    inter = iw * ih
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return inter / union if union > 0 else 0.0
-
-
 class FaceTracker:
     """Feed frames one at a time with :meth:`update`; :meth:`track` returns the :class:`FaceTrack`.
 
@@ -66,7 +58,7 @@ class FaceTracker:
         if detect_every < 1:
             raise InputError(f"detect_every must be at least 1, got {detect_every}")
         self.detector, self.landmarker, self.detect_every = detector, landmarker, detect_every
-        self._boxes: list[tuple[float, float, float, float]] = []
+        self._boxes: list[Box] = []
         self._landmarks: list[np.ndarray] = []
         self._current: Box | None = None
         self._size: tuple[int, int] | None = None
@@ -84,7 +76,7 @@ class FaceTracker:
                 self._current = max(faces, key=lambda f: f.area).box
             else:
                 previous = self._current
-                self._current = max(faces, key=lambda f: (_iou(previous, f.box), f.area)).box
+                self._current = max(faces, key=lambda f: (iou(previous, f.box), f.area)).box
         box = self._current
         points = None
         if box is not None and self.landmarker is not None:

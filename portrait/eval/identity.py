@@ -15,9 +15,10 @@ from typing import Protocol
 
 import numpy as np
 
+from portrait.boxes import Box
 from portrait.errors import WeightsError
 from portrait.eval.metric import Metric, available, unavailable
-from portrait.preprocess.detectors import INSIGHTFACE_MODEL, Box
+from portrait.preprocess.detectors import INSIGHTFACE_MODEL
 
 DLIB_EMBEDDING_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 DLIB_SHAPE5_FILE = "shape_predictor_5_face_landmarks.dat"

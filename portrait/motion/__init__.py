@@ -11,11 +11,11 @@ Modules, in data-flow order:
 - ``track_io``: strict JSON reading and atomic writing of tracks.
 - ``retarget``: driving landmarks → the portrait's face (``relative``, ``offset``, ``naive``, ``fixed``),
   resampling to the generation rate and extension (``pingpong``, ``hold``).
-- ``render``: landmarks → (F, 3, H, W) float32 motion maps in [0, 1].
+- ``maps``: landmarks → (F, 3, H, W) float32 motion maps in [0, 1].
 - ``plot``: head pose and mouth opening over time → PNG.
 - ``bucket``: per-frame head-motion energy → SVD motion-bucket table (the release-weights-only path).
-- ``job``: the one call of the generate path (:func:`~portrait.motion.driving.motion_maps_for_job`) and of the
-  ``motion extract`` command (:func:`~portrait.motion.driving.extract_to_files`).
+- ``driving``: the one call of the generate path (:func:`~portrait.motion.driving.motion_for_job`) and of
+  the ``motion extract`` command (:func:`~portrait.motion.driving.extract_to_files`).
 
 Nothing here imports ``portrait.models`` or a config object; detectors and landmarkers come in as
 arguments typed by protocols.

@@ -1,7 +1,6 @@
 """The motion package's two entry points: one call for a generate job, one for ``motion extract``.
 
-- :func:`motion_for_job` (:func:`motion_maps_for_job`: its ``(maps, summary)``): a driving video / track
-  JSON / :class:`Track` → per-frame motion maps at the
+- :func:`motion_for_job`: a driving video / track JSON / :class:`Track` → per-frame motion maps at the
   working resolution for ``num_frames`` frames at the generation rate, plus a summary for the sidecar.
 - :func:`extract_to_files`: a driving video → ``track.json`` (and optionally the ``--plot`` PNG).
 """
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from portrait.boxes import Box
 from portrait.errors import InputError
 from portrait.motion.bucket import head_motion_energy
 from portrait.motion.landmarks import DlibLandmarker, Landmarker, check_landmarks, interocular
@@ -28,7 +28,6 @@ from portrait.preprocess.detectors import DlibDetector, FaceDetector
 
 logger = logging.getLogger(__name__)
 
-Box = tuple[float, float, float, float]
 MotionSource = str | Path | Track
 
 
@@ -125,12 +124,6 @@ class JobMotion:
     energy: np.ndarray
 
 
-def motion_maps_for_job(*args: Any, **kwargs: Any) -> tuple[np.ndarray, dict[str, Any]]:
-    """``(maps, summary)`` of :func:`motion_for_job` (same arguments)."""
-    result = motion_for_job(*args, **kwargs)
-    return result.maps, result.summary
-
-
 def motion_for_job(
     source: MotionSource,
     portrait_image: np.ndarray | Image.Image,
@@ -147,7 +140,7 @@ def motion_for_job(
     detector: FaceDetector | None = None,
     face_index: int | None = None,
     max_seconds: float | None = 600.0,
-) -> tuple[np.ndarray, dict[str, Any]]:
+) -> JobMotion:
     """Motion maps for one generation job.
 
     Args:

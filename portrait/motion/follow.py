@@ -11,26 +11,17 @@ import importlib
 import logging
 import math
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import numpy as np
 
+from portrait.boxes import Box, iou
 from portrait.errors import InputError
 from portrait.motion import pose as geometry
 from portrait.motion.landmarks import NUM_POINTS, RIGID, Landmarker
 from portrait.preprocess.detectors import Face, FaceDetector
 
 logger = logging.getLogger(__name__)
-
-Box = tuple[float, float, float, float]
-
-
-def box_iou(a: Box, b: Box) -> float:
-    """Intersection over union of two ``(x, y, w, h)`` boxes."""
-    x1, y1 = max(a[0], b[0]), max(a[1], b[1])
-    x2, y2 = min(a[0] + a[2], b[0] + b[2]), min(a[1] + a[3], b[1] + b[3])
-    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return inter / union if union > 0 else 0.0
 
 
 class _FaceFollower:
@@ -69,8 +60,8 @@ class _FaceFollower:
             nearest = min(by_area, key=distance)
             return nearest.box if distance(nearest) <= self.max_jump * max(w, h) else None
         predicted = self.predict()
-        best = max(by_area, key=lambda f: box_iou(f.box, predicted))
-        return best.box if box_iou(best.box, predicted) >= self.min_iou else None
+        best = max(by_area, key=lambda f: iou(f.box, predicted))
+        return best.box if iou(best.box, predicted) >= self.min_iou else None
 
     def predict(self) -> Box:
         """The last detection box moved by the similarity between its landmarks and the latest ones."""
@@ -119,6 +110,42 @@ def _measure(
     return points, geometry.fit_confidence(points, fit)
 
 
+class _Found(NamedTuple):
+    """The followed face in one frame: its box, (68, 2) landmarks, fit confidence, and whether it was
+    detected in this frame (rather than followed from the previous one)."""
+
+    box: Box
+    points: np.ndarray
+    confidence: float
+    detected: bool
+
+
+def _locate(
+    frame: np.ndarray,
+    follower: _FaceFollower,
+    landmarker: Landmarker,
+    detector: FaceDetector,
+    *,
+    follow: bool,
+    lost: bool,
+    min_confidence: float,
+    min_similarity: float,
+) -> _Found | None:
+    """One frame: move the box with the landmarks when ``follow`` and that still fits, else detect."""
+    size = (frame.shape[1], frame.shape[0])
+    if follow:
+        box = follower.predict()
+        if follower.looks_alike(frame, box, min_similarity):
+            points, confidence = _measure(frame, box, landmarker, size)
+            if confidence >= min_confidence:
+                return _Found(box, points, confidence, False)
+    chosen = follower.choose(detector.detect(np.ascontiguousarray(frame[:, :, ::-1])), lost)
+    if chosen is None:
+        return None
+    points, confidence = _measure(frame, chosen, landmarker, size)
+    return _Found(chosen, points, confidence, True) if confidence >= min_confidence else None
+
+
 def follow_face(
     frames: Iterable[tuple[float, np.ndarray]],
     landmarker: Landmarker,
@@ -158,31 +185,21 @@ def follow_face(
                 max_seconds,
             )
             break
-        size = (frame.shape[1], frame.shape[0])
-        result: tuple[np.ndarray, float] | None = None
-        if follower.acquired and not lost and since_detect < detect_every:
-            box = follower.predict()
-            if follower.looks_alike(frame, box, min_similarity):
-                points, confidence = _measure(frame, box, landmarker, size)
-                if confidence >= min_confidence:
-                    result, detected = (points, confidence), False
-        if result is None:
-            since_detect = 0
-            box = follower.choose(detector.detect(np.ascontiguousarray(frame[:, :, ::-1])), lost)
-            if box is not None:
-                points, confidence = _measure(frame, box, landmarker, size)
-                if confidence >= min_confidence:
-                    result, detected = (points, confidence), True
+        follow = follower.acquired and not lost and since_detect < detect_every
+        found = _locate(
+            frame, follower, landmarker, detector, follow=follow, lost=lost,
+            min_confidence=min_confidence, min_similarity=min_similarity,
+        )  # fmt: skip
         times.append(float(t))
-        if result is None:
-            lost = True
+        lost = found is None
+        if found is None:  # the detector ran and found nothing usable
+            since_detect = 0
             points_list.append(missing)
             confidences.append(0.0)
-        else:
-            lost = False
-            since_detect += 1
-            follower.update(frame, box, result[0], detected)
-            points_list.append(result[0])
-            confidences.append(result[1])
+            continue
+        since_detect = 1 if found.detected else since_detect + 1
+        follower.update(frame, found.box, found.points, found.detected)
+        points_list.append(found.points)
+        confidences.append(found.confidence)
     landmarks = np.stack(points_list) if points_list else np.zeros((0, NUM_POINTS, 2), np.float32)
     return np.asarray(times), landmarks, np.asarray(confidences, np.float32), follower.max_faces

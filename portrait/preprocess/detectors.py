@@ -22,13 +22,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from portrait.boxes import Box
 from portrait.constants import DETECTOR_NAMES
 from portrait.errors import HINT_DLIB_DETECTOR, HINT_FACE_BOX, ConfigError, InputError, WeightsError
 from portrait.layout import YOLO_SHA256_PINNED
 
 logger = logging.getLogger(__name__)
-
-Box = tuple[float, float, float, float]
 
 #: Where :func:`detector_from_name` looks for detector weights inside a weights root.
 YOLO_WEIGHTS = Path("face_detector") / "yoloface_v5m.pt"

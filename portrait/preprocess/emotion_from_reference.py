@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from portrait.boxes import Box
 from portrait.errors import InputError
-from portrait.preprocess.detectors import Box, FaceDetector
+from portrait.preprocess.detectors import FaceDetector
 from portrait.preprocess.emotion_spec import (
     DEFAULT_TRANSITION,
     MAX_INTENSITY,

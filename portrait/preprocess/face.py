@@ -12,12 +12,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from portrait.boxes import Box, CropBox, clip_box, corners
 from portrait.constants import FACE_SELECTIONS
 from portrait.errors import HINT_FACE_BOX, ConfigError, InputError, NoFaceError
-from portrait.preprocess.detectors import (
-    Box,
-    Face,
-)
+from portrait.preprocess.detectors import Face
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +81,7 @@ def check_face_box(box: Box, size: tuple[int, int]) -> None:
         raise InputError(f"face box {tuple(box)} does not overlap the {width}x{height} image")
 
 
-def reference_crop_box(
-    box: Box, width: int, height: int, expand_ratio: float = 0.5
-) -> tuple[int, int, int, int]:
+def reference_crop_box(box: Box, width: int, height: int, expand_ratio: float = 0.5) -> CropBox:
     """The reference's square crop around a face (``process_bbox``, compat §1.3).
 
     The box is expanded by ``expand_ratio`` of its size on every side and clipped to the image, then
@@ -93,10 +89,9 @@ def reference_crop_box(
     most the difference; corners are rounded with Python's half-to-even ``round``.
 
     Returns:
-        ``(x1, y1, x2, y2)`` integer corners.
+        The ``(x1, y1, x2, y2)`` integer corners of the crop.
     """
-    x1, y1 = float(box[0]), float(box[1])
-    x2, y2 = x1 + float(box[2]), y1 + float(box[3])
+    x1, y1, x2, y2 = corners(box)
     bw, bh = x2 - x1, y2 - y1
     ex1, ey1 = max(x1 - expand_ratio * bw, 0), max(y1 - expand_ratio * bh, 0)
     ex2, ey2 = min(x2 + expand_ratio * bw, width), min(y2 + expand_ratio * bh, height)
@@ -113,11 +108,10 @@ def reference_crop_box(
     return round(ecx - half), round(ecy - half), round(ecx + half), round(ecy + half)
 
 
-def crop_image(image: Image.Image, crop_box: tuple[int, int, int, int]) -> Image.Image:
-    """Crop ``(x1, y1, x2, y2)`` like the reference's array slice (clipped to the image, never padded)."""
+def crop_image(image: Image.Image, crop_box: CropBox) -> Image.Image:
+    """Crop like the reference's array slice (clipped to the image, never padded)."""
     width, height = image.size
-    x1, y1 = max(int(crop_box[0]), 0), max(int(crop_box[1]), 0)
-    x2, y2 = min(int(crop_box[2]), width), min(int(crop_box[3]), height)
+    x1, y1, x2, y2 = clip_box(crop_box, image.size)
     if x2 <= x1 or y2 <= y1:
         raise InputError(f"crop box {tuple(crop_box)} is empty inside the {width}x{height} image")
     return image.crop((x1, y1, x2, y2))

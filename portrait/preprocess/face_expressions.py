@@ -22,8 +22,9 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
+from portrait.boxes import Box, CropBox
 from portrait.errors import ConfigError, InputError, NoFaceError
-from portrait.preprocess.detectors import Box, FaceDetector
+from portrait.preprocess.detectors import FaceDetector
 from portrait.preprocess.face import check_face_box, select_face
 from portrait.preprocess.image import load_image
 from portrait.preprocess.video import iter_frames, media_kind, output_size, probe_video
@@ -95,7 +96,7 @@ def check_face_size(box: Box, min_side: int = MIN_FACE_SIDE, source: str | Path 
         )
 
 
-def face_crop_box(box: Box, margin: float = FACE_MARGIN) -> tuple[int, int, int, int]:
+def face_crop_box(box: Box, margin: float = FACE_MARGIN) -> CropBox:
     """Square ``(x1, y1, x2, y2)`` around ``box``: shorter side elongated about the centre, plus
     ``margin`` of the side on every side; integer corners (half-to-even rounding), may leave the image."""
     x, y, w, h = (float(v) for v in box)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from portrait.boxes import Box
 from portrait.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -165,12 +166,10 @@ class PortraitTensors:
     clip_image: torch.Tensor
     face_mask: torch.Tensor
     size: tuple[int, int]
-    face_box: tuple[float, float, float, float]
+    face_box: Box
 
 
-def face_mask_array(
-    face_box: tuple[float, float, float, float], size: tuple[int, int], area: float = 1.1
-) -> np.ndarray:
+def face_mask_array(face_box: Box, size: tuple[int, int], area: float = 1.1) -> np.ndarray:
     """Rectangular face mask of the reference, in original pixels (compat §1.4 step 3).
 
     The box is enlarged by ``area`` about its floored centre with Python floor division on floats:
@@ -239,7 +238,7 @@ def clip_pixel_values(image: Image.Image) -> torch.Tensor:
 
 def prepare_portrait(
     image: Image.Image,
-    face_box: tuple[float, float, float, float],
+    face_box: Box,
     min_resolution: int = 512,
     area: float = 1.1,
 ) -> PortraitTensors:

@@ -1,4 +1,4 @@
-"""Full-frame output: paste the animated face crop back into the whole photo (issue 8).
+"""Full-frame output: paste the animated face crop back into the whole photo (compat §1.3, §10).
 
 The generator animates a crop around the face at a working size (multiples of 64). :class:`FramePaster`
 maps every generated frame back to the crop's place in the photo at the photo's own resolution:
@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from portrait.boxes import Box, CropBox, clip_box
 from portrait.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -42,15 +43,9 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "FramePaster",
     "canvas_size",
-    "clip_box",
     "crop_is_smaller",
     "wants_full_frame",
 ]
-
-#: ``(x1, y1, x2, y2)`` integer corners in photo pixels (x2, y2 exclusive).
-CropBox = tuple[int, int, int, int]
-#: ``(x, y, w, h)`` face box in photo pixels.
-FaceBox = tuple[float, float, float, float]
 
 #: Clamp of the per-channel colour-matching gain.
 GAIN_RANGE = (0.5, 2.0)
@@ -102,12 +97,6 @@ def wants_full_frame(setting: bool | str, crop_box: CropBox, size: tuple[int, in
     if setting == "auto":
         return crop_is_smaller(crop_box, size)
     raise InputError(f"full_frame must be 'auto', true or false, got {setting!r}")
-
-
-def clip_box(box: CropBox, size: tuple[int, int]) -> CropBox:
-    """``(x1, y1, x2, y2)`` as integers clipped to a ``(W, H)`` photo (what a crop of the photo keeps)."""
-    x1, y1, x2, y2 = (int(v) for v in box)
-    return max(x1, 0), max(y1, 0), min(x2, size[0]), min(y2, size[1])
 
 
 def smoothstep(t: np.ndarray) -> np.ndarray:
@@ -173,7 +162,7 @@ class FramePaster:
         self,
         photo: np.ndarray,
         crop_box: CropBox,
-        face_box: FaceBox | None = None,
+        face_box: Box | None = None,
         *,
         max_size: int | None = None,
         feather: float = 0.1,
@@ -218,7 +207,7 @@ class FramePaster:
     # ------------------------------------------------------------------------------------------ geometry
     def _build_alpha(
         self,
-        face_box: FaceBox | None,
+        face_box: Box | None,
         scale: tuple[float, float],
         open_sides: tuple[bool, bool, bool, bool],
         feather: float,

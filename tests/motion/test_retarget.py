@@ -14,7 +14,7 @@ from portrait.errors import ConfigError, InputError
 cv2 = pytest.importorskip("cv2")
 
 from portrait.motion import pose as geometry  # noqa: E402
-from portrait.motion.driving import motion_maps_for_job  # noqa: E402
+from portrait.motion.driving import motion_for_job  # noqa: E402
 from portrait.motion.landmarks import MOUTH, NOSE_TIP, RIGID, mouth_opening  # noqa: E402
 from portrait.motion.maps import render_frame, render_motion_maps  # noqa: E402
 from portrait.motion.retarget import neutral_frame, resample, retarget, retarget_track, source_times  # noqa: E402
@@ -316,14 +316,16 @@ class _Projected:
         return _project() * np.array([image.shape[1] / 256, image.shape[0] / 256], dtype=np.float32)
 
 
-def test_motion_maps_for_job(tmp_path):
+def test_motion_for_job(tmp_path):
     frames = np.stack([_project(yaw=2 * np.sin(i / 3), roll=4 * np.sin(i / 4)) for i in range(20)])
     track_path = write_track(_track(frames), tmp_path / "drive.json")
     image = np.asarray(
         Image.open(resources.files("portrait") / "assets" / "sample_portrait.jpg").convert("RGB").resize(SIZE)
     )
     common = dict(working_size=(128, 128), num_frames=30, landmarker=_Projected())
-    fixed, summary = motion_maps_for_job(track_path, image, (80, 40, 90, 90), mode="fixed", **common)
+    result = motion_for_job(track_path, image, (80, 40, 90, 90), mode="fixed", **common)
+    fixed, summary = result.maps, result.summary
+    assert result.landmarks.shape == (30, 68, 2) and result.energy.shape == (30,)
     assert fixed.shape == (30, 3, 128, 128) and fixed.dtype == np.float32
     assert all(np.array_equal(fixed[0], m) for m in fixed) and fixed[:, 2].max() == 0.0  # mouth: audio
     own = render_frame(_project() / 2, (128, 128), draw_mouth=False)
@@ -332,11 +334,12 @@ def test_motion_maps_for_job(tmp_path):
     assert summary["track"]["frames"] == 20 and summary["track"]["extended"] is True
     assert len(summary["per_second"]) == 3 and all(abs(r["roll"]) < 0.1 for r in summary["per_second"])
     json.dumps(summary)  # JSON-ready for the sidecar
-    moving, summary = motion_maps_for_job(
+    result = motion_for_job(
         track_path, image, (80, 40, 90, 90), mode="relative", mouth="video", gains=(1.0, 1.0), **common
     )
+    moving, summary = result.maps, result.summary
     assert not np.array_equal(moving[0], moving[5]) and moving[:, 2].max() > 0.5
     assert max(abs(r["roll"]) for r in summary["per_second"]) > 0.5
     with pytest.raises(ConfigError):
-        motion_maps_for_job(track_path, image, (80, 40, 90, 90), mode="wild", **common)
+        motion_for_job(track_path, image, (80, 40, 90, 90), mode="wild", **common)
     assert track_to_dict(read_track(track_path))["fps"] == 25.0

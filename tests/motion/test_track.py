@@ -214,23 +214,23 @@ def test_max_seconds_stops_reading_and_extract_to_files(path_video, tools, caplo
 
 
 def test_optional_landmarkers_fail_clearly(tmp_path):
-    from portrait.errors import ConfigError, WeightsError
+    from portrait.errors import WeightsError
     from portrait.motion.landmarks import (
         FaceAlignmentLandmarker,
         InsightFaceLandmarker,
         dlib_model_path,
-        landmarker_from_name,
+        face_recognition_model,
     )
 
     assert dlib_model_path().name == "shape_predictor_68_face_landmarks.dat"
+    with pytest.raises(WeightsError, match="no models/absent.dat"):
+        face_recognition_model("absent.dat", "a test")
     with pytest.raises(WeightsError, match="face-alignment weights"):
         FaceAlignmentLandmarker(torch_home=tmp_path)
     with pytest.raises(WeightsError, match="1k3d68.onnx"):
         InsightFaceLandmarker(tmp_path)
-    with pytest.raises(WeightsError, match="weights root"):
-        landmarker_from_name("insightface")
-    with pytest.raises(ConfigError, match="unknown landmarker"):
-        landmarker_from_name("magic")
+    with pytest.raises(WeightsError, match="1k3d68.onnx"):  # no weights root: nothing to load either
+        InsightFaceLandmarker(tmp_path / "insightface" / "models" / "buffalo_l")
 
 
 class _StillFace:

@@ -1,4 +1,4 @@
-"""Full-frame paste-back (issue 8): FramePaster on synthetic images, and tiny-weight CLI runs."""
+"""Full-frame paste-back (compat §10): FramePaster on synthetic images, and tiny-weight CLI runs."""
 
 from __future__ import annotations
 
@@ -12,14 +12,9 @@ import torch
 from media import seam_shift
 from PIL import Image
 
+from portrait.boxes import clip_box
 from portrait.errors import InputError
-from portrait.render.paste import (
-    FramePaster,
-    canvas_size,
-    clip_box,
-    crop_is_smaller,
-    wants_full_frame,
-)
+from portrait.render.paste import FramePaster, canvas_size, crop_is_smaller, wants_full_frame
 
 ASSETS = Path(__file__).resolve().parents[2] / "portrait" / "assets"
 PORTRAIT = ASSETS / "sample_portrait.jpg"
