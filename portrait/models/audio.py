@@ -172,6 +172,21 @@ def frame_audio_windows(
         ValueError: ``num_frames < 1``, too few hidden-state tokens for ``audio_len``, or the last window
             would run past the padded sequence.
     """
+    tokens = TOKENS_PER_UNIT * audio_len
+    stride = TOKENS_PER_UNIT * units_per_frame
+    padded_len = pad_before + tokens + pad_after
+    _check_window_arguments(hidden, audio_len, num_frames, stride, window, padded_len)
+    blocks, channels = hidden.shape[1:]
+    padded = hidden.new_zeros(padded_len, blocks, channels)
+    padded[pad_before : pad_before + tokens] = hidden[:tokens]
+    # unfold: (n_windows, blocks, channels, window) → (num_frames, window, blocks, channels)
+    return padded.unfold(0, window, stride)[:num_frames].permute(0, 3, 1, 2)
+
+
+def _check_window_arguments(
+    hidden: Tensor, audio_len: int, num_frames: int, stride: int, window: int, padded_len: int
+) -> None:
+    """The errors of :func:`frame_audio_windows`, before anything is allocated."""
     if num_frames < 1:
         raise ValueError(
             f"frame_audio_windows needs num_frames >= 1, got {num_frames} (audio shorter than a frame?)"
@@ -188,8 +203,6 @@ def frame_audio_windows(
             f"frame_audio_windows: audio_len {audio_len} needs {tokens} hidden-state tokens, "
             f"got {hidden.shape[0]}"
         )
-    stride = TOKENS_PER_UNIT * units_per_frame
-    padded_len = pad_before + tokens + pad_after
     needed = stride * (num_frames - 1) + window
     if needed > padded_len:
         max_frames = max((padded_len - window) // stride + 1, 0)
@@ -197,8 +210,3 @@ def frame_audio_windows(
             f"frame_audio_windows: {num_frames} frames need {needed} padded tokens, only {padded_len} "
             f"available (audio_len {audio_len}); use at most {max_frames} frames"
         )
-    blocks, channels = hidden.shape[1:]
-    padded = hidden.new_zeros(padded_len, blocks, channels)
-    padded[pad_before : pad_before + tokens] = hidden[:tokens]
-    # unfold: (n_windows, blocks, channels, window) → (num_frames, window, blocks, channels)
-    return padded.unfold(0, window, stride)[:num_frames].permute(0, 3, 1, 2)

@@ -100,6 +100,18 @@ class QKVAttention(nn.Module):
         return out.transpose(1, 2).reshape(b, tq, d)
 
 
+def _token_projector(in_dim: int, intermediate_dim: int, dim: int, context_tokens: int) -> AudioProjector:
+    """The reference's ``AudioProjModel`` of one vector: ``(B, 1, 1, in_dim)`` → ``(B, tokens, dim)``."""
+    return AudioProjector(
+        seq_len=1,
+        blocks=1,
+        channels=in_dim,
+        intermediate_dim=intermediate_dim,
+        output_dim=dim,
+        context_tokens=context_tokens,
+    )
+
+
 class EmotionModel(ModelMixin, ConfigMixin):
     """Emotion prior → emotion context tokens (reference ``EmotionModel``, inference part only).
 
@@ -134,22 +146,8 @@ class EmotionModel(ModelMixin, ConfigMixin):
         retrieval: bool = False,
     ) -> None:
         super().__init__()
-        self.emo_linear = AudioProjector(
-            seq_len=1,
-            blocks=1,
-            channels=prior_dim,
-            intermediate_dim=intermediate_dim,
-            output_dim=dim,
-            context_tokens=context_tokens,
-        )
-        self.kv_tokens_linear = AudioProjector(
-            seq_len=1,
-            blocks=1,
-            channels=dim,
-            intermediate_dim=intermediate_dim,
-            output_dim=dim,
-            context_tokens=context_tokens,
-        )
+        self.emo_linear = _token_projector(prior_dim, intermediate_dim, dim, context_tokens)
+        self.kv_tokens_linear = _token_projector(dim, intermediate_dim, dim, context_tokens)
         self.codebook = EmotionBank(prior_dim=prior_dim, dim=dim, codebook_size=codebook_size)
         self.attention = QKVAttention(dim=dim, num_heads=num_heads)
 

@@ -230,4 +230,3 @@ def midframes(model: IFNet, a: Tensor, b: Tensor, batch: int = 8) -> Tensor:
     if not outputs:
         return a.new_empty(a.shape)
     return torch.cat(outputs, dim=0)
-

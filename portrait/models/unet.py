@@ -223,35 +223,49 @@ class PortraitUNet(UNetSpatioTemporalConditionModel):
         if pose_features is not None:
             hidden = (hidden.unflatten(0, (batch, num_frames)) + pose_features).flatten(0, 1)
         indicator = torch.zeros(batch, num_frames, dtype=hidden.dtype, device=hidden.device)
-
-        skips: tuple[torch.Tensor, ...] = (hidden,)
-        for block in self.down_blocks:
-            kwargs = (
-                {"encoder_hidden_states": context} if getattr(block, "has_cross_attention", False) else {}
-            )
-            hidden, res = block(hidden_states=hidden, temb=emb, image_only_indicator=indicator, **kwargs)
-            skips += res
-        hidden = self.mid_block(
-            hidden_states=hidden, temb=emb, encoder_hidden_states=context, image_only_indicator=indicator
-        )
-        for block in self.up_blocks:
-            res, skips = skips[-len(block.resnets) :], skips[: -len(block.resnets)]
-            kwargs = (
-                {"encoder_hidden_states": context} if getattr(block, "has_cross_attention", False) else {}
-            )
-            hidden = block(
-                hidden_states=hidden,
-                temb=emb,
-                res_hidden_states_tuple=res,
-                image_only_indicator=indicator,
-                **kwargs,
-            )
+        hidden = self._blocks(hidden, emb, indicator, context)
 
         hidden = self.conv_out(self.conv_act(self.conv_norm_out(hidden)))
         out = hidden.reshape(batch, num_frames, *hidden.shape[1:])
         if not return_dict:
             return (out,)
         return UNetSpatioTemporalConditionOutput(sample=out)
+
+    def _blocks(
+        self, hidden: torch.Tensor, emb: torch.Tensor, indicator: torch.Tensor, context: AdapterContext
+    ) -> torch.Tensor:
+        """Down blocks, mid block and up blocks as upstream, ``context`` in the cross-attention slot.
+
+        Args:
+            hidden: (B·F, C0, h, w) after ``conv_in`` (and the pose residual); emb: (B·F, 1280);
+                indicator: (B, F) zeros.
+
+        Returns:
+            (B·F, C0, h, w) before ``conv_norm_out``.
+        """
+
+        def cross(block: torch.nn.Module) -> dict[str, AdapterContext]:
+            return {"encoder_hidden_states": context} if getattr(block, "has_cross_attention", False) else {}
+
+        skips: tuple[torch.Tensor, ...] = (hidden,)
+        for block in self.down_blocks:
+            hidden, res = block(
+                hidden_states=hidden, temb=emb, image_only_indicator=indicator, **cross(block)
+            )
+            skips += res
+        hidden = self.mid_block(
+            hidden_states=hidden, temb=emb, encoder_hidden_states=context, image_only_indicator=indicator
+        )
+        for block in self.up_blocks:
+            res, skips = skips[-len(block.resnets) :], skips[: -len(block.resnets)]
+            hidden = block(
+                hidden_states=hidden,
+                temb=emb,
+                res_hidden_states_tuple=res,
+                image_only_indicator=indicator,
+                **cross(block),
+            )
+        return hidden
 
     def _conditioning_embedding(
         self, timestep: torch.Tensor | float, added_time_ids: torch.Tensor, batch: int, sample: torch.Tensor
