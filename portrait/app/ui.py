@@ -9,7 +9,8 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,21 @@ RETARGET_CHOICES = [
     ("Fixed (a still head)", "fixed"),
 ]
 MOUTH_CHOICES = [("Lips from the speech", "audio"), ("Lips from the driving video", "video")]
+REFERENCE_MODES = [("One emotion for the whole clip (mean)", "mean"), ("Follow it over time", "timeline")]
+#: The two accordions with an upload: title, help text, (widget name, label, accepted suffixes).
+MOTION_ACCORDION = (
+    "Motion (head movement from a driving video)",
+    "The head follows the face in this video (or a `portrait-gen motion extract` track). Steering needs "
+    "weights with a trained landmark guider; with the release weights alone only *Fixed* has an effect (a "
+    "calmer head, experimental). See docs/motion.md.",
+    ("motion", "Driving video or track .json", MOTION_SUFFIXES),
+)
+REFERENCE_ACCORDION = (
+    "Emotion from a reference",
+    "The emotion follows the facial expression in this picture or video (it overrides every other emotion "
+    "control). *Save as emotion* adds it to the emotion list under a new name. See docs/emotion.md.",
+    ("emotion_from", "Reference picture or video", REFERENCE_SUFFIXES),
+)
 #: Defaults of the QA widgets (those of portrait.eval.qa.QASettings, not imported here: it loads torch).
 QA_THRESHOLD, QA_RETRIES = 0.5, 2
 
@@ -122,41 +138,34 @@ def _advanced_inputs(gr: Any, studio: Studio) -> dict[str, Any]:
     return w
 
 
+@contextmanager
+def _upload_accordion(
+    gr: Any, w: dict[str, Any], title: str, text: str, upload: tuple[str, str, Sequence[str]]
+) -> Iterator[None]:
+    """A closed accordion ``title`` with the help ``text`` and one file upload ``(key, label, suffixes)``
+    stored in ``w``; the caller's widgets follow inside the ``with`` block."""
+    key, label, suffixes = upload
+    with gr.Accordion(title, open=False):
+        gr.Markdown(text)
+        w[key] = gr.File(label=label, type="filepath", file_types=list(suffixes))
+        yield
+
+
 def _motion_inputs(gr: Any, studio: Studio) -> dict[str, Any]:
     """The "Motion" accordion: a driving video or track upload, the retarget mode and the lips' source."""
     m = studio.cfg.motion
     w: dict[str, Any] = {}
-    with gr.Accordion("Motion (head movement from a driving video)", open=False):
-        gr.Markdown(
-            "The head follows the face in this video (or a `portrait-gen motion extract` track). Steering "
-            "needs weights with a trained landmark guider; with the release weights alone only *Fixed* has "
-            "an effect (a calmer head, experimental). See docs/motion.md."
-        )
-        w["motion"] = gr.File(
-            label="Driving video or track .json", type="filepath", file_types=list(MOTION_SUFFIXES)
-        )
-        with gr.Row():
-            w["retarget"] = gr.Radio(RETARGET_CHOICES, value=m.retarget, label="Retarget")
-            w["mouth"] = gr.Radio(MOUTH_CHOICES, value=m.mouth, label="Mouth")
+    with _upload_accordion(gr, w, *MOTION_ACCORDION), gr.Row():
+        w["retarget"] = gr.Radio(RETARGET_CHOICES, value=m.retarget, label="Retarget")
+        w["mouth"] = gr.Radio(MOUTH_CHOICES, value=m.mouth, label="Mouth")
     return w
-
-
-REFERENCE_MODES = [("One emotion for the whole clip (mean)", "mean"), ("Follow it over time", "timeline")]
 
 
 def _reference_inputs(gr: Any, studio: Studio) -> dict[str, Any]:
     """The "Emotion from a reference" accordion: a picture/video upload, mean or timeline, strength, and
     "Save as emotion" (``save_name``, ``save``, ``save_status``; not parameters of ``/generate``)."""
     w: dict[str, Any] = {}
-    with gr.Accordion("Emotion from a reference", open=False):
-        gr.Markdown(
-            "The emotion follows the facial expression in this picture or video (it overrides every other "
-            "emotion control). *Save as emotion* adds it to the emotion list under a new name. See "
-            "docs/emotion.md."
-        )
-        w["emotion_from"] = gr.File(
-            label="Reference picture or video", type="filepath", file_types=list(REFERENCE_SUFFIXES)
-        )
+    with _upload_accordion(gr, w, *REFERENCE_ACCORDION):
         with gr.Row():
             w["emotion_from_mode"] = gr.Radio(REFERENCE_MODES, value="mean", label="Mode")
             w["emotion_strength"] = gr.Slider(0, 2, value=1, step=0.05, label="Emotion strength")
@@ -165,6 +174,75 @@ def _reference_inputs(gr: Any, studio: Studio) -> dict[str, Any]:
             w["save"] = gr.Button("Save as emotion")
         w["save_status"] = gr.Markdown()
     return w
+
+
+def _page(gr: Any, studio: Studio) -> tuple[dict[str, Any], list[Any], Any, Any]:
+    """The two columns: every input widget by name, the output components, the Generate and Cancel buttons."""
+    with gr.Row():
+        with gr.Column():
+            widgets = _main_inputs(gr, studio) | _advanced_inputs(gr, studio) | _motion_inputs(gr, studio)
+            widgets |= _reference_inputs(gr, studio)
+            with gr.Row():
+                run = gr.Button("Generate", variant="primary")
+                stop = gr.Button("Cancel", variant="stop")
+        with gr.Column():
+            outputs = [
+                gr.Video(label="Result", format="mp4", interactive=False),
+                gr.Image(
+                    label="Face used (green; orange: crop)", type="pil", format="png", interactive=False
+                ),
+                gr.JSON(label="Info"),
+                gr.File(label="Sidecar JSON", interactive=False),
+            ]
+    return widgets, outputs, run, stop
+
+
+def _generate_event(gr: Any, studio: Studio) -> Callable[..., tuple[str, Any, Any, str]]:
+    """The ``/generate`` callback: its parameters are :data:`INPUT_NAMES` (gradio reads the signature)."""
+
+    # fmt: off
+    def generate(image, audio, emotion, intensity, timeline, ref_scale, emo_scale, steps, seed,
+                 random_seed, framing, interpolate, size, face_box=None, face_index=None, max_size=None,
+                 emotion_text=None, emotion_file=None, emotion_qa=False, qa_threshold=None,
+                 qa_retries=None, motion=None, retarget=None, mouth=None, emotion_from=None,
+                 emotion_from_mode=None, emotion_strength=None, request: gr.Request = None,
+                 progress=gr.Progress(track_tqdm=True)):  # noqa: B008
+        # fmt: on  (gradio reads the annotations: gr.Request is injected, optional API parameters = None)
+        given = dict(locals())
+        values = AppRequest(**{name: given[name] for name in INPUT_NAMES})
+        session = getattr(request, "session_hash", None)
+        try:
+            out = studio.run(values, lambda f, what: progress(f, desc=what), session)
+        except PortraitError as err:
+            raise gr.Error(studio.message(err, values), print_exception=False) from None
+        return str(out.video), out.preview, out.info, str(out.sidecar)
+
+    return generate
+
+
+def _save_event(gr: Any, studio: Studio) -> Callable[[Any, Any, Any], tuple[Any, str]]:
+    """The "Save as emotion" callback: the new name joins the emotion dropdown, chosen."""
+
+    def save_as_emotion(name, clip, strength):
+        try:
+            names = save_emotion(studio, name, clip, strength)
+        except PortraitError as err:
+            values = AppRequest(None, None, emotion_from=clip)
+            raise gr.Error(studio.message(err, values), print_exception=False) from None
+        saved = str(name).strip()
+        return gr.update(choices=names, value=saved), f"Saved emotion **{saved}**."
+
+    return save_as_emotion
+
+
+def _examples(gr: Any, studio: Studio, widgets: dict[str, Any]) -> None:
+    """The sample portrait and speech with the example emotions the bank has (when the assets ship)."""
+    names = studio.emotion_names()
+    sample = [str(SAMPLE_PORTRAIT), str(SAMPLE_SPEECH)]
+    examples = [sample + [name, x] for name, x in EXAMPLE_EMOTIONS if name in names]
+    if examples and SAMPLE_PORTRAIT.is_file() and SAMPLE_SPEECH.is_file():
+        example_inputs = [widgets[name] for name in ("image", "audio", "emotion", "intensity")]
+        gr.Examples(examples, example_inputs, label="Examples (sample portrait and speech)")
 
 
 def build_demo(studio: Studio, options: LaunchOptions | None = None) -> Any:
@@ -178,65 +256,18 @@ def build_demo(studio: Studio, options: LaunchOptions | None = None) -> Any:
             f"Audio up to {studio.max_seconds:g} s, uploads up to {options.max_file_size}. "
             "One render at a time; others wait in the queue."
         )
-        with gr.Row():
-            with gr.Column():
-                widgets = _main_inputs(gr, studio) | _advanced_inputs(gr, studio) | _motion_inputs(gr, studio)
-                widgets |= _reference_inputs(gr, studio)
-                with gr.Row():
-                    run = gr.Button("Generate", variant="primary")
-                    stop = gr.Button("Cancel", variant="stop")
-            with gr.Column():
-                outputs = [
-                    gr.Video(label="Result", format="mp4", interactive=False),
-                    gr.Image(
-                        label="Face used (green; orange: crop)", type="pil", format="png", interactive=False
-                    ),
-                    gr.JSON(label="Info"),
-                    gr.File(label="Sidecar JSON", interactive=False),
-                ]
-
-        # fmt: off
-        def generate(image, audio, emotion, intensity, timeline, ref_scale, emo_scale, steps, seed,
-                     random_seed, framing, interpolate, size, face_box=None, face_index=None, max_size=None,
-                     emotion_text=None, emotion_file=None, emotion_qa=False, qa_threshold=None,
-                     qa_retries=None, motion=None, retarget=None, mouth=None, emotion_from=None,
-                     emotion_from_mode=None, emotion_strength=None, request: gr.Request = None,
-                     progress=gr.Progress(track_tqdm=True)):  # noqa: B008
-            # fmt: on  (gradio reads the annotations: gr.Request is injected, optional API parameters = None)
-            given = dict(locals())
-            values = AppRequest(**{name: given[name] for name in INPUT_NAMES})
-            session = getattr(request, "session_hash", None)
-            try:
-                out = studio.run(values, lambda f, what: progress(f, desc=what), session)
-            except PortraitError as err:
-                raise gr.Error(studio.message(err, values), print_exception=False) from None
-            return str(out.video), out.preview, out.info, str(out.sidecar)
+        widgets, outputs, run, stop = _page(gr, studio)
 
         def cancel(request: gr.Request) -> None:
             studio.cancel(getattr(request, "session_hash", None))
 
-        def save_as_emotion(name, clip, strength):
-            try:
-                names = save_emotion(studio, name, clip, strength)
-            except PortraitError as err:
-                values = AppRequest(None, None, emotion_from=clip)
-                raise gr.Error(studio.message(err, values), print_exception=False) from None
-            saved = str(name).strip()
-            return gr.update(choices=names, value=saved), f"Saved emotion **{saved}**."
-
         inputs = [widgets[name] for name in INPUT_NAMES]
-        event = run.click(generate, inputs, outputs, api_name="generate")
+        event = run.click(_generate_event(gr, studio), inputs, outputs, api_name="generate")
         stop.click(cancel, None, None, cancels=[event], api_name=False)
         save_inputs = [widgets[name] for name in ("save_name", "emotion_from", "emotion_strength")]
-        widgets["save"].click(
-            save_as_emotion, save_inputs, [widgets["emotion"], widgets["save_status"]], api_name=False
-        )
-        names = studio.emotion_names()
-        sample = [str(SAMPLE_PORTRAIT), str(SAMPLE_SPEECH)]
-        examples = [sample + [name, x] for name, x in EXAMPLE_EMOTIONS if name in names]
-        if examples and SAMPLE_PORTRAIT.is_file() and SAMPLE_SPEECH.is_file():
-            example_inputs = [widgets[name] for name in ("image", "audio", "emotion", "intensity")]
-            gr.Examples(examples, example_inputs, label="Examples (sample portrait and speech)")
+        save_outputs = [widgets["emotion"], widgets["save_status"]]
+        widgets["save"].click(_save_event(gr, studio), save_inputs, save_outputs, api_name=False)
+        _examples(gr, studio, widgets)
         gr.Markdown('API: `gradio_client` endpoint `/generate` (see README, "Web demo").')
     return demo
 

@@ -33,9 +33,8 @@ def run_download(args: argparse.Namespace) -> int:
 
     root = resolve_weights_root(args.weights)
     quiet = getattr(args, "quiet", False)
-    download_weights(
-        root, cache_dir=args.cache_dir, offline=None, progress=not quiet
-    )  # honours HF_HUB_OFFLINE
+    # offline=None: HF_HUB_OFFLINE decides
+    download_weights(root, cache_dir=args.cache_dir, offline=None, progress=not quiet)
     if not quiet:
         print(f"weights ready in {root}")
     return EXIT_OK
@@ -43,37 +42,22 @@ def run_download(args: argparse.Namespace) -> int:
 
 def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``portrait-gen convert``."""
+    folders = (
+        ("--from-dice-talk", "src", "the DICE-Talk release checkpoints folder (DICE-Talk/, "
+         "stable-video-diffusion-img2vid-xt/, whisper-tiny/)"),
+        ("--weights", "dst", "weights tree to write (must be empty unless --overwrite)"),
+    )  # fmt: skip
+    for flag, dest, help_text in folders:
+        parser.add_argument(flag, dest=dest, type=Path, required=True, metavar=dest.upper(), help=help_text)
+    dtypes = ("keep", "fp16", "fp32")
     parser.add_argument(
-        "--from-dice-talk",
-        dest="src",
-        type=Path,
-        required=True,
-        metavar="SRC",
-        help="the DICE-Talk release checkpoints folder (DICE-Talk/, stable-video-diffusion-"
-        "img2vid-xt/, whisper-tiny/)",
-    )
-    parser.add_argument(
-        "--weights",
-        dest="dst",
-        type=Path,
-        required=True,
-        metavar="DST",
-        help="weights tree to write (must be empty unless --overwrite)",
-    )
-    parser.add_argument(
-        "--dtype",
-        choices=("keep", "fp16", "fp32"),
-        default="keep",
-        help="dtype of the floating tensors written (default: keep the source dtype)",
+        "--dtype", choices=dtypes, default="keep", help="dtype of the tensors written (keep: the source's)"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace the components of an existing tree")
     parser.add_argument(
-        "--emotions-dir",
-        type=Path,
-        default=None,
-        metavar="DIR",
+        "--emotions-dir", type=Path, default=None, metavar="DIR",
         help="folder of the release emotion priors <emotion>.npy (default: searched near SRC)",
-    )
+    )  # fmt: skip
 
 
 def run_convert(args: argparse.Namespace) -> int:

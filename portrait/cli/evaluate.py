@@ -21,85 +21,31 @@ from portrait.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-#: Metrics shown in the readable table (all of them are in the JSON).
-TABLE_METRICS = (
-    "face_coverage",
-    "csim",
-    "emotion_accuracy",
-    "emotion_confidence",
-    "sync_c",
-    "sync_d",
-    "sync_proxy_corr",
-    "sync_proxy_lag_frames",
-    "pose_jitter",
-    "blink_rate",
-    "flicker",
-    "lmd",
-    "fd_clip",
-)
+#: Options of ``portrait-gen eval``: flag, metavar, help, and what differs from ``type=Path, default=None``.
+OPTIONS = (
+    ("--reference", "IMAGE", "the portrait the videos should show (CSIM)", {}),
+    ("--audio", "WAV", "the speech the lips should follow (default: each video's own audio track)", {}),
+    ("--emotion", "SPEC", "the requested emotion spec or timeline (emotion accuracy)", {"type": str}),
+    ("--gt", "VIDEO",
+     "ground-truth video(s): one for all videos, or one per video in order (LMD, fd_clip)", {"nargs": "+"}),
+    ("--json", "OUT.jsonl", "write the JSON lines here, not to stdout", {}),
+    ("--report", "DIR", "write report.html and PNG plots into DIR", {}),
+    ("--weights", "DIR",
+     "weights tree (insightface/models/buffalo_l: ArcFace; syncnet/syncnet.safetensors: SyncNet)", {}),
+    ("--syncnet", "PATH", "converted SyncNet safetensors (Sync-C/D)", {}),
+    ("--syncnet-sha256", "HEX", "expected sha256 of the --syncnet file", {"type": str}),
+    ("--clip-dir", "DIR",
+     "transformers CLIP vision model folder for fd_clip (e.g. WEIGHTS/image_encoder)", {}),
+)  # fmt: skip
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``portrait-gen eval``."""
     parser.add_argument("videos", type=Path, nargs="+", metavar="VIDEO", help="video(s) to evaluate")
-    parser.add_argument(
-        "--reference",
-        type=Path,
-        default=None,
-        metavar="IMAGE",
-        help="the portrait the videos should show (CSIM)",
-    )
-    parser.add_argument(
-        "--audio",
-        type=Path,
-        default=None,
-        metavar="WAV",
-        help="the speech the lips should follow (default: each video's own audio track)",
-    )
-    parser.add_argument(
-        "--emotion",
-        default=None,
-        metavar="SPEC",
-        help="the requested emotion spec or timeline (emotion accuracy)",
-    )
-    parser.add_argument(
-        "--gt",
-        type=Path,
-        nargs="+",
-        default=None,
-        metavar="VIDEO",
-        help="ground-truth video(s): one for all videos, or one per video in order (LMD, fd_clip)",
-    )
-    parser.add_argument(
-        "--json",
-        type=Path,
-        default=None,
-        metavar="OUT.jsonl",
-        help="write the JSON lines here, not to stdout",
-    )
-    parser.add_argument(
-        "--report", type=Path, default=None, metavar="DIR", help="write report.html and PNG plots into DIR"
-    )
-    parser.add_argument(
-        "--weights",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="weights tree (insightface/models/buffalo_l: ArcFace; syncnet/syncnet.safetensors: SyncNet)",
-    )
-    parser.add_argument(
-        "--syncnet", type=Path, default=None, metavar="PATH", help="converted SyncNet safetensors (Sync-C/D)"
-    )
-    parser.add_argument(
-        "--syncnet-sha256", default=None, metavar="HEX", help="expected sha256 of the --syncnet file"
-    )
-    parser.add_argument(
-        "--clip-dir",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="transformers CLIP vision model folder for fd_clip (e.g. WEIGHTS/image_encoder)",
-    )
+    for flag, metavar, help_text, extra in OPTIONS:
+        parser.add_argument(
+            flag, **{"type": Path, "default": None, "metavar": metavar, "help": help_text, **extra}
+        )
 
 
 def _check_inputs(args: argparse.Namespace) -> list[Path | None]:
@@ -134,6 +80,8 @@ def _cell(metric: dict[str, Any]) -> str:
 
 def format_table(results: Sequence[dict[str, Any]]) -> str:
     """A readable table: one row per metric, one column per video; unavailable metrics read ``n/a``."""
+    from portrait.eval.evaluate import TABLE_METRICS
+
     names = [Path(r["video"]).name for r in results]
     width = max(len(m) for m in TABLE_METRICS) + 2
     cols = [max(len(n), 8) + 2 for n in names]
@@ -156,28 +104,7 @@ def _write_jsonl(path: Path, lines: Sequence[str]) -> None:
 def run_eval(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
     """Evaluate every video with one set of tools; print/write the JSON lines, the table and the report."""
     out = stdout if stdout is not None else sys.stdout
-    gts = _check_inputs(args)
-    from portrait.eval.evaluate import BANK_NAMES, evaluate_video
-    from portrait.eval.toolkit import default_tools
-    from portrait.preprocess.emotion_spec import parse_emotion
-
-    schedule = parse_emotion(args.emotion, BANK_NAMES) if args.emotion is not None else None
-    tools = default_tools(
-        args.weights, syncnet_path=args.syncnet, syncnet_sha256=args.syncnet_sha256, clip_dir=args.clip_dir
-    )
-    results = []
-    for video, gt in zip(args.videos, gts, strict=True):
-        logger.info("evaluating %s", video)
-        results.append(
-            evaluate_video(
-                video,
-                reference=args.reference,
-                audio=args.audio,
-                emotion_schedule=schedule,
-                gt=gt,
-                tools=tools,
-            )
-        )
+    results = _evaluate_all(args, _check_inputs(args))
     lines = [json.dumps(result, default=str) for result in results]
     quiet = getattr(args, "quiet", False)
     if args.json is not None:
@@ -197,3 +124,21 @@ def run_eval(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
         if not quiet:
             print(f"wrote {page}", file=out if args.json is not None else sys.stderr)
     return EXIT_OK
+
+
+def _evaluate_all(args: argparse.Namespace, gts: Sequence[Path | None]) -> list[dict[str, Any]]:
+    """The JSON result of every video (paired with its ground truth), one set of tools for all."""
+    from portrait.eval.evaluate import BANK_NAMES, evaluate_video
+    from portrait.eval.toolkit import default_tools
+    from portrait.preprocess.emotion_spec import parse_emotion
+
+    schedule = parse_emotion(args.emotion, BANK_NAMES) if args.emotion is not None else None
+    tools = default_tools(
+        args.weights, syncnet_path=args.syncnet, syncnet_sha256=args.syncnet_sha256, clip_dir=args.clip_dir
+    )
+    inputs = {"reference": args.reference, "audio": args.audio, "emotion_schedule": schedule, "tools": tools}
+    results = []
+    for video, gt in zip(args.videos, gts, strict=True):
+        logger.info("evaluating %s", video)
+        results.append(evaluate_video(video, gt=gt, **inputs))
+    return results

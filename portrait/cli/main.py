@@ -43,6 +43,7 @@ class Command:
         help: one-line description for ``--help``.
         add_arguments: adds the command's flags to its sub-parser.
         run: executes the parsed command and returns the exit code (imports heavy modules itself).
+        epilog: text shown after the flags in the command's ``--help``.
     """
 
     help: str
@@ -51,58 +52,30 @@ class Command:
     epilog: str | None = None
 
 
+#: Every subcommand, in the order of ``--help``: name, flags, run, one-line help.
+_COMMAND_TABLE = (
+    ("generate", add_generate_arguments, run_generate,
+     "animate a portrait photo with a speech recording (the default command)"),
+    ("download", add_download_arguments, run_download,
+     "download the official weights and convert them (the only networked command)"),
+    ("doctor", add_doctor_arguments, run_doctor,
+     "check ffmpeg, the weights tree and its hashes, the device and library versions"),
+    ("emotions", add_emotions_arguments, run_emotions, "list the emotion bank and the --emotion syntax"),
+    ("eval", add_eval_arguments, run_eval,
+     "measure videos: identity, emotion, lip sync, motion (JSON lines, --report HTML)"),
+    ("app", add_app_arguments, run_app, "serve the Gradio web demo (127.0.0.1 unless told otherwise)"),
+    ("batch", add_batch_arguments, run_batch,
+     "render a manifest of jobs (also `portrait-batch`): local, static shards or Ray"),
+    ("motion", add_motion_arguments, run_motion,
+     "driving-video motion: `motion extract VIDEO -o track.json` (landmark track for --motion)"),
+    ("train", add_train_arguments, run_train,
+     "fine-tuning: `train prepare SRC`, `train embedder|motion`, `train install` (docs/training.md)"),
+    ("convert", add_convert_arguments, run_convert,
+     "convert the DICE-Talk research release into a portrait weights tree"),
+)  # fmt: skip
 COMMANDS: dict[str, Command] = {
-    "generate": Command(
-        help="animate a portrait photo with a speech recording (the default command)",
-        add_arguments=add_generate_arguments,
-        run=run_generate,
-        epilog=GENERATE_EPILOG,
-    ),
-    "download": Command(
-        help="download the official weights and convert them (the only networked command)",
-        add_arguments=add_download_arguments,
-        run=run_download,
-    ),
-    "doctor": Command(
-        help="check ffmpeg, the weights tree and its hashes, the device and library versions",
-        add_arguments=add_doctor_arguments,
-        run=run_doctor,
-    ),
-    "emotions": Command(
-        help="list the emotion bank and the --emotion syntax",
-        add_arguments=add_emotions_arguments,
-        run=run_emotions,
-    ),
-    "eval": Command(
-        help="measure videos: identity, emotion, lip sync, motion (JSON lines, --report HTML)",
-        add_arguments=add_eval_arguments,
-        run=run_eval,
-    ),
-    "app": Command(
-        help="serve the Gradio web demo (127.0.0.1 unless told otherwise)",
-        add_arguments=add_app_arguments,
-        run=run_app,
-    ),
-    "batch": Command(
-        help="render a manifest of jobs (also `portrait-batch`): local, static shards or Ray",
-        add_arguments=add_batch_arguments,
-        run=run_batch,
-    ),
-    "motion": Command(
-        help="driving-video motion: `motion extract VIDEO -o track.json` (landmark track for --motion)",
-        add_arguments=add_motion_arguments,
-        run=run_motion,
-    ),
-    "train": Command(
-        help="fine-tuning: `train prepare SRC`, `train embedder|motion`, `train install` (docs/training.md)",
-        add_arguments=add_train_arguments,
-        run=run_train,
-    ),
-    "convert": Command(
-        help="convert the DICE-Talk research release into a portrait weights tree",
-        add_arguments=add_convert_arguments,
-        run=run_convert,
-    ),
+    name: Command(help, add_arguments, run, GENERATE_EPILOG if name == "generate" else None)
+    for name, add_arguments, run, help in _COMMAND_TABLE
 }
 
 

@@ -51,6 +51,8 @@ METRIC_NAMES = (
     "fid",
     "fvd",
 )
+#: Metrics of the readable table of ``portrait-gen eval`` (every one of :data:`METRIC_NAMES` is in the JSON).
+TABLE_METRICS = tuple(m for m in METRIC_NAMES if m not in ("landmark_velocity", "lmd_mouth", "fid", "fvd"))
 
 
 def _series(values: np.ndarray, digits: int = 5) -> list[float | None]:

@@ -9,7 +9,6 @@ by ``face-recognition-models``, offline). dlib's cosine similarity is high even 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from pathlib import Path
 from typing import Protocol
 
@@ -18,6 +17,7 @@ import numpy as np
 from portrait.boxes import Box
 from portrait.errors import WeightsError
 from portrait.eval.metric import Metric, available, unavailable
+from portrait.motion.landmarks import face_recognition_model
 from portrait.preprocess.detectors import INSIGHTFACE_MODEL
 
 DLIB_EMBEDDING_FILE = "dlib_face_recognition_resnet_model_v1.dat"
@@ -32,15 +32,14 @@ class FaceEmbedder(Protocol):
     def embed(self, image: np.ndarray, box: Box) -> np.ndarray: ...
 
 
-def face_recognition_models_dir() -> Path:
-    """The ``models`` folder of the installed ``face-recognition-models`` package (without importing it)."""
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise WeightsError(
-            "dlib's face embedding needs face-recognition-models: "
-            "pip install -c constraints/ci.txt face-recognition-models"
-        )
-    return Path(list(spec.submodule_search_locations)[0]) / "models"
+def _dlib_model_file(models_dir: Path | None, file_name: str) -> Path:
+    """``models_dir/file_name``, or the file of the installed ``face-recognition-models`` when no folder."""
+    if models_dir is None:
+        return face_recognition_model(file_name, "dlib's face embedding")
+    path = Path(models_dir) / file_name
+    if not path.is_file():
+        raise WeightsError(f"dlib face embedding file missing: {path}")
+    return path
 
 
 class DlibFaceEmbedder:
@@ -54,11 +53,7 @@ class DlibFaceEmbedder:
     name = "dlib-resnet-128 (face-recognition-models 0.3.0)"
 
     def __init__(self, models_dir: Path | None = None, jitter: int = 0) -> None:
-        root = Path(models_dir) if models_dir is not None else face_recognition_models_dir()
-        files = [root / DLIB_EMBEDDING_FILE, root / DLIB_SHAPE5_FILE]
-        missing = [str(f) for f in files if not f.is_file()]
-        if missing:
-            raise WeightsError(f"dlib face embedding files missing: {', '.join(missing)}")
+        files = [_dlib_model_file(models_dir, name) for name in (DLIB_EMBEDDING_FILE, DLIB_SHAPE5_FILE)]
         dlib = importlib.import_module("dlib")
         self._dlib = dlib
         self._encoder = dlib.face_recognition_model_v1(str(files[0]))

@@ -57,6 +57,12 @@ def _least_span(ax: Any, values: np.ndarray, span: float, floor: float | None = 
     ax.set_ylim(middle - half, middle + half)
 
 
+def _axes(height: float = 2.6, **figure: Any) -> tuple[Figure, Any]:
+    """A full-width figure of one plot (8 inches wide, ``height`` tall) and its axes."""
+    fig = Figure(figsize=(8, height), **figure)
+    return fig, fig.add_subplot()
+
+
 def _save(fig: Figure, path: Path) -> str:
     if fig.get_layout_engine() is None:
         fig.tight_layout()
@@ -69,8 +75,7 @@ def plot_emotion(lines: dict[str, Any], path: Path) -> str | None:
     if not data or not data["seconds"]:
         return None
     seconds, probs, classes = np.array(data["seconds"]), np.array(data["probs"]), data["classes"]
-    fig = Figure(figsize=(8, 3.4), layout="constrained")
-    ax = fig.add_subplot()
+    fig, ax = _axes(3.4, layout="constrained")
     for k, name in enumerate(classes):
         ax.plot(seconds + 0.5, probs[:, k], marker="o", label=name)
     requested = data.get("requested")
@@ -93,8 +98,7 @@ def plot_csim(lines: dict[str, Any], path: Path) -> str | None:
     data = lines.get("csim")
     if not data or not data["time"]:
         return None
-    fig = Figure(figsize=(8, 2.6))
-    ax = fig.add_subplot()
+    fig, ax = _axes()
     values = _values(data["value"])
     ax.plot(data["time"], values, marker=".", color="tab:blue")
     finite = values[np.isfinite(values)]
@@ -121,8 +125,7 @@ def plot_mouth(
     if not data:
         return None
     time = np.array(lines["time"])
-    fig = Figure(figsize=(8, 2.6))
-    ax = fig.add_subplot()
+    fig, ax = _axes()
     opening = _values(data["opening"])
     (mouth,) = ax.plot(time, opening, color="tab:red", label="mouth opening")
     ax.set(xlabel="time (s)", ylabel="mouth opening / eye distance")
@@ -148,8 +151,7 @@ def plot_pose(lines: dict[str, Any], path: Path) -> str | None:
     if not data:
         return None
     time = np.array(lines["time"])
-    fig = Figure(figsize=(8, 2.6))
-    ax = fig.add_subplot()
+    fig, ax = _axes()
     for axis in ("yaw", "pitch", "roll"):
         values = _values(data[axis])
         mean = float(np.nanmean(values)) if np.isfinite(values).any() else 0.0
