@@ -242,24 +242,9 @@ def reference_emotion(
     check_strength(strength)
     path = Path(path)
     names = list(names)
-    try:
-        summary = classify_media(path, classifier, detector, face_box=face_box, fps=fps, keep_frames=True)
-    except InputError as err:
-        if _audio_only(path):
-            raise InputError(
-                f"the emotion reference {path} has no picture (an audio file?): --emotion-from needs an "
-                "image or a video of a face"
-            ) from err
-        raise
+    summary = _classify_reference(path, classifier, detector, face_box, fps)
     frames = summary.pop("frames")
-    classes = summary["classes"]
-    if mode == "mean" or len(frames["t"]) == 1:
-        mean = [summary["mean"][c] for c in classes]
-        schedule = EmotionSchedule((Keyframe(0.0, probs_to_mix(classes, mean, names, strength)),), transition)
-    else:
-        schedule = probs_to_schedule(
-            classes, frames["t"], frames["probs"], names, duration, strength=strength, transition=transition
-        )
+    schedule = _reference_schedule(summary, frames, mode, names, duration, strength, transition)
     info = {
         "file": str(path),
         "mode": mode,
@@ -271,6 +256,44 @@ def reference_emotion(
     if keep_frames:
         info["frames"] = frames
     return schedule, info
+
+
+def _reference_schedule(
+    summary: dict[str, Any],
+    frames: dict[str, Any],
+    mode: str,
+    names: list[str],
+    duration: float,
+    strength: float,
+    transition: float,
+) -> EmotionSchedule:
+    """One keyframe of the mean probabilities (``mode="mean"`` or a single frame), else the timeline."""
+    classes = summary["classes"]
+    if mode == "mean" or len(frames["t"]) == 1:
+        mean = [summary["mean"][c] for c in classes]
+        return EmotionSchedule((Keyframe(0.0, probs_to_mix(classes, mean, names, strength)),), transition)
+    return probs_to_schedule(
+        classes, frames["t"], frames["probs"], names, duration, strength=strength, transition=transition
+    )
+
+
+def _classify_reference(
+    path: Path,
+    classifier: ExpressionClassifier,
+    detector: FaceDetector | None,
+    face_box: Box | None,
+    fps: float,
+) -> dict[str, Any]:
+    """:func:`classify_media` with the per-frame results; an audio-only file gets its own message."""
+    try:
+        return classify_media(path, classifier, detector, face_box=face_box, fps=fps, keep_frames=True)
+    except InputError as err:
+        if _audio_only(path):
+            raise InputError(
+                f"the emotion reference {path} has no picture (an audio file?): --emotion-from needs an "
+                "image or a video of a face"
+            ) from err
+        raise
 
 
 _AUDIO_SUFFIXES = {".wav", ".mp3", ".flac", ".ogg", ".m4a", ".aac", ".opus", ".wma"}

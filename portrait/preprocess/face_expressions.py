@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -290,28 +291,34 @@ def classify_media(
     if box is not None:
         check_face_size(box, min_face, path)
     skipped: dict[str, Any] = {"frames": 0, "no_face": 0, "small": []}
-    times: list[float] = []
-    batches: list[np.ndarray] = []
-    for batch_times, probs in _classified(
-        frames, classifier, lambda f: _find_face(f, detector, box), margin, min_face, skipped
-    ):
-        times += batch_times
-        batches.append(probs)
-    if not times:
-        if skipped["small"]:
-            biggest = max(skipped["small"], key=lambda b: min(b[2], b[3]))
-            where = f"{path} (frames shrunk to at most {max_side} px)" if is_video and scale < 1 else path
-            check_face_size(biggest, min_face, where)
-        what = f"any of the {skipped['frames']} sampled frames of {path}" if is_video else str(path)
-        raise NoFaceError(f"no face found in {what}; pass --face-box X,Y,W,H to give the face position")
+    find = partial(_find_face, detector=detector, box=box)
+    batches = list(_classified(frames, classifier, find, margin, min_face, skipped))
+    if not batches:
+        where = f"{path} (frames shrunk to at most {max_side} px)" if is_video and scale < 1 else str(path)
+        _raise_no_face(path, skipped, min_face, where, is_video)
+    _report_skipped(path, skipped, min_face)
+    times = [t for batch_times, _ in batches for t in batch_times]
+    logger.info("classified %d frame(s) of %s with %s", len(times), path, classifier.name)
+    summary = summarize_expressions(classifier.classes, times, np.concatenate([p for _, p in batches]))
+    if keep_frames:
+        summary["frames"] = {"t": times, "probs": np.concatenate([p for _, p in batches])}
+    return summary
+
+
+def _raise_no_face(path: Path, skipped: dict[str, Any], min_face: int, where: str, is_video: bool) -> None:
+    """No usable face in any frame: too small (the biggest one named, at ``where``) or none at all."""
+    if skipped["small"]:
+        biggest = max(skipped["small"], key=lambda b: min(b[2], b[3]))
+        check_face_size(biggest, min_face, where)
+    what = f"any of the {skipped['frames']} sampled frames of {path}" if is_video else str(path)
+    raise NoFaceError(f"no face found in {what}; pass --face-box X,Y,W,H to give the face position")
+
+
+def _report_skipped(path: Path, skipped: dict[str, Any], min_face: int) -> None:
+    """One warning for the sampled frames left out (no face, or a face under ``min_face`` pixels)."""
     dropped = skipped["no_face"] + len(skipped["small"])
     if dropped:
         logger.warning(
             "%s: %d of %d sampled frames skipped (%d without a face, %d with a face under %d px)",
             path, dropped, skipped["frames"], skipped["no_face"], len(skipped["small"]), min_face,
         )  # fmt: skip
-    logger.info("classified %d frame(s) of %s with %s", len(times), path, classifier.name)
-    summary = summarize_expressions(classifier.classes, times, np.concatenate(batches))
-    if keep_frames:
-        summary["frames"] = {"t": list(times), "probs": np.concatenate(batches)}
-    return summary
