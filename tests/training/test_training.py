@@ -18,7 +18,6 @@ from portrait.layout import RELEASE_EMOTIONS
 pytest.importorskip("dlib")
 if pytest.importorskip("importlib.util").find_spec("face_recognition_models") is None:
     pytest.skip("needs face-recognition-models (dlib's 68-point model)", allow_module_level=True)
-pytest.importorskip("fer")
 
 
 # ---------------------------------------------------------------------------------------------- prepare

