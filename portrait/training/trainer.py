@@ -13,6 +13,7 @@ same loss sequence as an uninterrupted one. Resuming with other hyper-parameters
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -231,6 +232,123 @@ def _eval_record(recipe: Recipe, model: nn.Module, step: int) -> dict[str, Any]:
     return record
 
 
+@dataclass
+class _Run:
+    """What one training run holds: the prepared model, optimiser and schedule, and where it writes."""
+
+    recipe: Recipe
+    cfg: TrainConfig
+    out: Path
+    accelerator: Any
+    model: nn.Module
+    params: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    identity: dict[str, Any]
+
+    def unwrapped(self) -> nn.Module:
+        return self.accelerator.unwrap_model(self.model)
+
+
+def _check_config(cfg: TrainConfig) -> None:
+    if cfg.mixed_precision not in ("no", "bf16", "fp16"):
+        raise InputError(f"mixed_precision must be no, bf16 or fp16, got {cfg.mixed_precision!r}")
+    for name in ("steps", "batch_size", "grad_accum", "checkpoint_every"):
+        if getattr(cfg, name) < 1:
+            raise InputError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+
+
+def _prepare(recipe: Recipe, cfg: TrainConfig, out: Path) -> _Run:
+    """Accelerator, AdamW over the trainable parameters, the warm-up schedule, all prepared."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    recipe.to(accelerator.device)
+    model = recipe.model
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup = max(cfg.warmup_steps, 0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    return _Run(recipe, cfg, out, accelerator, model, params, optimizer, scheduler, recipe.identity())
+
+
+def _resume(run: _Run, resume: bool) -> tuple[int, list[dict[str, Any]]]:
+    """The step to start from and the log so far (the latest checkpoint's, or a fresh step-0 eval)."""
+    start, out = 0, run.out
+    checkpoint = latest_checkpoint(out)
+    if checkpoint is not None and not resume:
+        raise InputError(f"{out} already holds checkpoints; pass --resume to continue or choose a new --out")
+    if checkpoint is not None:
+        start = load_checkpoint(
+            checkpoint, run.unwrapped(), run.optimizer, run.scheduler, run.cfg, run.identity
+        )
+        _truncate_log(out, start)
+        logger.info("resumed from %s (step %d)", checkpoint, start)
+    elif resume:
+        logger.warning("--resume: no checkpoint in %s, starting from step 0", out)
+    log = read_log(out) if start else []
+    if not start:
+        log.append(_eval_record(run.recipe, run.model, 0))
+    return start, log
+
+
+def _optimizer_step(run: _Run, step: int) -> float:
+    """One optimiser step (``grad_accum`` micro-batches drawn from the step's seed); the summed loss."""
+    cfg, accelerator, model = run.cfg, run.accelerator, run.model
+    torch.manual_seed(step_seed(cfg.seed, step))
+    generator = torch.Generator().manual_seed(step_seed(cfg.seed, step))
+    total = 0.0
+    for micro in range(cfg.grad_accum):
+        sync = micro == cfg.grad_accum - 1
+        context = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
+        with context, accelerator.autocast():
+            loss = run.recipe.loss(model, cfg.batch_size, generator) / cfg.grad_accum
+            accelerator.backward(loss)
+        total += float(loss.detach())
+    if cfg.grad_clip > 0:
+        accelerator.clip_grad_norm_(run.params, cfg.grad_clip)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return total
+
+
+def _after_step(
+    run: _Run, done: int, record: dict[str, Any], log: list[dict[str, Any]], render: Callable | None
+) -> None:
+    """Log, validate (and render), checkpoint when each is due after step ``done``."""
+    cfg, accelerator = run.cfg, run.accelerator
+    if done % cfg.log_every == 0 or done == cfg.steps:
+        log.append(record)
+    if cfg.validate_every and (done % cfg.validate_every == 0 or done == cfg.steps):
+        log.append(_eval_record(run.recipe, run.model, done))
+        if render is not None and accelerator.is_main_process:
+            path = render(run.unwrapped(), done)
+            log.append({"kind": "render", "step": done, "path": str(path)})
+    if accelerator.is_main_process and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+        write_lines(run.out / LOG_FILE, log)
+        folder = run.out / CHECKPOINTS_DIR / f"step-{done:08d}"
+        save_checkpoint(folder, done, run.unwrapped(), run.optimizer, run.scheduler, cfg, run.identity)
+
+
+def _finish(run: _Run, log: list[dict[str, Any]]) -> dict[str, Any]:
+    """Final eval, log, plot, export and ``training.json`` (main process); returns the summary."""
+    cfg, accelerator, out = run.cfg, run.accelerator, run.out
+    if not cfg.validate_every:
+        log.append(_eval_record(run.recipe, run.model, cfg.steps))
+    accelerator.wait_for_everyone()
+    summary: dict[str, Any] = {"component": run.recipe.component, "steps": cfg.steps, "config": asdict(cfg)}
+    if accelerator.is_main_process:
+        write_lines(out / LOG_FILE, log)
+        plot_losses(out)
+        folder = run.recipe.export(run.unwrapped(), out)
+        evals = [r for r in log if r["kind"] == "eval"]
+        summary.update(folder=str(folder), first_eval=evals[0], last_eval=evals[-1])
+        write_json_atomic(out / "training.json", summary)
+    return summary
+
+
 def train(
     recipe: Recipe,
     cfg: TrainConfig,
@@ -247,106 +365,24 @@ def train(
     ``render``: called as ``render(model, step)`` (main process, unwrapped model) at every
     ``validate_every`` step: the validation render of ``train motion --validate-render``.
     """
-    from accelerate import Accelerator
     from tqdm.auto import tqdm
 
-    if cfg.mixed_precision not in ("no", "bf16", "fp16"):
-        raise InputError(f"mixed_precision must be no, bf16 or fp16, got {cfg.mixed_precision!r}")
-    for name in ("steps", "batch_size", "grad_accum", "checkpoint_every"):
-        if getattr(cfg, name) < 1:
-            raise InputError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    _check_config(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
-    recipe.to(accelerator.device)
-    model = recipe.model
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warmup = max(cfg.warmup_steps, 0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)))
-    model, optimizer = accelerator.prepare(model, optimizer)
-    identity = recipe.identity()
-    start = 0
-    checkpoint = latest_checkpoint(out)
-    if checkpoint is not None and not resume:
-        raise InputError(f"{out} already holds checkpoints; pass --resume to continue or choose a new --out")
-    if checkpoint is not None:
-        start = load_checkpoint(
-            checkpoint, accelerator.unwrap_model(model), optimizer, scheduler, cfg, identity
-        )
-        _truncate_log(out, start)
-        logger.info("resumed from %s (step %d)", checkpoint, start)
-    elif resume:
-        logger.warning("--resume: no checkpoint in %s, starting from step 0", out)
-    log = read_log(out) if start else []
-    if not start:
-        log.append(_eval_record(recipe, model, 0))
+    run = _prepare(recipe, cfg, out)
+    start, log = _resume(run, resume)
     stop_after = int(os.environ.get(STOP_AFTER_ENV, "0") or 0)
-    model.train()
-    bar = tqdm(
-        range(start, cfg.steps),
-        desc=recipe.component,
-        initial=start,
-        total=cfg.steps,
-        disable=not progress or not accelerator.is_local_main_process,
-    )
+    run.model.train()
+    hide = not progress or not run.accelerator.is_local_main_process
+    bar = tqdm(range(start, cfg.steps), desc=recipe.component, initial=start, total=cfg.steps, disable=hide)
     for step in bar:
-        torch.manual_seed(step_seed(cfg.seed, step))
-        generator = torch.Generator().manual_seed(step_seed(cfg.seed, step))
-        total = 0.0
-        for micro in range(cfg.grad_accum):
-            sync = micro == cfg.grad_accum - 1
-            context = accelerator.no_sync(model) if not sync else _null()
-            with context, accelerator.autocast():
-                loss = recipe.loss(model, cfg.batch_size, generator) / cfg.grad_accum
-                accelerator.backward(loss)
-            total += float(loss.detach())
-        if cfg.grad_clip > 0:
-            accelerator.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        total = _optimizer_step(run, step)
         done = step + 1
-        record = {"kind": "train", "step": done, "loss": total, "lr": scheduler.get_last_lr()[0]}
+        record = {"kind": "train", "step": done, "loss": total, "lr": run.scheduler.get_last_lr()[0]}
         bar.set_postfix(loss=f"{total:.4g}")
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            log.append(record)
-        if cfg.validate_every and (done % cfg.validate_every == 0 or done == cfg.steps):
-            log.append(_eval_record(recipe, model, done))
-            if render is not None and accelerator.is_main_process:
-                path = render(accelerator.unwrap_model(model), done)
-                log.append({"kind": "render", "step": done, "path": str(path)})
-        if accelerator.is_main_process and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
-            write_lines(out / LOG_FILE, log)
-            save_checkpoint(
-                out / CHECKPOINTS_DIR / f"step-{done:08d}",
-                done,
-                accelerator.unwrap_model(model),
-                optimizer,
-                scheduler,
-                cfg,
-                identity,
-            )
+        _after_step(run, done, record, log, render)
         if on_step is not None:
             on_step(record)
         if stop_after and done >= stop_after and done < cfg.steps:
             raise RuntimeError(f"{STOP_AFTER_ENV}={stop_after}: stopped after step {done} (test hook)")
-    if not cfg.validate_every:
-        log.append(_eval_record(recipe, model, cfg.steps))
-    accelerator.wait_for_everyone()
-    summary: dict[str, Any] = {"component": recipe.component, "steps": cfg.steps, "config": asdict(cfg)}
-    if accelerator.is_main_process:
-        write_lines(out / LOG_FILE, log)
-        plot_losses(out)
-        folder = recipe.export(accelerator.unwrap_model(model), out)
-        evals = [r for r in log if r["kind"] == "eval"]
-        summary.update(folder=str(folder), first_eval=evals[0], last_eval=evals[-1])
-        write_json_atomic(out / "training.json", summary)
-    return summary
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+    return _finish(run, log)
