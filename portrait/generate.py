@@ -8,8 +8,6 @@ mux; ``out.partial.mp4`` is renamed to ``out.mp4`` and ``<output>.json`` is writ
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import shutil
 import tempfile
@@ -27,7 +25,7 @@ from portrait.config import RenderConfig, SamplingConfig, config_to_dict
 from portrait.distributed.decode import chunks_per_rank, num_decode_chunks, split_decode
 from portrait.distributed.group import DistributedContext, init_distributed
 from portrait.engine import Engine
-from portrait.ffmpeg import durable_replace, owned_prefix, sweep_dead_owners
+from portrait.files import owned_prefix, sha256_file, sidecar_path, sweep_dead_owners, write_json_atomic
 from portrait.inputs import (
     IdentityCache,
     PreparedJob,
@@ -38,7 +36,7 @@ from portrait.inputs import (
 )
 from portrait.learned_emotion import learned_emotion
 from portrait.models.interpolation import midframes
-from portrait.preprocess.audio import AudioFeatures
+from portrait.preprocess.audio_features import AudioFeatures
 from portrait.preprocess.emotion_spec import schedule_priors, schedule_summary
 from portrait.render.mux import mux_audio
 from portrait.render.paste import FramePaster, clip_box
@@ -145,22 +143,6 @@ def _png_dumper(folder: Path) -> Callable[[np.ndarray, int], None]:
     return dump
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write ``path`` durably: ``<path>.partial``, fsynced, renamed, the folder fsynced."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    durable_replace(partial, path)
-
-
-def _file_digest(path: Path) -> tuple[int, str]:
-    """``(size in bytes, hex sha256)`` of ``path``, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return path.stat().st_size, digest.hexdigest()
-
-
 def _versions() -> dict[str, str]:
     import diffusers
     import transformers
@@ -227,12 +209,12 @@ def generate(
             pass  # ranks > 0 yield nothing: they send their chunks
         ctx.finish()
         info = {"rank": ctx.rank, "written": False, "distributed": _distributed_summary(ctx, num_frames, s)}
-        return Result(job.output, job.output.with_name(job.output.name + ".json"), info)
+        return Result(job.output, sidecar_path(job.output), info)
     paster = full_frame_paster(sampled.prepared, cfg)
     written = _write_video(sampled, engine, cfg, ctx, interpolator, paster, progress, timer)
     info = _sidecar_info(sampled, engine, cfg, ctx, interpolator, paster, written, timer.total())
-    sidecar = job.output.with_name(job.output.name + ".json")
-    _write_json(sidecar, info)
+    sidecar = sidecar_path(job.output)
+    write_json_atomic(sidecar, info, default=str)
     if ctx is not None:
         ctx.finish()
     return Result(job.output, sidecar, info)
@@ -348,7 +330,7 @@ def _sidecar_info(
     """Everything that decided the output, for ``<output>.json``."""
     prepared, features = sampled.prepared, sampled.features
     job, image_info = prepared.job, prepared.image_info
-    output_bytes, output_sha256 = _file_digest(job.output)
+    output_bytes, output_sha256 = job.output.stat().st_size, sha256_file(job.output)
     return {
         "output": str(job.output),
         "output_bytes": output_bytes,

@@ -25,7 +25,8 @@ from portrait.engine import Engine
 from portrait.errors import HINT_FACE_BOX, InputError
 from portrait.models.audio import frame_audio_windows, whisper_hidden_states
 from portrait.models.identity import IdentityEncoding
-from portrait.preprocess.audio import AudioFeatures, audio_features, load_audio
+from portrait.preprocess.audio import load_audio
+from portrait.preprocess.audio_features import AudioFeatures, audio_features
 from portrait.preprocess.detectors import FaceDetector
 from portrait.preprocess.emotion_from_reference import reference_emotion
 from portrait.preprocess.emotion_spec import (
@@ -178,7 +179,7 @@ def _with_motion(prepared: PreparedJob, cfg: RenderConfig, detector: FaceDetecto
     from dataclasses import replace
 
     from portrait.motion.driving import motion_for_job
-    from portrait.preprocess.audio import SAMPLES_PER_UNIT
+    from portrait.preprocess.audio_features import SAMPLES_PER_UNIT
 
     job, pre, info = prepared.job, cfg.preprocess, prepared.image_info
     if not Path(job.motion).is_file():

@@ -26,7 +26,7 @@ from portrait.errors import WeightsError
 from portrait.inputs import PreparedJob
 from portrait.layout import RELEASE_EMOTIONS
 from portrait.models.audio import TOKENS_PER_UNIT, whisper_hidden_states
-from portrait.preprocess.audio import audio_features
+from portrait.preprocess.audio_features import audio_features
 from portrait.preprocess.emotion_spec import EmotionSchedule, Keyframe, Mix
 
 logger = logging.getLogger(__name__)

@@ -53,7 +53,8 @@ def _expected_learned(weights: Path, fer) -> dict[str, torch.Tensor]:
 
     from portrait.config import RenderConfig
     from portrait.models.audio import whisper_hidden_states
-    from portrait.preprocess.audio import audio_features, load_audio
+    from portrait.preprocess.audio import load_audio
+    from portrait.preprocess.audio_features import audio_features
     from portrait.preprocess.detectors import DlibDetector
     from portrait.preprocess.face_expressions import classify_media
     from portrait.weights.load import load_component

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import gc
-import hashlib
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ from typing import Any
 from portrait.batch.manifest import JobRecord, ManifestJob
 from portrait.config import RenderConfig, with_values
 from portrait.errors import InputError, PortraitError
+from portrait.files import owner_state, partial_path, sha256_file, sidecar_path
 
 logger = logging.getLogger(__name__)
 
@@ -38,14 +38,9 @@ __all__ = [
     "is_done",
     "is_foreign",
     "remove_stale",
-    "sidecar_path",
     "sweep_stale",
     "to_job",
 ]
-
-
-def sidecar_path(output: Path) -> Path:
-    return output.with_name(output.name + ".json")
 
 
 def is_done(output: Path) -> bool:
@@ -69,7 +64,7 @@ def is_done(output: Path) -> bool:
             return False
         if "output_bytes" in data and data["output_bytes"] != size:
             return False
-        if "output_sha256" in data and data["output_sha256"] != _sha256(output):
+        if "output_sha256" in data and data["output_sha256"] != sha256_file(output):
             return False
         return True
     except (OSError, ValueError, UnicodeDecodeError, RecursionError):
@@ -83,8 +78,6 @@ def is_foreign(output: Path) -> bool:
     to it (``<stem>.partial.mp4`` or ``<output>.json.partial``). Anything else is never deleted or
     overwritten: the job is refused with :data:`FOREIGN_OUTPUT`.
     """
-    from portrait.ffmpeg import partial_path
-
     if not os.path.lexists(output):
         return False
     sidecar = sidecar_path(output)
@@ -101,8 +94,6 @@ def remove_stale(output: Path, ours: bool = False) -> None:
     ours (see :func:`is_foreign`). Someone else's file at ``output`` is kept, unless ``ours``: the caller
     knows the path was free when the batch started (validation refuses foreign outputs), so whatever is
     there now was written by an earlier attempt of this batch (a worker killed mid-write)."""
-    from portrait.ffmpeg import partial_path
-
     sidecar = sidecar_path(output)
     leftovers = [partial_path(output), sidecar.with_name(sidecar.name + ".partial")]
     leftovers += _qa_attempts(output)
@@ -130,13 +121,11 @@ STALE_AGE_S = 6 * 3600.0
 def sweep_stale(folder: Path, max_age_s: float = STALE_AGE_S, now: float | None = None) -> list[Path]:
     """Remove abandoned ``.portrait-*`` / ``.partial-*`` work folders directly in ``folder``'s tree.
 
-    The owner is read from the folder name (``-<host>-<pid>-``, :func:`portrait.ffmpeg.owned_prefix`)
+    The owner is read from the folder name (``-<host>-<pid>-``, :func:`portrait.files.owned_prefix`)
     when it carries one: a folder of a dead process on this host is removed at once, one of a live
     process kept; a folder without an owner (or of another host) is removed when nothing in it changed
     for ``max_age_s``. Returns what was removed.
     """
-    from portrait.ffmpeg import owner_state
-
     now = time.time() if now is None else now
     removed: list[Path] = []
     candidates = [p for prefix in STALE_PREFIXES for p in folder.rglob(f"{prefix}*") if p.is_dir()]
@@ -159,14 +148,6 @@ def sweep_stale(folder: Path, max_age_s: float = STALE_AGE_S, now: float | None 
         logger.info("removed abandoned work folder %s", work)
         removed.append(work)
     return removed
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def to_job(entry: ManifestJob) -> Any:

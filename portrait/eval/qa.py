@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from portrait.config import RenderConfig, with_values
 from portrait.errors import InputError, PortraitError
+from portrait.files import sidecar_path, write_json_atomic
 from portrait.inputs import PreparedJob
 
 logger = logging.getLogger(__name__)
@@ -137,10 +138,6 @@ def _attempt_path(output: Path, index: int) -> Path:
     return output.with_name(f".{output.stem}.qa{index}{output.suffix or '.mp4'}")
 
 
-def _sidecar(video: Path) -> Path:
-    return video.with_name(video.name + ".json")
-
-
 def _remove(paths: list[Path]) -> None:
     for path in paths:
         path.unlink(missing_ok=True)
@@ -173,7 +170,7 @@ def render_with_qa(
             low, high = (round(min(s * grow, max(s, settings.max_scale)), 4) for s in base)
             attempt_cfg = with_values(cfg, {"sampling.emo_scale_min": low, "sampling.emo_scale_max": high})
             path = _attempt_path(output, index)
-            made += [path, _sidecar(path)]
+            made += [path, sidecar_path(path)]
             job = dataclasses.replace(prepared.job, output=path, dump_frames=None)
             result = render(dataclasses.replace(prepared, job=job), attempt_cfg)
             results.append(result)
@@ -196,10 +193,8 @@ def render_with_qa(
             "passed": attempts[chosen]["passed"],
         }
         os.replace(best.output, output)
-        sidecar = _sidecar(output)
-        partial = sidecar.with_name(sidecar.name + ".partial")
-        partial.write_text(json.dumps(info, indent=2, default=str) + "\n")
-        os.replace(partial, sidecar)
+        sidecar = sidecar_path(output)
+        write_json_atomic(sidecar, info, default=str)
     finally:
         _remove(made)
     return dataclasses.replace(best, output=output, sidecar=sidecar, info=info)  # type: ignore[type-var]

@@ -1,55 +1,45 @@
-"""Audio input: decode any container with ffmpeg, mix to mono, resample, Whisper log-mel features.
+"""Audio input: decode any container with ffmpeg, mix to mono, resample (the reference's ``librosa.load``).
 
-Two steps, as the reference's ``librosa.load(path, sr=16000)`` then ``get_audio_feature`` (compat §1.5):
-
-1. :func:`load_audio` decodes the first audio stream of anything ffmpeg reads (wav, mp3, m4a, ogg, flac,
-   the audio track of a video) to float32 at the file's native rate with all its channels, averages the
-   channels (librosa's mono), and resamples with soxr "HQ" (librosa's default ``soxr_hq``) including
-   librosa's length fix ``ceil(n · sr_out / sr_in)``. Unusable input raises :class:`InputError` naming
-   the file.
-2. :func:`audio_features` cuts the 16-kHz samples into 30-s pieces, runs the Whisper feature extractor on
-   each and counts 40-ms units and video frames.
+:func:`load_audio` decodes the first audio stream of anything ffmpeg reads (wav, mp3, m4a, ogg, flac, the
+audio track of a video) to float32 at the file's native rate with all its channels, averages the channels
+(librosa's mono), and resamples with soxr "HQ" (librosa's default ``soxr_hq``) including librosa's length
+fix ``ceil(n · sr_out / sr_in)`` (compat §1.5). Unusable input raises :class:`InputError` naming the file.
+The Whisper features of the samples are :mod:`portrait.preprocess.audio_features`'.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import shutil
 import struct
-import subprocess
-import tempfile
-import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import soxr
-import torch
 
 from portrait.constants import SAMPLE_RATE
-from portrait.errors import HINT_SHORTER_AUDIO, FFmpegError, InputError, WeightsError
-from portrait.ffmpeg import AUDIO_FORMATS, ffmpeg_binary, locked_input
+from portrait.errors import HINT_SHORTER_AUDIO, InputError
+from portrait.ffmpeg import (
+    AUDIO_FORMATS,
+    FFmpegProcess,
+    ffmpeg_binary,
+    locked_input,
+    parse_duration,
+    stderr_tail,
+)
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "AudioFeatures",
+    "DECODE_TIMEOUT_S",
+    "MAX_NATIVE_CHANNELS",
+    "MAX_NATIVE_RATE",
     "MIN_SECONDS",
-    "PIECE_SAMPLES",
-    "SAMPLES_PER_UNIT",
     "SILENCE_PEAK",
-    "audio_features",
     "load_audio",
     "resample",
 ]
 
-#: Whisper's sampling rate; the unit and piece sizes below are counted at this rate.
-#: Samples per audio unit (40 ms at 16 kHz); the reference's ``len(audio) // 640``.
-SAMPLES_PER_UNIT = 640
-#: Samples per Whisper piece (750 units = 30 s); each becomes 3000 mel frames.
-PIECE_SAMPLES = 750 * SAMPLES_PER_UNIT
 #: Peak absolute amplitude below which the audio counts as silent.
 SILENCE_PEAK = 1e-4
 #: Shortest usable audio: one video frame (two 40-ms units).
@@ -62,13 +52,10 @@ MAX_NATIVE_CHANNELS = 2
 #: Seconds one decode may run before ffmpeg is killed.
 DECODE_TIMEOUT_S = 300.0
 
-_STDERR_TAIL_LINES = 15
-_STDERR_KEEP_BYTES = 64 * 1024
 _READ_CHUNK = 1 << 20
 _HEADER_BYTES = 4096
 _BUDGET_SLACK = 1 << 20
 _UNBOUNDED_SECONDS = 4 * 3600.0
-_DURATION_RE = re.compile(r"Duration:\s*(\d+):(\d+):(\d+(?:\.\d+)?)")
 _AUDIO_STREAM_RE = re.compile(r"Stream #\d+:\d+\S*: Audio:")
 
 
@@ -101,7 +88,7 @@ def load_audio(path: Path, sample_rate: int = SAMPLE_RATE, max_seconds: float | 
     mono = pcm[:, 0].copy() if pcm.shape[1] == 1 else pcm.T.mean(axis=0)
     seconds = mono.shape[0] / native_rate
     if max_seconds is not None and seconds > max_seconds:
-        declared = _declared_duration(stderr)
+        declared = parse_duration(stderr)
         length = f"is {declared:.1f} s long" if declared and declared > max_seconds else "is longer"
         raise InputError(
             f"{path}: the audio {length}; the limit is {max_seconds:g} s",
@@ -190,37 +177,10 @@ def _run_decode(
 ) -> tuple[np.ndarray, int, str, tuple[int, int] | None]:
     """One ffmpeg run; returns ``(pcm, rate, stderr, None)``, or ``(.., (rate, channels))`` when the
     stream is beyond the native bounds (only when not ``force``; ffmpeg was stopped after the header)."""
-    command = [ffmpeg_binary(), "-hide_banner", "-nostdin", *locked_input(path, AUDIO_FORMATS)]
-    command += ["-map", "0:a:0", "-acodec", "pcm_f32le", "-f", "wav", "-map_metadata", "-1"]
-    if max_seconds is not None:  # a little over the limit, to tell "too long"
-        command += ["-t", str(float(max_seconds) + 1.0)]
-    if force:
-        command += ["-ac", "1", "-ar", str(int(sample_rate))]
-    command.append("pipe:1")
-    with tempfile.TemporaryFile() as err:
-        try:
-            proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
-        except OSError as exc:
-            raise FFmpegError(f"could not start ffmpeg ({command[0]}): {exc}") from exc
-        expired = threading.Event()
-
-        def _expire() -> None:
-            expired.set()
-            proc.kill()
-
-        timer = threading.Timer(DECODE_TIMEOUT_S, _expire)
-        timer.start()
-        try:
-            data, verdict = _read_budgeted(proc, max_seconds, force)
-        finally:
-            timer.cancel()
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            assert proc.stdout is not None
-            proc.stdout.close()
-        err.seek(max(0, err.seek(0, 2) - _STDERR_KEEP_BYTES))
-        stderr = err.read().decode("utf-8", errors="replace")
+    command = _decode_command(path, max_seconds, sample_rate, force=force)
+    with FFmpegProcess(command, stdout=True, timeout=DECODE_TIMEOUT_S) as ffmpeg:
+        data, verdict = _read_budgeted(ffmpeg, max_seconds, force)
+    stderr = ffmpeg.stderr_text()
     if isinstance(verdict, tuple):
         return np.zeros((0, 1), np.float32), 0, stderr, verdict
     if verdict == "budget":
@@ -228,19 +188,10 @@ def _run_decode(
             f"{path}: the decoded audio exceeds the memory budget for {max_seconds:g} s",
             hint=HINT_SHORTER_AUDIO,
         )
-    if expired.is_set():
+    if ffmpeg.timed_out:
         raise InputError(f"{path}: decoding took longer than {DECODE_TIMEOUT_S:g} s")
-    if proc.returncode != 0:
-        if "Format not on whitelist" in stderr:
-            raise InputError(
-                f"{path}: is not an allowed audio format (wav, mp3, flac, ogg, m4a/mp4, mkv/webm, ...); "
-                "playlists and lists of other files are refused"
-            )
-        if "matches no streams" in stderr or ("Input #0" in stderr and not _AUDIO_STREAM_RE.search(stderr)):
-            raise InputError(f"{path}: has no audio stream")
-        raise InputError(
-            f"{path}: is not a readable audio or video file (ffmpeg could not decode it):\n{_tail(stderr)}"
-        )
+    if ffmpeg.returncode != 0:
+        raise _decode_failure(path, stderr)
     try:
         pcm, rate = _parse_float_wav(data)
     except ValueError as exc:
@@ -248,19 +199,43 @@ def _run_decode(
     return pcm, rate, stderr, None
 
 
+def _decode_command(path: Path, max_seconds: float | None, sample_rate: int, *, force: bool) -> list[str]:
+    """ffmpeg writing the first audio stream of ``path`` as a 32-bit float WAV to its stdout."""
+    command = [ffmpeg_binary(), "-hide_banner", "-nostdin", *locked_input(path, AUDIO_FORMATS)]
+    command += ["-map", "0:a:0", "-acodec", "pcm_f32le", "-f", "wav", "-map_metadata", "-1"]
+    if max_seconds is not None:  # a little over the limit, to tell "too long"
+        command += ["-t", str(float(max_seconds) + 1.0)]
+    if force:
+        command += ["-ac", "1", "-ar", str(int(sample_rate))]
+    return command + ["pipe:1"]
+
+
+def _decode_failure(path: Path, stderr: str) -> InputError:
+    """The :class:`InputError` of a failed decode, from what ffmpeg's stderr says went wrong."""
+    if "Format not on whitelist" in stderr:
+        return InputError(
+            f"{path}: is not an allowed audio format (wav, mp3, flac, ogg, m4a/mp4, mkv/webm, ...); "
+            "playlists and lists of other files are refused"
+        )
+    if "matches no streams" in stderr or ("Input #0" in stderr and not _AUDIO_STREAM_RE.search(stderr)):
+        return InputError(f"{path}: has no audio stream")
+    return InputError(
+        f"{path}: is not a readable audio or video file (ffmpeg could not decode it):\n{stderr_tail(stderr)}"
+    )
+
+
 def _read_budgeted(
-    proc: subprocess.Popen[bytes], max_seconds: float | None, force: bool
+    ffmpeg: FFmpegProcess, max_seconds: float | None, force: bool
 ) -> tuple[bytes, str | tuple[int, int]]:
     """Read ffmpeg's WAV from its stdout within a byte budget set by the header's rate and channels.
 
     Returns the bytes and ``"ok"``, ``"budget"`` (stopped: more than the budget), or ``(rate, channels)``
     (stopped after the header: beyond the native bounds and not ``force``).
     """
-    assert proc.stdout is not None
     buffer = bytearray()
     budget: int | None = None
     while True:
-        chunk = proc.stdout.read1(_READ_CHUNK)
+        chunk = ffmpeg.read1(_READ_CHUNK)
         if not chunk:
             return bytes(buffer), "ok"
         buffer += chunk
@@ -294,31 +269,6 @@ def _wav_format(head: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _ffmpeg_binary() -> str:
-    """The ffmpeg to run: ``ffmpeg`` on PATH, else imageio-ffmpeg's static build.
-
-    The same rule as :func:`portrait.ffmpeg.ffmpeg_binary`, repeated here because preprocess may
-    not import render (ARCHITECTURE.md section 2).
-    """
-    system = shutil.which("ffmpeg")
-    if system:
-        return system
-    try:
-        import imageio_ffmpeg
-
-        return imageio_ffmpeg.get_ffmpeg_exe()
-    except (ImportError, RuntimeError) as exc:
-        raise FFmpegError(
-            f"ffmpeg is needed to decode audio but was not found ({exc}); install ffmpeg "
-            "(e.g. `apt-get install ffmpeg`) or `pip install imageio-ffmpeg`"
-        ) from exc
-
-
-def _tail(stderr: str) -> str:
-    lines = [line.rstrip() for line in stderr.replace("\r", "\n").splitlines() if line.strip()]
-    return "\n".join(lines[-_STDERR_TAIL_LINES:])
-
-
 def _parse_float_wav(data: bytes) -> tuple[np.ndarray, int]:
     """Parse the 32-bit float WAV ffmpeg streams to a pipe (its chunk sizes are placeholders).
 
@@ -346,120 +296,3 @@ def _parse_float_wav(data: bytes) -> tuple[np.ndarray, int]:
             return pcm.reshape(-1, channels), rate
         pos = body + size + (size & 1)
     raise ValueError("no data chunk")
-
-
-def _declared_duration(stderr: str) -> float | None:
-    """The container's duration from ffmpeg's ``Duration: HH:MM:SS.ss`` line (None when absent/N/A)."""
-    match = _DURATION_RE.search(stderr)
-    if not match:
-        return None
-    hours, minutes, seconds = match.groups()
-    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
-
-
-# --------------------------------------------------------------------------------------------------------
-# Whisper features
-# --------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class AudioFeatures:
-    """Audio prepared for the pipeline (compat §1.5).
-
-    Attributes:
-        samples: ``(S,)`` float32 mono samples at 16 kHz.
-        mel: ``(1, 80, 3000·K)`` float32 Whisper log-mel features of ``K`` 30-s pieces, roughly in
-            [-1.5, 1.5].
-        audio_len: whole 40-ms units, ``min(S // 640, max_audio_units)``.
-        num_frames: video frames ``N = audio_len // units_per_frame`` (12.5 fps for 2 units per frame).
-        duration: ``S / 16000`` seconds.
-    """
-
-    samples: np.ndarray
-    mel: torch.Tensor
-    audio_len: int
-    num_frames: int
-    duration: float
-
-
-def audio_features(
-    samples: np.ndarray,
-    feature_extractor: Any,
-    max_audio_units: int = 10000,
-    units_per_frame: int = 2,
-) -> AudioFeatures:
-    """Whisper log-mel features and frame count of 16-kHz mono samples (reference ``get_audio_feature``).
-
-    Each 480 000-sample piece ``samples[i : i + 480000]`` goes through ``feature_extractor(piece,
-    sampling_rate=16000, return_tensors="pt", padding="max_length")`` (zero-padded to 30 s; with torch
-    installed transformers uses ``torch.stft`` and floors each piece at its own max − 8, padding
-    included); the pieces are concatenated on the time axis. When ``max_audio_units`` caps the length,
-    pieces that lie wholly beyond the cap are not computed (each piece is independent, so the kept ones
-    are unchanged).
-
-    Args:
-        samples: ``(S,)`` float mono samples at 16 kHz (from :func:`load_audio`).
-        feature_extractor: a transformers ``WhisperFeatureExtractor`` (80 mel bins, 30-s chunks), loaded by
-            the caller from ``<weights>/audio_encoder/preprocessor_config.json``.
-        max_audio_units: cap on ``audio_len`` (the reference's ``frame_num``).
-        units_per_frame: 40-ms units per video frame (the reference's ``step``).
-
-    Returns:
-        The :class:`AudioFeatures`.
-
-    Raises:
-        InputError: ``samples`` is not 1-D or gives no video frame (fewer than ``640·units_per_frame``).
-        WeightsError: the feature extractor does not pad to 30 s at 16 kHz.
-    """
-    samples = np.asarray(samples, dtype=np.float32)
-    if samples.ndim != 1:
-        raise InputError(f"audio samples must be 1-D (mono), got shape {samples.shape}")
-    if max_audio_units < 1 or units_per_frame < 1:
-        raise ValueError(
-            f"max_audio_units {max_audio_units} and units_per_frame {units_per_frame} must be >= 1"
-        )
-    _check_extractor(feature_extractor)
-    audio_len = min(samples.shape[0] // SAMPLES_PER_UNIT, max_audio_units)
-    num_frames = audio_len // units_per_frame
-    if num_frames < 1:
-        raise InputError(
-            f"the audio has {samples.shape[0]} samples ({samples.shape[0] / SAMPLE_RATE * 1000:.0f} ms at "
-            f"16 kHz); one video frame needs {SAMPLES_PER_UNIT * units_per_frame}"
-        )
-    capped = samples.shape[0] // SAMPLES_PER_UNIT > max_audio_units
-    used = audio_len * SAMPLES_PER_UNIT if capped else samples.shape[0]
-    pieces = [
-        feature_extractor(
-            samples[start : start + PIECE_SAMPLES],
-            sampling_rate=SAMPLE_RATE,
-            return_tensors="pt",
-            padding="max_length",
-        ).input_features
-        for start in range(0, used, PIECE_SAMPLES)
-    ]
-    mel = torch.cat(pieces, dim=-1).to(torch.float32)
-    logger.debug(
-        "audio features: %d samples, %d pieces, audio_len %d, %d frames",
-        samples.shape[0],
-        len(pieces),
-        audio_len,
-        num_frames,
-    )
-    return AudioFeatures(
-        samples=samples,
-        mel=mel,
-        audio_len=audio_len,
-        num_frames=num_frames,
-        duration=samples.shape[0] / SAMPLE_RATE,
-    )
-
-
-def _check_extractor(feature_extractor: Any) -> None:
-    n_samples = getattr(feature_extractor, "n_samples", PIECE_SAMPLES)
-    rate = getattr(feature_extractor, "sampling_rate", SAMPLE_RATE)
-    if n_samples != PIECE_SAMPLES or rate != SAMPLE_RATE:
-        raise WeightsError(
-            f"the Whisper feature extractor pads to {n_samples} samples at {rate} Hz; expected "
-            f"{PIECE_SAMPLES} at {SAMPLE_RATE} Hz (chunk_length 30); check "
-            "audio_encoder/preprocessor_config.json"
-        )

@@ -8,7 +8,6 @@ detector, needs no weights file). :func:`detector_from_name` picks one for a wei
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import logging
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from portrait.boxes import Box
 from portrait.constants import DETECTOR_NAMES
 from portrait.errors import HINT_DLIB_DETECTOR, HINT_FACE_BOX, ConfigError, InputError, WeightsError
+from portrait.files import sha256_file
 from portrait.layout import YOLO_SHA256_PINNED
 
 logger = logging.getLogger(__name__)
@@ -135,15 +135,6 @@ def _yolo_listed(path: Path, allowed: frozenset[str]) -> bool:
             path, digest, digest,
         )  # fmt: skip
     return False
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def yolo_input_size(height: int, width: int, side: int = 416) -> tuple[int, int]:

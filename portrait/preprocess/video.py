@@ -14,13 +14,9 @@ produces nothing for ``stall_timeout`` seconds. A corrupt or non-video file is a
 
 from __future__ import annotations
 
-import collections
 import logging
 import math
 import re
-import subprocess
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +26,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from portrait.errors import FFmpegError, InputError
-from portrait.ffmpeg import ffmpeg_binary, media_path, run_ffmpeg
+from portrait.ffmpeg import FFmpegProcess, ffmpeg_binary, locked_input, parse_duration, run_ffmpeg
 
 logger = logging.getLogger(__name__)
 
@@ -57,13 +53,14 @@ VIDEO_FORMATS = (
 )
 #: Seconds a probe may take.
 PROBE_TIMEOUT_S = 30.0
+#: Lines of the frame reader's stderr searched for the reason of a failure.
+_STDERR_LINES = 40
 #: Pillow formats that identify but are really video streams (raw MPEG-1/2 starts like an MPEG "image").
 _PIL_VIDEO_FORMATS = frozenset({"MPEG"})
 
 _STREAM_RE = re.compile(r"Stream #\d+:\d+.*?: Video: (?P<rest>.*)")
 _SIZE_RE = re.compile(r"(?<![0-9a-fx])(\d{1,5})x(\d{1,5})(?![0-9a-fx])")
 _FPS_RE = re.compile(r"([\d.]+)(k?) (fps|tbr)")
-_DURATION_RE = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
 _ROTATION_RE = re.compile(r"rotation of (-?[\d.]+) degrees")
 
 
@@ -83,17 +80,6 @@ class VideoInfo:
     fps: float
     frames_estimate: int
     duration: float
-
-
-def _input_args(path: str | Path) -> list[str]:
-    return [
-        "-protocol_whitelist",
-        "file",
-        "-format_whitelist",
-        ",".join(VIDEO_FORMATS),
-        "-i",
-        media_path(path),
-    ]
 
 
 def _check_file(path: Path) -> None:
@@ -130,11 +116,7 @@ def parse_probe(stderr: str) -> VideoInfo | None:
         for value, kilo, _ in _FPS_RE.findall(rest):  # "fps" comes before "tbr": the first is kept
             fps = float(value) * (1000 if kilo else 1)
             break
-        duration = 0.0
-        found = _DURATION_RE.search(stderr)
-        if found is not None:
-            hours, minutes, seconds = found.groups()
-            duration = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+        duration = parse_duration(stderr) or 0.0
         rotation = _ROTATION_RE.search(stderr)
         if rotation is not None and round(abs(float(rotation.group(1)))) % 180 == 90:
             width, height = height, width
@@ -153,7 +135,7 @@ def probe_video(path: str | Path, timeout: float = PROBE_TIMEOUT_S) -> VideoInfo
     """
     path = Path(path)
     _check_file(path)
-    result = run_ffmpeg(_input_args(path), check=False, timeout=timeout)
+    result = run_ffmpeg(locked_input(path, VIDEO_FORMATS), check=False, timeout=timeout)
     stderr = result.stderr.decode("utf-8", errors="replace")
     info = parse_probe(stderr)
     if info is None:
@@ -175,57 +157,14 @@ def output_size(width: int, height: int, max_side: int | None) -> tuple[int, int
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-class _StderrDrain:
-    """Read a pipe on a thread, keep its last lines, and note when anything arrived."""
-
-    def __init__(self, stream, keep: int = 40) -> None:
-        self.lines: collections.deque[str] = collections.deque(maxlen=keep)
-        self._thread = threading.Thread(target=self._run, args=(stream,), daemon=True)
-        self._thread.start()
-
-    def _run(self, stream) -> None:
-        for raw in iter(stream.readline, b""):
-            self.lines.append(raw.decode("utf-8", errors="replace").rstrip())
-
-    def text(self) -> str:
-        self._thread.join(timeout=2)
-        return "\n".join(self.lines)
-
-
-class _Watchdog:
-    """Kill ``process`` when :meth:`waiting` has lasted ``timeout`` seconds without :meth:`progress`."""
-
-    def __init__(self, process: subprocess.Popen, timeout: float) -> None:
-        self.process, self.timeout, self.fired = process, timeout, False
-        self._since: float | None = None
-        self._stop = threading.Event()
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def waiting(self) -> None:
-        self._since = time.monotonic()
-
-    def progress(self) -> None:
-        self._since = None
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.2):
-            since = self._since
-            if since is not None and time.monotonic() - since > self.timeout and self.process.poll() is None:
-                self.fired = True
-                self.process.kill()
-                return
-
-
 def _frame_command(
     path: Path, info: VideoInfo, fps: float | None, max_frames: int | None, size: tuple[int, int]
 ) -> list[str]:
     filters = [f"fps={fps!r}"] if fps is not None else []
     flags = "area" if size[0] < info.width else "bicubic"
     filters.append(f"scale={size[0]}:{size[1]}:flags={flags}")
-    command = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-loglevel", "error", *_input_args(path)]
+    command = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-loglevel", "error"]
+    command += locked_input(path, VIDEO_FORMATS)
     command += ["-map", "0:v:0", "-an", "-sn", "-dn", "-vf", ",".join(filters)]
     if max_frames is not None:
         command += ["-frames:v", str(max_frames)]
@@ -260,49 +199,44 @@ def iter_frames(
         FFmpegError: ffmpeg missing, or it stalled for ``stall_timeout`` seconds.
     """
     path = Path(path)
+    _check_frame_request(fps, max_frames)
+    info = probe_video(path)
+    width, height = output_size(info.width, info.height, max_side)
+    rate = fps if fps is not None else (info.fps if info.fps > 0 else 25.0)
+    command = _frame_command(path, info, fps, max_frames, (width, height))
+    count = 0
+    with FFmpegProcess(command, stdout=True, stall_timeout=stall_timeout) as ffmpeg:
+        for frame in _read_frames(ffmpeg, path, (width, height)):
+            yield count / rate, frame
+            count += 1
+        returncode = ffmpeg.finish(timeout=stall_timeout)
+    if ffmpeg.timed_out:
+        raise FFmpegError(f"ffmpeg produced no frame of {path} for {stall_timeout} s and was stopped")
+    if returncode != 0:
+        stderr = ffmpeg.stderr_text(lines=_STDERR_LINES)
+        raise InputError(f"could not decode video {path}: {_last_error_line(stderr)}")
+    if count == 0:
+        raise InputError(f"no video frame could be decoded from {path}")
+
+
+def _check_frame_request(fps: float | None, max_frames: int | None) -> None:
     if fps is not None and not (math.isfinite(fps) and fps > 0):
         raise InputError(f"frame rate must be a positive number, got {fps}")
     if max_frames is not None and max_frames < 1:
         raise InputError(f"max_frames must be at least 1, got {max_frames}")
-    info = probe_video(path)
-    width, height = output_size(info.width, info.height, max_side)
-    rate = fps if fps is not None else (info.fps if info.fps > 0 else 25.0)
+
+
+def _read_frames(ffmpeg: FFmpegProcess, path: Path, size: tuple[int, int]) -> Iterator[np.ndarray]:
+    """(H, W, 3) uint8 frames from ffmpeg's rawvideo stdout until it ends (a truncated last one dropped)."""
+    width, height = size
     frame_bytes = width * height * 3
-    command = _frame_command(path, info, fps, max_frames, (width, height))
-    try:
-        process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-    except OSError as error:
-        raise FFmpegError(f"could not start ffmpeg ({command[0]}): {error}") from error
-    stderr = _StderrDrain(process.stderr)
-    watchdog = _Watchdog(process, stall_timeout)
-    count = 0
-    try:
-        while True:
-            watchdog.waiting()
-            data = process.stdout.read(frame_bytes)
-            watchdog.progress()
-            if len(data) < frame_bytes:
-                if data:
-                    logger.warning("%s: dropped a truncated last frame (%d bytes)", path, len(data))
-                break
-            frame = np.frombuffer(data, np.uint8).reshape(height, width, 3)
-            yield count / rate, frame
-            count += 1
-        returncode = process.wait(timeout=stall_timeout)
-    finally:
-        watchdog.stop()
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        process.stdout.close()
-    if watchdog.fired:
-        raise FFmpegError(f"ffmpeg produced no frame of {path} for {stall_timeout} s and was stopped")
-    if returncode != 0:
-        raise InputError(f"could not decode video {path}: {_last_error_line(stderr.text())}")
-    if count == 0:
-        raise InputError(f"no video frame could be decoded from {path}")
+    while True:
+        data = ffmpeg.read(frame_bytes)
+        if len(data) < frame_bytes:
+            if data:
+                logger.warning("%s: dropped a truncated last frame (%d bytes)", path, len(data))
+            return
+        yield np.frombuffer(data, np.uint8).reshape(height, width, 3)
 
 
 def media_kind(path: str | Path) -> Literal["image", "video"]:

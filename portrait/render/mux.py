@@ -17,14 +17,8 @@ from typing import Any
 import ffmpeg
 
 from portrait.errors import FFmpegError, InputError
-from portrait.ffmpeg import (
-    AUDIO_FORMATS,
-    MUX_VIDEO_FORMATS,
-    durable_replace,
-    media_path,
-    partial_path,
-    run_ffmpeg,
-)
+from portrait.ffmpeg import AUDIO_FORMATS, MUX_VIDEO_FORMATS, media_path, run_ffmpeg
+from portrait.files import durable_replace, partial_path
 
 logger = logging.getLogger(__name__)
 
@@ -67,24 +61,7 @@ def mux_audio(
     video, audio, output = Path(video), Path(audio), Path(output)
     partial = partial_path(output)
     _check_mux_paths(video, audio, output, partial)
-    if not 0 <= crf <= 51:
-        raise InputError(f"crf must be in 0..51, got {crf}")
-    if not re.fullmatch(r"[A-Za-z0-9_]+", audio_codec):
-        raise InputError(f"audio_codec must be an ffmpeg encoder name such as aac, got {audio_codec!r}")
-    options: dict[str, Any] = {"acodec": audio_codec, "shortest": None, "format": "mp4"}
-    if copy_video:
-        if size is not None:
-            raise InputError(
-                "mux_audio: size cannot be combined with copy_video (a copied stream is not scaled)"
-            )
-        options["vcodec"] = "copy"
-    else:
-        options.update(vcodec="libx264", crf=crf, pix_fmt="yuv420p")
-        if size is not None:
-            width, height = size
-            if width < 2 or height < 2 or width % 2 or height % 2:
-                raise InputError(f"mux_audio: size must be even for H.264 4:2:0, got {width}x{height}")
-            options["s"] = f"{width}x{height}"
+    options = _output_options(crf, audio_codec, size, copy_video)
     # Local files only, and no playlist/concat demuxer that could pull another file into the output.
     video_in = ffmpeg.input(
         media_path(video), protocol_whitelist="file", format_whitelist=",".join(MUX_VIDEO_FORMATS)
@@ -96,21 +73,51 @@ def mux_audio(
         video_in["v:0"], audio_in["a:0"], media_path(partial), **options
     ).overwrite_output()
     try:
-        try:
-            run_ffmpeg(stream.get_args())
-        except FFmpegError as exc:
-            if "Format not on whitelist" in str(exc):
-                raise InputError(
-                    f"{audio}: is not an allowed audio format (wav, mp3, flac, ogg, m4a/mp4, ...); "
-                    "playlists and lists of other files are refused"
-                ) from None
-            raise
+        _run_mux(stream.get_args(), audio)
         durable_replace(partial, output)
     except BaseException:
-        _remove(partial)
+        partial.unlink(missing_ok=True)
         raise
     logger.info("muxed %s + %s -> %s", video, audio, output)
     return output
+
+
+def _output_options(
+    crf: int, audio_codec: str, size: tuple[int, int] | None, copy_video: bool
+) -> dict[str, Any]:
+    """ffmpeg-python output options of :func:`mux_audio` (checked: crf, encoder name, even size)."""
+    if not 0 <= crf <= 51:
+        raise InputError(f"crf must be in 0..51, got {crf}")
+    if not re.fullmatch(r"[A-Za-z0-9_]+", audio_codec):
+        raise InputError(f"audio_codec must be an ffmpeg encoder name such as aac, got {audio_codec!r}")
+    options: dict[str, Any] = {"acodec": audio_codec, "shortest": None, "format": "mp4"}
+    if copy_video:
+        if size is not None:
+            raise InputError(
+                "mux_audio: size cannot be combined with copy_video (a copied stream is not scaled)"
+            )
+        options["vcodec"] = "copy"
+        return options
+    options.update(vcodec="libx264", crf=crf, pix_fmt="yuv420p")
+    if size is not None:
+        width, height = size
+        if width < 2 or height < 2 or width % 2 or height % 2:
+            raise InputError(f"mux_audio: size must be even for H.264 4:2:0, got {width}x{height}")
+        options["s"] = f"{width}x{height}"
+    return options
+
+
+def _run_mux(args: list[str], audio: Path) -> None:
+    """Run the mux; an audio input outside the allowed formats is an :class:`InputError` naming it."""
+    try:
+        run_ffmpeg(args)
+    except FFmpegError as exc:
+        if "Format not on whitelist" in str(exc):
+            raise InputError(
+                f"{audio}: is not an allowed audio format (wav, mp3, flac, ogg, m4a/mp4, ...); "
+                "playlists and lists of other files are refused"
+            ) from None
+        raise
 
 
 def _check_mux_paths(video: Path, audio: Path, output: Path, partial: Path) -> None:
@@ -131,15 +138,3 @@ def _same_file(a: Path, b: Path) -> bool:
     if a.exists() and b.exists():
         return os.path.samefile(a, b)
     return a.resolve() == b.resolve()
-
-
-def _remove(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-
-
-# --------------------------------------------------------------------------------------------------------
-# Probing (no ffprobe: parse what `ffmpeg -i` prints, optionally decode each stream to count)
-# --------------------------------------------------------------------------------------------------------

@@ -12,22 +12,21 @@ inside the ``with`` block ffmpeg is killed and the partial file removed.
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import subprocess
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Protocol
+from typing import Protocol
 
 import ffmpeg
 import numpy as np
 import torch
 
 from portrait.errors import FFmpegError, InputError
-from portrait.ffmpeg import ffmpeg_binary, format_failure, media_path, partial_path
+from portrait.ffmpeg import FFmpegProcess, ffmpeg_binary, media_path
+from portrait.files import partial_path
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +87,9 @@ class VideoWriter:
             for chunk in decoded_chunks:  # (n, 3, H, W) float in [0, 1]
                 writer.write(chunk)
 
-    ffmpeg starts at the first :meth:`write` (the frame size is taken from it unless ``size`` is given);
-    its stderr is drained by a thread, so a chatty encoder never blocks the pipe.
+    ffmpeg starts at the first :meth:`write` (the frame size is taken from it unless ``size`` is given), as
+    an :class:`~portrait.ffmpeg.FFmpegProcess`: its stderr is drained by a thread, so a chatty encoder
+    never blocks the pipe.
 
     Args:
         path: the mp4 to write; its folder must exist. The data goes to ``<stem>.partial.mp4`` first.
@@ -123,11 +123,13 @@ class VideoWriter:
             _check_even(size, self.path)
         self.progress = progress
         self.frames_written = 0
-        self._process: subprocess.Popen[bytes] | None = None
-        self._command: list[str] = []
-        self._stderr: collections.deque[str] = collections.deque(maxlen=200)
-        self._drain: threading.Thread | None = None
+        self._encoder: FFmpegProcess | None = None
         self._closed = False
+
+    @property
+    def _process(self) -> subprocess.Popen[bytes] | None:
+        """The running ffmpeg (None before the first frame)."""
+        return None if self._encoder is None else self._encoder.process
 
     def __enter__(self) -> VideoWriter:
         return self
@@ -164,15 +166,13 @@ class VideoWriter:
                 f"{self.path}: frame size {width}x{height} differs from the video size "
                 f"{self.size[0]}x{self.size[1]}"
             )
-        process = self._process or self._start()
+        encoder = self._encoder or self._start()
         try:
-            process.stdin.write(chunk.tobytes())  # type: ignore[union-attr]
-        except (BrokenPipeError, ValueError) as exc:
-            returncode = process.wait()
-            self._join_drain()
+            encoder.write(chunk.tobytes())
+        except FFmpegError:
             self._closed = True
-            _remove(self.partial)
-            raise FFmpegError(format_failure(self._command, returncode, "\n".join(self._stderr))) from exc
+            self.partial.unlink(missing_ok=True)
+            raise
         self.frames_written += chunk.shape[0]
         if self.progress is not None:
             self.progress.update(chunk.shape[0])
@@ -190,18 +190,13 @@ class VideoWriter:
         if self._closed:
             return self.path
         self._closed = True
-        process = self._process
-        if process is None:
+        if self._encoder is None:
             raise InputError(f"{self.path}: no frames were written")
         try:
-            process.stdin.close()  # type: ignore[union-attr]
-        except BrokenPipeError:
-            pass  # ffmpeg already exited; its status says why
-        returncode = process.wait()
-        self._join_drain()
-        if returncode != 0:
-            _remove(self.partial)
-            raise FFmpegError(format_failure(self._command, returncode, "\n".join(self._stderr)))
+            self._encoder.finish(check=True)
+        except FFmpegError:
+            self.partial.unlink(missing_ok=True)
+            raise
         os.replace(self.partial, self.path)
         logger.info("wrote %s (%d frames at %g fps)", self.path, self.frames_written, self.fps)
         return self.path
@@ -209,20 +204,11 @@ class VideoWriter:
     def abort(self) -> None:
         """Kill ffmpeg (if running) and remove the partial file; the output is not created."""
         self._closed = True
-        process = self._process
-        if process is not None and process.poll() is None:
-            process.kill()
-        if process is not None:
-            if process.stdin is not None:
-                try:
-                    process.stdin.close()
-                except BrokenPipeError:
-                    pass
-            process.wait()
-            self._join_drain()
-        _remove(self.partial)
+        if self._encoder is not None:
+            self._encoder.stop()
+        self.partial.unlink(missing_ok=True)
 
-    def _start(self) -> subprocess.Popen[bytes]:
+    def _start(self) -> FFmpegProcess:
         width, height = self.size  # type: ignore[misc]
         stream = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{width}x{height}", r=self.fps)
         stream = ffmpeg.output(
@@ -236,28 +222,8 @@ class VideoWriter:
             sws_flags=SWS_FLAGS,
         )
         stream = stream.global_args("-hide_banner", "-nostats").overwrite_output()
-        binary = ffmpeg_binary()
-        self._command = stream.compile(cmd=binary)
-        logger.debug("starting %s", " ".join(self._command))
-        try:
-            process = stream.run_async(cmd=binary, pipe_stdin=True, pipe_stderr=True)
-        except OSError as exc:
-            raise FFmpegError(f"could not start ffmpeg ({binary}): {exc}") from exc
-        self._process = process
-        self._drain = threading.Thread(target=_drain_lines, args=(process.stderr, self._stderr), daemon=True)
-        self._drain.start()
-        return process
-
-    def _join_drain(self) -> None:
-        if self._drain is not None:
-            self._drain.join(timeout=10)
-
-
-def _drain_lines(pipe: IO[bytes], sink: collections.deque[str]) -> None:
-    """Read a pipe to its end, keeping the last lines (runs in a thread so ffmpeg never blocks on it)."""
-    for raw in iter(pipe.readline, b""):
-        sink.append(raw.decode("utf-8", errors="replace").rstrip())
-    pipe.close()
+        self._encoder = FFmpegProcess(stream.compile(cmd=ffmpeg_binary()), stdin=True)
+        return self._encoder
 
 
 def _check_even(size: tuple[int, int], path: Path) -> None:
@@ -267,13 +233,6 @@ def _check_even(size: tuple[int, int], path: Path) -> None:
             f"{path}: H.264 with yuv420p needs an even width and height, got {width}x{height}; "
             "crop or pad the frames by one pixel"
         )
-
-
-def _remove(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
 
 
 class Paster(Protocol):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -169,20 +168,6 @@ def weights_hash(root: Path) -> str:
     files = json.loads(path.read_text())["files"]
     chosen = {k: v for k, v in sorted(files.items()) if k.split("/")[0] in CACHED_COMPONENTS}
     return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()
-
-
-def write_json_atomic(path: Path, data: object) -> None:
-    """Write JSON to a temporary name in the same folder, fsync, rename (never a partial file)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with tmp.open("w") as handle:
-            handle.write(json.dumps(data, indent=1, sort_keys=True) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)  # out of disk: no temporary file left behind
-        raise
 
 
 @dataclass(frozen=True)

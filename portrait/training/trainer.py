@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from portrait.errors import InputError
-from portrait.training.data import write_json_atomic
+from portrait.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +144,8 @@ def save_checkpoint(
     write_json_atomic(
         tmp / "state.json",
         {"step": step, "hyper": cfg.hyper(), "identity": identity, "optimizer": meta, "scheduler": sched},
+        indent=1,
+        sort_keys=True,
     )
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
@@ -345,7 +347,7 @@ def _finish(run: _Run, log: list[dict[str, Any]]) -> dict[str, Any]:
         folder = run.recipe.export(run.unwrapped(), out)
         evals = [r for r in log if r["kind"] == "eval"]
         summary.update(folder=str(folder), first_eval=evals[0], last_eval=evals[-1])
-        write_json_atomic(out / "training.json", summary)
+        write_json_atomic(out / "training.json", summary, indent=1, sort_keys=True)
     return summary
 
 

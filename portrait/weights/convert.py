@@ -31,7 +31,7 @@ import torch
 from safetensors.torch import save_file
 
 from portrait.errors import ConfigError, WeightsError
-from portrait.ffmpeg import owned_prefix, sweep_dead_owners
+from portrait.files import owned_prefix, sweep_dead_owners
 from portrait.layout import EMOTION_PRIOR_KEY, EMOTIONS_DIR, MANIFEST_FILE, RELEASE_EMOTIONS
 from portrait.weights import convert_components as parts
 from portrait.weights.convert_components import DTYPES, ComponentReport

@@ -19,8 +19,9 @@ import torch
 from safetensors.torch import save_file
 
 from portrait.errors import InputError, WeightsError
+from portrait.files import sha256_file
 from portrait.layout import EMOTION_PRIOR_KEY, EMOTIONS_DIR, MANIFEST_FILE, RELEASE_EMOTIONS
-from portrait.weights.load import file_sha256, load_emotion_bank
+from portrait.weights.load import load_emotion_bank
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def add_emotion(root: Path, name: str, prior: torch.Tensor, *, overwrite: bool =
     os.replace(tmp, path)
     manifest = _read_manifest(root)
     if manifest is not None:
-        manifest.setdefault("files", {})[path.relative_to(root).as_posix()] = file_sha256(path)
+        manifest.setdefault("files", {})[path.relative_to(root).as_posix()] = sha256_file(path)
         manifest["files"] = dict(sorted(manifest["files"].items()))
         manifest[MANIFEST_CUSTOM_KEY] = sorted(set(manifest.get(MANIFEST_CUSTOM_KEY, [])) | {name})
         _write_manifest(root, manifest)

@@ -30,10 +30,10 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from portrait.errors import WeightsError
-from portrait.ffmpeg import sweep_dead_owners
+from portrait.files import sha256_file, sweep_dead_owners
 from portrait.layout import RELEASE_EMOTIONS
 from portrait.weights.convert import PARTIAL_PREFIX, convert_dice_talk
-from portrait.weights.load import file_sha256, missing_files
+from portrait.weights.load import missing_files
 from portrait.weights.manifest import write_manifest
 from portrait.weights.sources import (
     FACE_DETECTOR_DIR,
@@ -189,14 +189,14 @@ def fetch_priors(
     for name in RELEASE_EMOTIONS:
         final, expected = dest / f"{name}.npy", prior_sha256[name].lower()
         if final.is_file():
-            if file_sha256(final) == expected:
+            if sha256_file(final) == expected:
                 continue
             final.unlink()
         part = dest / f"{name}.npy.part"
         url = prior_url(name)
         logger.info("downloading %s", url)
         fetch(url, part, progress=progress)
-        digest = file_sha256(part)
+        digest = sha256_file(part)
         if digest != expected:
             part.unlink()
             raise WeightsError(
@@ -251,7 +251,7 @@ def _fetch_repo(
         logger.warning("%s has no %s; that optional part is skipped", repo.repo_id, name)
     records: dict[str, dict[str, Any]] = {}
     for name in (f for f in repo.files if f not in absent):
-        digest, expected = file_sha256(local / name), digests.get(name)
+        digest, expected = sha256_file(local / name), digests.get(name)
         if expected is not None and digest != expected.lower():
             (local / name).unlink()
             raise WeightsError(

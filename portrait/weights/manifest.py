@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from portrait.files import sha256_file
 from portrait.layout import COMPONENTS, EMOTIONS_DIR, MANIFEST_FILE, OPTIONAL_COMPONENTS
-from portrait.weights.load import file_sha256
 
 
 def write_manifest(root: Path, sources: Mapping[str, Any] | None = None) -> Path:
@@ -25,7 +25,7 @@ def write_manifest(root: Path, sources: Mapping[str, Any] | None = None) -> Path
     for top in [c.name for c in COMPONENTS + OPTIONAL_COMPONENTS] + [EMOTIONS_DIR, "face_detector"]:
         for path in sorted((root / top).rglob("*")):
             if path.is_file():
-                files[path.relative_to(root).as_posix()] = file_sha256(path)
+                files[path.relative_to(root).as_posix()] = sha256_file(path)
     manifest = {"format": "portrait-weights", "version": 1, "files": dict(sorted(files.items()))}
     if sources:
         manifest["sources"] = dict(sorted(sources.items()))

@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from portrait.errors import WeightsError
+from portrait.files import sha256_file
 from portrait.models.syncnet import SyncNet
-from portrait.preprocess.detectors import sha256_file
 
 logger = logging.getLogger(__name__)
 

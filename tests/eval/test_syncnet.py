@@ -9,8 +9,8 @@ from safetensors.torch import save_file
 
 from portrait.errors import WeightsError
 from portrait.eval import sync
+from portrait.files import sha256_file
 from portrait.models.syncnet import SyncNet
-from portrait.preprocess.detectors import sha256_file
 from portrait.weights.syncnet import convert_syncnet_v2, load_syncnet
 
 

@@ -14,14 +14,13 @@ import pytest
 import torch
 
 from portrait.errors import WeightsError
-from portrait.ffmpeg import owned_prefix, owner_state, sweep_dead_owners
+from portrait.files import owned_prefix, owner_state, sha256_file, sweep_dead_owners
 from portrait.preprocess import detectors
 from portrait.preprocess.detectors import (
     YOLO_WEIGHTS,
     DlibDetector,
     YoloFaceDetector,
     detector_from_name,
-    sha256_file,
     yolo_allow_list,
 )
 

@@ -17,15 +17,9 @@ import soxr
 import torch
 
 from portrait.errors import HINT_SHORTER_AUDIO, InputError
-from portrait.ffmpeg import ffmpeg_binary, run_ffmpeg
-from portrait.preprocess.audio import (
-    PIECE_SAMPLES,
-    AudioFeatures,
-    _ffmpeg_binary,
-    audio_features,
-    load_audio,
-    resample,
-)
+from portrait.ffmpeg import run_ffmpeg
+from portrait.preprocess.audio import load_audio, resample
+from portrait.preprocess.audio_features import PIECE_SAMPLES, AudioFeatures, audio_features
 
 SENTENCE = "The quick brown fox jumps over the lazy dog."
 ASSET = importlib.resources.files("portrait") / "assets" / "sample_speech.wav"
@@ -199,10 +193,6 @@ def test_file_names_are_never_seen_by_a_shell(tmp_path: Path, monkeypatch: pytes
         _write(tmp_path / name, tone, 16000)
         np.testing.assert_allclose(load_audio(Path(name)), tone, atol=1 / 32768)
     assert not list(tmp_path.glob("pwned*"))
-
-
-def test_ffmpeg_lookup_agrees_with_render() -> None:
-    assert _ffmpeg_binary() == ffmpeg_binary()
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from portrait.errors import HINT_FACE_BOX, ConfigError, InputError, NoFaceError, WeightsError
+from portrait.files import sha256_file
 from portrait.preprocess.detectors import (
     DlibDetector,
     Face,
@@ -23,7 +24,6 @@ from portrait.preprocess.detectors import (
     decode_yolo_rows,
     detector_from_name,
     nms,
-    sha256_file,
     yolo_grids,
     yolo_input_size,
 )

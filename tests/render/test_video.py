@@ -13,7 +13,8 @@ from media import channel_count, probe_media
 
 from portrait import ffmpeg as ffmpeg_module
 from portrait.errors import FFmpegError, InputError
-from portrait.ffmpeg import ffmpeg_binary, partial_path, run_ffmpeg
+from portrait.ffmpeg import ffmpeg_binary, run_ffmpeg
+from portrait.files import partial_path
 from portrait.render.mux import mux_audio
 from portrait.render.video import VideoWriter, to_uint8_frames
 

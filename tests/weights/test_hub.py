@@ -17,6 +17,7 @@ import torch
 from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError
 
 from portrait.errors import WeightsError
+from portrait.files import sha256_file
 from portrait.layout import MANIFEST_FILE, RELEASE_EMOTIONS
 from portrait.models.interpolation import IFNet
 from portrait.pipeline import PortraitPipeline
@@ -36,7 +37,6 @@ from portrait.weights.sources import (
     prior_url,
 )
 from portrait.weights.load import (
-    file_sha256,
     load_component,
     load_emotion_bank,
     load_pipeline,
@@ -104,7 +104,7 @@ def fake(hub_files: tuple[Path, dict[str, Path]]) -> FakeHub:
 @pytest.fixture
 def sha_table(hub_files: tuple[Path, dict[str, Path]]) -> dict[str, str]:
     """The tiny priors' sha256 (the real table of PRIOR_SHA256 does not match random priors)."""
-    return {name: file_sha256(hub_files[1][prior_url(name)]) for name in RELEASE_EMOTIONS}
+    return {name: sha256_file(hub_files[1][prior_url(name)]) for name in RELEASE_EMOTIONS}
 
 
 @pytest.fixture
@@ -144,7 +144,7 @@ def test_download_builds_a_loadable_tree(tmp_path: Path, fake: FakeHub, sha_tabl
     assert sorted(bank) == sorted(RELEASE_EMOTIONS)
     torch.testing.assert_close(bank["happy"], torch.from_numpy(emotion_priors(0)["happy"]))
     files = json.loads((root / MANIFEST_FILE).read_text())["files"]
-    assert files[YOLO_WEIGHTS.as_posix()] == file_sha256(root / YOLO_WEIGHTS)
+    assert files[YOLO_WEIGHTS.as_posix()] == sha256_file(root / YOLO_WEIGHTS)
     assert "interpolation/config.json" in files and "unet/config.json" in files
     assert verify_manifest(root) == []
     assert (root / "notes.txt").read_text() == "mine"  # only the components are replaced
