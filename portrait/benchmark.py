@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from portrait.engine import apply_runtime_options
+from portrait.constants import COMPILE_MODES, OFFLOAD_MODES, RUNTIME_DTYPES
+from portrait.engine import apply_runtime_options, resolve_dtype
 from portrait.generate import interpolated
 from portrait.models.audio import frame_audio_windows, whisper_hidden_states
 from portrait.pipeline import PortraitPipeline
@@ -294,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
-        "--dtype", default=None, choices=("fp16", "bf16", "fp32"), help="default: fp16 on CUDA"
+        "--dtype", default="auto", choices=RUNTIME_DTYPES, help="default: fp16 on CUDA, fp32 elsewhere"
     )
     parser.add_argument("--baseline", action="store_true", help="run only the plain eager path")
     parser.add_argument(
@@ -303,11 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--compile",
         default=None,
-        choices=("off", "blocks", "full"),
+        choices=COMPILE_MODES,
         help=f"optimised path's compile mode (default {OPTIMISED.compile}; off with --tiny)",
     )
     parser.add_argument("--window-batch", type=int, default=OPTIMISED.window_batch)
-    parser.add_argument("--offload", default="none", choices=("none", "model", "sequential"))
+    parser.add_argument("--offload", default="none", choices=OFFLOAD_MODES)
     parser.add_argument("--decode-chunk", type=int, default=10)
     parser.add_argument("--no-interpolate", dest="interpolate", action="store_false")
     parser.add_argument("--no-flops", action="store_true", help="skip counting FLOPs (one extra UNet call)")
@@ -325,9 +326,7 @@ def run_benchmark(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.compile is None:
         args.compile = "off" if args.tiny else OPTIMISED.compile
     device = torch.device(args.device)
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[
-        args.dtype or ("fp16" if device.type == "cuda" else "fp32")
-    ]
+    dtype = resolve_dtype(args.dtype, device)
     started = time.perf_counter()
     pipe = build_pipeline(args.tiny, device, dtype)
     load_seconds = round(time.perf_counter() - started, 3)

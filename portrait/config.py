@@ -1,4 +1,4 @@
-"""Typed, immutable run-time configuration (the knobs of ``configs/default.yaml``).
+"""Typed, immutable run-time configuration: the schema, the merge of its layers, the range checks (no torch).
 
 The schema is a tree of frozen dataclasses whose defaults equal the packaged ``portrait/configs/default.yaml``
 (the DICE-Talk reference values). :func:`load_config` merges, once and in this order,
@@ -8,59 +8,48 @@ The schema is a tree of frozen dataclasses whose defaults equal the packaged ``p
 with OmegaConf in structured mode, so unknown keys and values of the wrong type are rejected, then checks the
 value ranges. Every problem is raised as :class:`~portrait.errors.ConfigError` naming the key, the value and
 where it came from. The result is never mutated; :func:`with_values` derives a new config for one job.
-
-This module must stay light: it imports no torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from portrait.constants import (
+    COMPILE_MODES,
     EXTEND_MODES,
     FACE_SELECTIONS,
     MAX_MOTION_GAIN,
     MOUTH_MODES,
+    OFFLOAD_MODES,
     RETARGET_MODES,
+    RUNTIME_DTYPES,
 )
-from portrait.errors import ConfigError
+from portrait.errors import ConfigError, PortraitError
 
-__all__ = [
-    "DTYPES",
-    "MotionConfig",
-    "PreprocessConfig",
-    "RenderConfig",
-    "RuntimeConfig",
-    "SamplingConfig",
-    "VideoConfig",
-    "config_to_dict",
-    "load_config",
-    "packaged_default_text",
-    "validate_config",
-    "with_values",
-]
+__all__ = ["MotionConfig", "PreprocessConfig", "RenderConfig", "RuntimeConfig", "SamplingConfig",
+           "VideoConfig", "config_to_dict", "load_config", "packaged_default_text", "read_text_file",
+           "validate_config", "with_values"]  # fmt: skip
 
-#: Accepted ``runtime.dtype`` values.
-DTYPES: tuple[str, ...] = ("auto", "fp16", "bf16", "fp32")
-#: Accepted ``preprocess.face_selection`` values: the reference's maxface quirk (compat §1.2) or the largest.
-#: torch.compile modes: off, the repeated UNet blocks one class at a time (short compile), or the whole UNet.
-COMPILE_MODES = ("off", "blocks", "full")
-#: Memory tiers: everything on the GPU, whole models swapped to the CPU when idle, or layer-by-layer offload.
-OFFLOAD_MODES = ("none", "model", "sequential")
 _DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 _CODEC_RE = re.compile(r"[A-Za-z0-9_]+")
 _SHA256_RE = re.compile(r"[0-9A-Fa-f]{64}")
 _DEFAULT_SOURCE = "packaged default.yaml"
+#: Upper bounds that keep one request from asking for unbounded work or memory.
+MAX_STEPS = 500
+MAX_RESOLUTION = 2048
+MAX_AUDIO_UNITS = 45000  # 30 minutes of 40-ms units
+MAX_SAMPLE_RATE = 192000
 
 
 @dataclass(frozen=True)
@@ -105,14 +94,7 @@ class PreprocessConfig:
 
 @dataclass(frozen=True)
 class VideoConfig:
-    """Interpolation, encoding and muxing (compat §7), and full-frame paste-back (issue 8).
-
-    ``full_frame``: ``"auto"`` (paste the animated face crop back into the whole photo when the crop is
-    smaller than the photo), ``True`` or ``False`` (the reference: the working image only).
-    ``max_size``: cap on the long side of full-frame output (None: the photo's size, even-rounded).
-    ``feather``: blend feather width as a fraction of the face box; ``color_match``: match the crop's
-    per-channel colour statistics to the photo around the seam.
-    """
+    """Interpolation, encoding and muxing (compat §7), and full-frame paste-back (compat §10)."""
 
     interpolate: bool = True
     crf: int = 17
@@ -126,7 +108,7 @@ class VideoConfig:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    """Where and how to run; ``weights`` None means ``$PORTRAIT_WEIGHTS``, else ``./weights``."""
+    """Where and how to run (device, precision, weights tree, compile and offload tiers)."""
 
     device: str = "auto"
     dtype: str = "auto"
@@ -140,13 +122,7 @@ class RuntimeConfig:
 
 @dataclass(frozen=True)
 class MotionConfig:
-    """Landmark-guided motion control (docs/motion.md); used only when a job gives a driving source.
-
-    ``retarget``: how the driving landmarks land on the portrait (relative, offset, naive, fixed);
-    ``pose_gain`` / ``expression_gain``: multipliers in [0, 4] of the head motion and the expression;
-    ``mouth``: lips from the audio (blank lips channel) or from the driving video; ``extend``: how a
-    driving track shorter than the audio continues (pingpong: back and forth, hold: the last frame).
-    """
+    """Landmark-guided motion control (docs/motion.md); used only when a job gives a driving source."""
 
     retarget: str = "relative"
     pose_gain: float = 1.0
@@ -157,16 +133,14 @@ class MotionConfig:
 
 @dataclass(frozen=True)
 class RenderConfig:
-    """The whole run-time configuration of one render."""
+    """The whole run-time configuration of one render; every key is documented once, by its comment in the
+    packaged default.yaml (:func:`packaged_default_text`)."""
 
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     motion: MotionConfig = field(default_factory=MotionConfig)
-
-
-# ----------------------------------------------------------------------------------------------- loading
 
 
 def packaged_default_text() -> str:
@@ -196,11 +170,9 @@ def load_config(
     """
     if isinstance(files, (str, Path)) or isinstance(overrides, str):
         raise TypeError("load_config takes sequences of files and overrides, not a single string")
-    layers: list[tuple[str, DictConfig]] = [
-        (_DEFAULT_SOURCE, _parse_yaml(packaged_default_text(), _DEFAULT_SOURCE))
-    ]
+    layers = [(_DEFAULT_SOURCE, _parse_yaml(packaged_default_text(), _DEFAULT_SOURCE))]
     for path in files:
-        layers.append((str(path), _read_yaml_file(Path(path))))
+        layers.append((str(path), _parse_yaml(read_text_file(path, "config file"), str(path))))
     if values:
         layers.append(("values", _values_layer(values, "values")))
     for item in overrides:
@@ -211,14 +183,8 @@ def load_config(
 
 
 def with_values(cfg: RenderConfig, values: Mapping[str, Any]) -> RenderConfig:
-    """Return a NEW validated config equal to ``cfg`` with ``values`` (nested or dotted keys) applied.
-
-    Used for per-job overrides; ``cfg`` itself is unchanged. None values are skipped, as in
-    :func:`load_config`.
-
-    Raises:
-        ConfigError: unknown key, wrong type or out-of-range value.
-    """
+    """A NEW validated config (per-job overrides): ``cfg``, itself unchanged, with ``values`` (nested or
+    dotted keys; None skipped) applied. ConfigError as :func:`load_config`."""
     if not isinstance(cfg, RenderConfig):
         raise TypeError(f"with_values expects a RenderConfig, got {type(cfg).__name__}")
     source = "job values"
@@ -228,21 +194,22 @@ def with_values(cfg: RenderConfig, values: Mapping[str, Any]) -> RenderConfig:
 
 
 def config_to_dict(cfg: RenderConfig) -> dict[str, Any]:
-    """Return ``cfg`` as a plain nested dict of str/int/float/bool/None (JSON-serialisable).
-
-    ``load_config(values=config_to_dict(cfg))`` rebuilds an equal config.
-    """
+    """``cfg`` as a plain JSON-ready nested dict; ``load_config(values=config_to_dict(cfg))`` rebuilds it."""
     return dataclasses.asdict(cfg)
 
 
-def _read_yaml_file(path: Path) -> DictConfig:
+def read_text_file(path: str | Path, what: str, error: type[PortraitError] = ConfigError) -> str:
+    """The UTF-8 text (BOM dropped) of a file a user named (preset, manifest); else ``error`` naming it."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8-sig")
+    except FileNotFoundError as exc:
+        raise error(f"cannot read {what} {path}: it does not exist") from exc
+    except IsADirectoryError as exc:
+        raise error(f"cannot read {what} {path}: it is a folder") from exc
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror or exc}") from exc
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text: {exc}") from exc
-    return _parse_yaml(text, str(path))
+        raise error(f"{what} {path} is not UTF-8 text: {exc}") from exc
 
 
 def _parse_yaml(text: str, source: str) -> DictConfig:
@@ -345,136 +312,87 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-# -------------------------------------------------------------------------------------------- validation
+class _Rule(NamedTuple):
+    """A range check: ``section.name`` for each of the space-separated ``names`` must satisfy ``ok`` (a
+    comparison with NaN is False, so every range rejects NaN)."""
+
+    section: str
+    names: str
+    ok: Callable[[Any], bool]
+    rule: str
+
+
+def _one_of(section: str, name: str, choices: Sequence[str]) -> _Rule:
+    return _Rule(section, name, lambda v: v in choices, f"must be one of {', '.join(choices)}")
+
+
+def _between(section: str, names: str, low: float, high: float) -> _Rule:
+    return _Rule(section, names, lambda v: low <= v <= high, f"must be in [{low:g}, {high:g}]")
+
+
+def _at_least(section: str, names: str, low: float) -> _Rule:
+    return _Rule(section, names, lambda v: v >= low, f"must be >= {low:g}")
+
+
+def _at_most(section: str, names: str, high: float) -> _Rule:
+    return _Rule(section, names, lambda v: v <= high, f"must be <= {high:g}")
+
+
+def _digests(value: str | None) -> bool:
+    digests = (value or "").replace(",", " ").split()
+    return value is None or (bool(digests) and all(_SHA256_RE.fullmatch(d) for d in digests))
+
+
+_SCALES = "ref_scale_min ref_scale_max emo_scale_min emo_scale_max ip_audio_scale ip_emo_scale"
+_RULES: tuple[_Rule, ...] = (
+    _between("sampling", "steps", 1, MAX_STEPS),
+    _Rule("sampling", "emotion_transition", lambda v: 0 <= v < math.inf, "must be >= 0 seconds and finite"),
+    _at_least("sampling", "frames_per_window decode_chunk_size", 1),
+    _at_least("sampling", "shift_offset motion_bucket_id motion_bucket_id_exp", 0),
+    _Rule(
+        "sampling", f"{_SCALES} noise_aug_strength", lambda v: 0 <= v < math.inf, "must be >= 0 and finite"
+    ),
+    _Rule("sampling", "i2i_noise_strength", lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    _Rule("sampling", "fps", lambda v: v > 0, "must be > 0"),
+    _Rule(
+        "preprocess", "min_resolution", lambda v: v > 0 and not v % 64, "must be a positive multiple of 64"
+    ),
+    _at_most("preprocess", "min_resolution", MAX_RESOLUTION),
+    _at_most("preprocess", "max_audio_units", MAX_AUDIO_UNITS),
+    _at_most("preprocess", "sample_rate", MAX_SAMPLE_RATE),
+    _Rule("preprocess", "face_area", lambda v: v > 0, "must be > 0"),
+    _at_least("preprocess", "expand_ratio", 0),
+    _at_least("preprocess", "max_audio_units audio_units_per_frame sample_rate", 1),
+    _Rule("preprocess", "yolo_sha256", _digests, "must be sha256 hex digests (64 hex chars)"),
+    _one_of("preprocess", "face_selection", FACE_SELECTIONS),
+    _between("video", "crf mux_crf", 0, 51),
+    _Rule("video", "audio_codec", _CODEC_RE.fullmatch, "must be an ffmpeg encoder name such as aac"),
+    _Rule("video", "full_frame", lambda v: isinstance(v, bool) or v == "auto", "must be auto, true or false"),
+    _Rule("video", "max_size", lambda v: v is None or v >= 64, "must be >= 64 pixels or null"),
+    _between("video", "feather", 0, 1),
+    _Rule("runtime", "device", _DEVICE_RE.fullmatch, "must be auto, cpu, cuda, cuda:N or mps"),
+    _one_of("runtime", "dtype", RUNTIME_DTYPES),
+    _Rule("runtime", "weights", lambda v: v is None or bool(v.strip()), "must be a folder path or null"),
+    _one_of("runtime", "compile", COMPILE_MODES),
+    _at_least("runtime", "window_batch", 1),
+    _one_of("runtime", "offload", OFFLOAD_MODES),
+    _one_of("motion", "retarget", RETARGET_MODES),
+    _one_of("motion", "mouth", MOUTH_MODES),
+    _one_of("motion", "extend", EXTEND_MODES),
+    _between("motion", "pose_gain expression_gain", 0, MAX_MOTION_GAIN),
+)
 
 
 def validate_config(cfg: RenderConfig, source: str = "config") -> None:
     """Check value ranges; raise :class:`ConfigError` listing every bad ``key=value`` and ``source``."""
-    problems = [*_sampling_problems(cfg.sampling), *_preprocess_problems(cfg.preprocess)]
-    problems += [*_video_problems(cfg.video), *_runtime_problems(cfg.runtime)]
-    problems += _motion_problems(cfg.motion)
+    problems = []
+    for rule in _RULES:
+        for name in rule.names.split():
+            value = getattr(getattr(cfg, rule.section), name)
+            if not rule.ok(value):
+                problems.append(f"{rule.section}.{name}={value!r} {rule.rule}")
+    overlap, window = cfg.sampling.overlap, cfg.sampling.frames_per_window
+    if not 0 <= overlap < max(window, 1):
+        problems.append(f"sampling.overlap={overlap!r} must be in [0, frames_per_window={window})")
     if problems:
         raise ConfigError(f"invalid configuration (from {source}): " + "; ".join(problems))
-
-
-#: Upper bounds that keep one request from asking for unbounded work or memory.
-MAX_STEPS = 500
-MAX_RESOLUTION = 2048
-MAX_AUDIO_UNITS = 45000  # 30 minutes of 40-ms units
-MAX_SAMPLE_RATE = 192000
-
-
-def _bad(key: str, value: Any, rule: str) -> str:
-    return f"{key}={value!r} {rule}"
-
-
-def _sampling_problems(s: SamplingConfig) -> list[str]:
-    out: list[str] = []
-    if not 1 <= s.steps <= MAX_STEPS:
-        out.append(_bad("sampling.steps", s.steps, f"must be in [1, {MAX_STEPS}]"))
-    if not 0 <= s.emotion_transition < float("inf"):  # also rejects NaN
-        out.append(
-            _bad("sampling.emotion_transition", s.emotion_transition, "must be >= 0 seconds and finite")
-        )
-    if s.frames_per_window < 1:
-        out.append(_bad("sampling.frames_per_window", s.frames_per_window, "must be >= 1"))
-    if not 0 <= s.overlap < max(s.frames_per_window, 1):
-        out.append(
-            _bad("sampling.overlap", s.overlap, f"must be in [0, frames_per_window={s.frames_per_window})")
-        )
-    if s.shift_offset < 0:
-        out.append(_bad("sampling.shift_offset", s.shift_offset, "must be >= 0"))
-    for name in (
-        "ref_scale_min",
-        "ref_scale_max",
-        "emo_scale_min",
-        "emo_scale_max",
-        "ip_audio_scale",
-        "ip_emo_scale",
-        "noise_aug_strength",
-    ):
-        if not 0 <= getattr(s, name) < float("inf"):  # also rejects NaN
-            out.append(_bad(f"sampling.{name}", getattr(s, name), "must be >= 0 and finite"))
-    if not 0 < s.i2i_noise_strength <= 1:
-        out.append(_bad("sampling.i2i_noise_strength", s.i2i_noise_strength, "must be in (0, 1]"))
-    if not s.fps > 0:
-        out.append(_bad("sampling.fps", s.fps, "must be > 0"))
-    for name in ("motion_bucket_id", "motion_bucket_id_exp"):
-        if getattr(s, name) < 0:
-            out.append(_bad(f"sampling.{name}", getattr(s, name), "must be >= 0"))
-    if s.decode_chunk_size < 1:
-        out.append(_bad("sampling.decode_chunk_size", s.decode_chunk_size, "must be >= 1"))
-    return out
-
-
-def _preprocess_problems(p: PreprocessConfig) -> list[str]:
-    out: list[str] = []
-    if p.min_resolution < 64 or p.min_resolution % 64:
-        out.append(_bad("preprocess.min_resolution", p.min_resolution, "must be a positive multiple of 64"))
-    elif p.min_resolution > MAX_RESOLUTION:
-        out.append(_bad("preprocess.min_resolution", p.min_resolution, f"must be <= {MAX_RESOLUTION}"))
-    if p.max_audio_units > MAX_AUDIO_UNITS:
-        out.append(_bad("preprocess.max_audio_units", p.max_audio_units, f"must be <= {MAX_AUDIO_UNITS}"))
-    if p.sample_rate > MAX_SAMPLE_RATE:
-        out.append(_bad("preprocess.sample_rate", p.sample_rate, f"must be <= {MAX_SAMPLE_RATE}"))
-    if not p.face_area > 0:
-        out.append(_bad("preprocess.face_area", p.face_area, "must be > 0"))
-    if not p.expand_ratio >= 0:
-        out.append(_bad("preprocess.expand_ratio", p.expand_ratio, "must be >= 0"))
-    for name in ("max_audio_units", "audio_units_per_frame", "sample_rate"):
-        if getattr(p, name) < 1:
-            out.append(_bad(f"preprocess.{name}", getattr(p, name), "must be >= 1"))
-    digests = (p.yolo_sha256 or "").replace(",", " ").split()
-    if p.yolo_sha256 is not None and (not digests or not all(_SHA256_RE.fullmatch(d) for d in digests)):
-        out.append(_bad("preprocess.yolo_sha256", p.yolo_sha256, "must be sha256 hex digests (64 hex chars)"))
-    if p.face_selection not in FACE_SELECTIONS:
-        out.append(
-            _bad(
-                "preprocess.face_selection", p.face_selection, f"must be one of {', '.join(FACE_SELECTIONS)}"
-            )
-        )
-    return out
-
-
-def _video_problems(v: VideoConfig) -> list[str]:
-    out: list[str] = []
-    for name in ("crf", "mux_crf"):
-        if not 0 <= getattr(v, name) <= 51:
-            out.append(_bad(f"video.{name}", getattr(v, name), "must be in [0, 51]"))
-    if not _CODEC_RE.fullmatch(v.audio_codec):
-        out.append(_bad("video.audio_codec", v.audio_codec, "must be an ffmpeg encoder name such as aac"))
-    if not isinstance(v.full_frame, bool) and v.full_frame != "auto":
-        out.append(_bad("video.full_frame", v.full_frame, "must be auto, true or false"))
-    if v.max_size is not None and v.max_size < 64:
-        out.append(_bad("video.max_size", v.max_size, "must be >= 64 pixels or null"))
-    if not 0 <= v.feather <= 1:
-        out.append(_bad("video.feather", v.feather, "must be in [0, 1]"))
-    return out
-
-
-def _runtime_problems(r: RuntimeConfig) -> list[str]:
-    out: list[str] = []
-    if not _DEVICE_RE.fullmatch(r.device):
-        out.append(_bad("runtime.device", r.device, "must be auto, cpu, cuda, cuda:N or mps"))
-    if r.dtype not in DTYPES:
-        out.append(_bad("runtime.dtype", r.dtype, f"must be one of {', '.join(DTYPES)}"))
-    if r.weights is not None and not r.weights.strip():
-        out.append(_bad("runtime.weights", r.weights, "must be a folder path or null"))
-    if r.compile not in COMPILE_MODES:
-        out.append(_bad("runtime.compile", r.compile, f"must be one of {', '.join(COMPILE_MODES)}"))
-    if r.window_batch < 1:
-        out.append(_bad("runtime.window_batch", r.window_batch, "must be >= 1"))
-    if r.offload not in OFFLOAD_MODES:
-        out.append(_bad("runtime.offload", r.offload, f"must be one of {', '.join(OFFLOAD_MODES)}"))
-    return out
-
-
-def _motion_problems(m: MotionConfig) -> list[str]:
-    out: list[str] = []
-    for name, allowed in (("retarget", RETARGET_MODES), ("mouth", MOUTH_MODES), ("extend", EXTEND_MODES)):
-        if getattr(m, name) not in allowed:
-            out.append(_bad(f"motion.{name}", getattr(m, name), f"must be one of {', '.join(allowed)}"))
-    for name in ("pose_gain", "expression_gain"):
-        if not 0 <= getattr(m, name) <= MAX_MOTION_GAIN:  # also rejects NaN
-            out.append(_bad(f"motion.{name}", getattr(m, name), f"must be in [0, {MAX_MOTION_GAIN:g}]"))
-    return out

@@ -15,6 +15,18 @@ EMOTION_FILE_SUFFIXES: tuple[str, ...] = EMOTION_PRIOR_SUFFIXES + EMOTION_TIMELI
 
 #: Face detectors by name (``auto``: YOLOv5-face when its file is present, else insightface, else dlib).
 DETECTOR_NAMES: tuple[str, ...] = ("auto", "yolo", "insightface", "dlib")
+
+#: Floating-point precisions by name, each with the ``torch`` attribute of its dtype (a string: this module
+#: imports nothing; :func:`portrait.weights.load.torch_dtype` does the lookup).
+PRECISIONS: dict[str, str] = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+#: ``runtime.dtype`` / ``--dtype``: ``auto`` (fp16 on CUDA, fp32 elsewhere) or a precision.
+RUNTIME_DTYPES: tuple[str, ...] = ("auto", *PRECISIONS)
+#: Precisions of stored tensors: ``convert --dtype`` (which adds ``keep``), ``train prepare --store-dtype``.
+STORE_DTYPES: tuple[str, ...] = ("fp16", "fp32")
+#: ``runtime.compile``: off, the repeated UNet blocks one class at a time (short compile), or the whole UNet.
+COMPILE_MODES: tuple[str, ...] = ("off", "blocks", "full")
+#: ``runtime.offload``: everything on the GPU, whole models on the CPU when idle, or layer-by-layer offload.
+OFFLOAD_MODES: tuple[str, ...] = ("none", "model", "sequential")
 #: Which face to animate among several: the reference's ``maxface`` rule, or the true largest.
 FACE_SELECTIONS: tuple[str, ...] = ("reference", "largest")
 

@@ -16,7 +16,14 @@ from portrait.errors import HINT_USE_CPU, InputError, WeightsError
 from portrait.layout import AUDIO_PREPROCESSOR_FILE
 from portrait.pipeline import PortraitPipeline
 from portrait.preprocess.detectors import FaceDetector, detector_from_name
-from portrait.weights.load import load_component, load_emotion_bank, load_pipeline, resolve_weights_root
+from portrait.weights.load import (
+    has_component,
+    load_component,
+    load_emotion_bank,
+    load_pipeline,
+    resolve_weights_root,
+    torch_dtype,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +56,9 @@ def resolve_device(name: str) -> torch.device:
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """``auto`` → fp16 on CUDA (the reference), fp32 on CPU."""
-    table = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
     if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return table[name]
+        return torch_dtype("fp16" if device.type == "cuda" else "fp32")
+    return torch_dtype(name)
 
 
 def load_engine(cfg: RenderConfig, detector: str | FaceDetector = "auto") -> Engine:
@@ -67,7 +73,7 @@ def load_engine(cfg: RenderConfig, detector: str | FaceDetector = "auto") -> Eng
     dtype = resolve_dtype(cfg.runtime.dtype, device)
     offload = cfg.runtime.offload != "none" and device.type == "cuda"
     pipe = load_pipeline(root, device="cpu" if offload else device, dtype=dtype)
-    if (root / "landmark_guider" / "config.json").is_file():  # optional: steers the head from --motion
+    if has_component(root, "landmark_guider"):  # optional: steers the head from --motion
         guider = load_component("landmark_guider", root, "cpu" if offload else device, dtype)
         pipe.register_modules(landmark_guider=guider)
     apply_runtime_options(pipe, cfg.runtime.offload if offload else "none", cfg.runtime.compile, device)
@@ -77,14 +83,14 @@ def load_engine(cfg: RenderConfig, detector: str | FaceDetector = "auto") -> Eng
         raise WeightsError(f"cannot read {root / AUDIO_PREPROCESSOR_FILE}: {err}") from err
     interpolator = None
     if cfg.video.interpolate:
-        if (root / "interpolation" / "config.json").is_file():
+        if has_component(root, "interpolation"):
             interpolator = load_component("interpolation", root, device, torch.float32)
         else:
             logger.warning("no frame-interpolation weights in %s/interpolation: writing 12.5 fps video", root)
     if isinstance(detector, str):
         detector = detector_from_name(detector, root, yolo_sha256=cfg.preprocess.yolo_sha256)
     embedder = None
-    if (root / "emotion_embedder" / "config.json").is_file():  # optional: --emotion-from, docs/emotion.md
+    if has_component(root, "emotion_embedder"):  # optional: --emotion-from, docs/emotion.md
         embedder = load_component("emotion_embedder", root, device, torch.float32)
     return Engine(
         pipe,

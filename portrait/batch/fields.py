@@ -1,4 +1,5 @@
-"""Typed values of one manifest line: strings, paths, numbers, booleans, face boxes, ``set`` overrides.
+"""Typed values of one manifest line: strings, paths (inputs, the confined output), numbers, booleans, face
+boxes, ``set`` overrides.
 
 Each parser raises :class:`LineError` naming the key; the line then becomes an ``InvalidLine``.
 """
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import yaml
@@ -32,6 +33,25 @@ def text_value(value: Any, key: str) -> str:
 def input_path(value: Any, key: str, base: Path) -> Path:
     path = Path(text_value(value, key)).expanduser()
     return Path(os.path.normpath(path if path.is_absolute() else base / path))
+
+
+def output_path(value: Any, out_root: Path) -> Path:
+    """``output``: a relative ``.mp4`` name joined to ``out_root``; refuses what could land outside it."""
+    name = text_value(value, "output")
+    if (
+        PurePosixPath(name).is_absolute()
+        or PureWindowsPath(name).is_absolute()
+        or PureWindowsPath(name).drive
+    ):
+        raise LineError(f"output {name!r} is an absolute path; give a name relative to --out-dir")
+    if ".." in PurePosixPath(name.replace("\\", "/")).parts:
+        raise LineError(f"output {name!r} contains '..'; outputs must stay inside --out-dir")
+    if not name.lower().endswith(".mp4") or name.lower().endswith(".partial.mp4"):
+        raise LineError(f"output {name!r} must end in .mp4 (and not .partial.mp4)")
+    path = (out_root / name).resolve()
+    if not path.is_relative_to(out_root):
+        raise LineError(f"output {name!r} resolves to {path}, outside --out-dir {out_root}")
+    return path
 
 
 def integer_value(value: Any, key: str, minimum: int | None = None) -> int:

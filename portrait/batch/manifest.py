@@ -20,7 +20,7 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any
 
 from portrait.batch.fields import (
@@ -30,10 +30,12 @@ from portrait.batch.fields import (
     input_path,
     integer_value,
     number_value,
+    output_path,
     set_values,
     text_value,
 )
 from portrait.boxes import Box
+from portrait.config import read_text_file
 from portrait.constants import (
     EMOTION_EMBEDDERS,
     EMOTION_FILE_SUFFIXES,
@@ -162,16 +164,7 @@ def read_manifest(path: Path, out_dir: Path) -> list[ManifestJob | InvalidLine]:
         InputError: the manifest is missing, unreadable, not UTF-8, has a bad CSV header or has no job.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError as err:
-        raise InputError(f"manifest {path} does not exist") from err
-    except IsADirectoryError as err:
-        raise InputError(f"manifest {path} is a folder; give a .jsonl or .csv file") from err
-    except OSError as err:
-        raise InputError(f"cannot read manifest {path}: {err.strerror or err}") from err
-    except UnicodeDecodeError as err:
-        raise InputError(f"manifest {path} is not UTF-8 text: {err}") from err
+    text = read_text_file(path, "manifest", InputError)
     suffix = path.suffix.lower()
     is_csv = suffix == ".csv" or (suffix not in (".jsonl", ".ndjson", ".json") and not _looks_like_json(text))
     rows = _csv_rows(text, path) if is_csv else _jsonl_rows(text)
@@ -288,7 +281,7 @@ def _job_from_row(line: int, row: Mapping[str, Any], base: Path, out_root: Path)
     if Path(emotion).suffix.lower() in EMOTION_FILE_SUFFIXES:
         emotion = str(input_path(emotion, "emotion", base))
     if "output" in row:
-        output = _confine_output(text_value(row["output"], "output"), out_root)
+        output = output_path(row["output"], out_root)
     else:
         output = out_root / f"{line}_{image.stem}_{audio.stem}.mp4"
     values: list[tuple[str, Any]] = []
@@ -355,26 +348,6 @@ def _qa(row: Mapping[str, Any]) -> tuple[float, int] | None:
     if retries > MAX_QA_RETRIES:
         raise LineError(f"'qa_retries' must be <= {MAX_QA_RETRIES}, got {retries}")
     return (threshold, retries)
-
-
-def _confine_output(name: str, out_root: Path) -> Path:
-    """``name`` (relative, ``.mp4``) joined to ``out_root``; refuses anything that could land outside it."""
-    if not name.strip():
-        raise LineError("'output' is empty")
-    if (
-        PurePosixPath(name).is_absolute()
-        or PureWindowsPath(name).is_absolute()
-        or PureWindowsPath(name).drive
-    ):
-        raise LineError(f"output {name!r} is an absolute path; give a name relative to --out-dir")
-    if ".." in PurePosixPath(name.replace("\\", "/")).parts:
-        raise LineError(f"output {name!r} contains '..'; outputs must stay inside --out-dir")
-    if not name.lower().endswith(".mp4") or name.lower().endswith(".partial.mp4"):
-        raise LineError(f"output {name!r} must end in .mp4 (and not .partial.mp4)")
-    path = (out_root / name).resolve()
-    if not path.is_relative_to(out_root):
-        raise LineError(f"output {name!r} resolves to {path}, outside --out-dir {out_root}")
-    return path
 
 
 def _reject_duplicates(entries: list[ManifestJob | InvalidLine]) -> list[ManifestJob | InvalidLine]:

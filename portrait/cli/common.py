@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from portrait.constants import DETECTOR_NAMES, RUNTIME_DTYPES
 from portrait.errors import (
     HINT_DLIB_DETECTOR,
     HINT_FACE_BOX,
@@ -23,7 +24,6 @@ from portrait.errors import (
 logger = logging.getLogger(__name__)
 
 _HANDLER_MARK = "_portrait_cli_handler"
-DETECTORS = ("auto", "yolo", "insightface", "dlib")
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -35,12 +35,11 @@ def add_runtime_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGr
     )  # fmt: skip
     parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: auto)")
     parser.add_argument(
-        "--dtype",
-        default=None,
-        choices=("auto", "fp16", "bf16", "fp32"),
-        help="default: fp16 on CUDA, fp32 on CPU",
+        "--dtype", default=None, choices=RUNTIME_DTYPES, help="default: fp16 on CUDA, fp32 on CPU"
     )
-    parser.add_argument("--detector", default="auto", choices=DETECTORS, help="face detector (default: auto)")
+    parser.add_argument(
+        "--detector", default="auto", choices=DETECTOR_NAMES, help="face detector (default: auto)"
+    )
     parser.add_argument(
         "--yolo-sha256", default=None, metavar="HEX",
         help="sha256 of a face_detector/yoloface_v5m.pt you trust (TorchScript runs code while it loads; "

@@ -103,12 +103,12 @@ def _check_emotions(root: Path) -> Check:
 
 
 def _optional_checks(root: Path) -> list[Check]:
+    from portrait.weights.load import has_component
     from portrait.weights.sources import FACE_DETECTOR_DIR, YOLO_FILE
 
     checks = []
     for comp in OPTIONAL_COMPONENTS:
-        files = [root / comp.name / comp.config_file, root / comp.name / str(comp.weights_file)]
-        present = all(f.is_file() for f in files)
+        present = has_component(root, comp.name) and (root / comp.name / str(comp.weights_file)).is_file()
         checks.append(
             Check(comp.name, present, "present" if present else "absent (optional)", required=False)
         )

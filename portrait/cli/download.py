@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from portrait.cli.common import add_weights_argument
-from portrait.constants import EXIT_OK
+from portrait.constants import EXIT_OK, STORE_DTYPES
 
 
 def add_download_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +49,7 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     for flag, dest, help_text in folders:
         parser.add_argument(flag, dest=dest, type=Path, required=True, metavar=dest.upper(), help=help_text)
-    dtypes = ("keep", "fp16", "fp32")
+    dtypes = ("keep", *STORE_DTYPES)
     parser.add_argument(
         "--dtype", choices=dtypes, default="keep", help="dtype of the tensors written (keep: the source's)"
     )

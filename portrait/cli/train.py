@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from portrait.constants import EXIT_OK
+from portrait.constants import EXIT_OK, STORE_DTYPES
 from portrait.errors import ConfigError, InputError
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     prep.add_argument("--size", type=int, default=512, help="short side of the working size (default 512)")
     prep.add_argument("--max-frames", type=int, default=250, help="frames kept per video at 12.5 fps")
     prep.add_argument("--val-fraction", type=float, default=0.1, help="share of speakers held out")
-    prep.add_argument("--store-dtype", choices=("fp16", "fp32"), default="fp16")
+    prep.add_argument("--store-dtype", choices=STORE_DTYPES, default="fp16", help="of latents and audio")
     prep.add_argument("--device", default="cpu", help="device of the frozen encoders (default cpu)")
     for name, text in (("embedder", "train the audio-visual emotion embedder"),
                        ("motion", "train the landmark guider (release weights frozen)")):  # fmt: skip
@@ -82,10 +82,13 @@ def _read_config(path: Path | None) -> dict[str, Any]:
         return {}
     import yaml
 
+    from portrait.config import read_text_file
+
+    text = read_text_file(path, "training config")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"cannot read training config {path}: {err}") from err
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"training config {path} is not valid YAML: {err}") from err
     if not isinstance(data, dict):
         raise ConfigError(f"training config {path} must be a mapping")
     return data

@@ -24,12 +24,12 @@ def install_component(out: Path, weights_root: Path) -> list[str]:
     Returns:
         The names installed. Raises InputError when ``out`` holds none or ``weights_root`` is no tree.
     """
+    from portrait.weights.load import check_tree, has_component, load_component
     from portrait.weights.manifest import write_manifest
-    from portrait.weights.load import check_tree, load_component
 
     out, weights_root = Path(out), Path(weights_root)
     check_tree(weights_root)
-    names = [n for n in TRAINED_COMPONENTS if (out / n / "config.json").is_file()]
+    names = [n for n in TRAINED_COMPONENTS if has_component(out, n)]
     if not names:
         raise InputError(f"{out} holds no trained component ({', '.join(TRAINED_COMPONENTS)}/config.json)")
     for name in names:

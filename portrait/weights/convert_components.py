@@ -20,15 +20,18 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from portrait.constants import STORE_DTYPES
 from portrait.errors import WeightsError
 from portrait.layout import AUDIO_PREPROCESSOR_FILE, component
 from portrait.weights import release as rel
+from portrait.weights.load import torch_dtype
 from portrait.weights.release import RELEASE_DIR, SVD_DIR, WHISPER_DIR
 from portrait.weights.release_config import unet_config
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"keep": None, "fp16": torch.float16, "fp32": torch.float32}
+#: ``convert --dtype``: ``keep`` the source's dtypes, or a stored precision.
+DTYPES: dict[str, torch.dtype | None] = {"keep": None} | {name: torch_dtype(name) for name in STORE_DTYPES}
 _IP_KEY = re.compile(r"^(?P<attn>.+)\.processor\.to_(?P<kv>[kv])_ip\.\d+\.weight$")
 
 

@@ -8,6 +8,7 @@ the key, never a silently random or stale weight (the reference loads two checkp
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import importlib
 import json
 import logging
@@ -19,8 +20,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from portrait.errors import WeightsError
-from portrait.files import sha256_file
+from portrait.constants import PRECISIONS
+from portrait.errors import ConfigError, WeightsError
 from portrait.layout import (
     COMPONENTS,
     EMOTION_PRIOR_KEY,
@@ -37,7 +38,7 @@ logger = logging.getLogger(__name__)
 WEIGHTS_ENV = "PORTRAIT_WEIGHTS"
 #: Keys a component's model may define that its file may lack (fnmatch patterns). Empty lists are the rule.
 EXPECTED_MISSING: dict[str, tuple[str, ...]] = {"image_encoder": ("*.position_ids",)}
-#: Components that run in float32 whatever the pipeline dtype (the reference's precision map, compat §11.3b).
+#: Components that run in float32 whatever the pipeline dtype (the reference's precision map, compat §11).
 FP32_COMPONENTS = frozenset({"audio_encoder", "audio_projector", "emotion_model"})
 
 _PORTRAIT_CLASSES = {
@@ -65,6 +66,20 @@ def resolve_weights_root(root: str | Path | None = None) -> Path:
     return Path(env).expanduser() if env else Path("weights")
 
 
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a precision name (``fp16``, ``bf16``, ``fp32``; see ``constants.PRECISIONS``)."""
+    if name not in PRECISIONS:
+        raise ConfigError(f"unknown precision {name!r}; choose one of {', '.join(PRECISIONS)}")
+    return getattr(torch, PRECISIONS[name])
+
+
+def has_component(root: Path, name: str) -> bool:
+    """Whether the tree (or training output) at ``root`` holds the component ``name``: its config file is
+    there (loading it checks the rest). Used for the optional components of ``layout.OPTIONAL_COMPONENTS``."""
+    comp = component(name)
+    return (Path(root) / comp.name / comp.config_file).is_file()
+
+
 def missing_files(root: Path) -> list[str]:
     """Relative paths of the files a complete tree needs and ``root`` lacks."""
     needed = []
@@ -84,6 +99,15 @@ def check_tree(root: Path) -> None:
         raise WeightsError(f"weights tree {root} is incomplete, missing: {', '.join(missing)}; {_FIX}")
 
 
+def file_sha256(path: Path, block: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def verify_manifest(root: Path) -> list[str]:
     """Files of ``root`` whose sha256 differs from ``manifest.json`` (or are missing). Reads every file."""
     manifest_path = root / MANIFEST_FILE
@@ -93,7 +117,7 @@ def verify_manifest(root: Path) -> list[str]:
     bad = []
     for rel, digest in sorted(files.items()):
         path = root / rel
-        if not path.is_file() or sha256_file(path) != digest:
+        if not path.is_file() or file_sha256(path) != digest:
             bad.append(rel)
     return bad
 
@@ -212,7 +236,7 @@ def load_pipeline(
     """Build a :class:`~portrait.pipeline.PortraitPipeline` from a weights tree.
 
     The UNet, VAE, image encoder and pose guider are loaded in ``dtype``; the audio encoder, audio
-    projector and emotion model in float32 (compat §11.3b).
+    projector and emotion model in float32 (compat §11).
     """
     from portrait.pipeline import PortraitPipeline
 

@@ -9,14 +9,18 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from portrait.errors import WeightsError
+from portrait.constants import PRECISIONS, RUNTIME_DTYPES, STORE_DTYPES
+from portrait.errors import ConfigError, WeightsError
+from portrait.layout import OPTIONAL_COMPONENTS
 from portrait.weights.load import (
     WEIGHTS_ENV,
     check_tree,
+    has_component,
     load_component,
     load_emotion_bank,
     load_pipeline,
     resolve_weights_root,
+    torch_dtype,
     verify_manifest,
 )
 
@@ -35,7 +39,7 @@ def test_pipeline_loads_strictly_with_the_reference_precision_map(tiny_weights):
     pipe = load_pipeline(tiny_weights, dtype=torch.float16)
     assert pipe.unet.dtype == pipe.vae.dtype == pipe.pose_guider.dtype == torch.float16
     assert pipe.image_encoder.dtype == torch.float16
-    for name in ("audio_projector", "emotion_model", "audio_encoder"):  # fp32 in the reference (spec 11.3b)
+    for name in ("audio_projector", "emotion_model", "audio_encoder"):  # fp32 in the reference (compat §11)
         assert next(getattr(pipe, name).parameters()).dtype == torch.float32
     assert not any(p.is_meta for p in pipe.unet.parameters())
 
@@ -80,3 +84,20 @@ def test_emotion_bank(tiny_weights):
     bank = load_emotion_bank(tiny_weights)
     assert sorted(bank) == ["angry", "contempt", "disgusted", "fear", "happy", "neutral", "sad", "surprised"]
     assert all(v.shape == (1, 256) and v.dtype == torch.float32 for v in bank.values())
+
+
+def test_precision_names_map_to_torch_dtypes():
+    assert [torch_dtype(name) for name in PRECISIONS] == [torch.float16, torch.bfloat16, torch.float32]
+    assert RUNTIME_DTYPES == ("auto", *PRECISIONS) and set(STORE_DTYPES) <= set(PRECISIONS)
+    with pytest.raises(ConfigError, match="unknown precision 'fp8'"):
+        torch_dtype("fp8")
+
+
+def test_has_component_looks_for_the_config_file(tmp_path):
+    assert not any(has_component(tmp_path, comp.name) for comp in OPTIONAL_COMPONENTS)
+    (tmp_path / "landmark_guider").mkdir()
+    assert not has_component(tmp_path, "landmark_guider")  # a folder alone is no component
+    (tmp_path / "landmark_guider" / "config.json").write_text("{}")
+    assert has_component(tmp_path, "landmark_guider") and not has_component(tmp_path, "interpolation")
+    with pytest.raises(KeyError, match="unknown component"):
+        has_component(tmp_path, "nope")
