@@ -28,11 +28,13 @@ import torch
 from PIL import Image
 
 from portrait.errors import InputError, NoFaceError, PortraitError
+from portrait.files import write_json_atomic
 from portrait.models.audio import frame_audio_windows, whisper_hidden_states
 from portrait.models.identity import LATENT_SCALE, encode_clip_image, encode_reference_latents
 from portrait.motion.maps import render_motion_maps
 from portrait.motion.track import track_frames
-from portrait.preprocess.audio import audio_features, load_audio
+from portrait.preprocess.audio import load_audio
+from portrait.preprocess.audio_features import audio_features
 from portrait.preprocess.face import crop_image, reference_crop_box, select_face
 from portrait.preprocess.face_expressions import crop_face
 from portrait.preprocess.image import prepare_portrait, to_tensor
@@ -46,7 +48,6 @@ from portrait.training.data import (
     canonical_emotion,
     speaker_split,
     weights_hash,
-    write_json_atomic,
 )
 from portrait.weights.load import torch_dtype
 
@@ -196,7 +197,7 @@ def _check_settings(cache: Path, settings: PrepareSettings, digest: str) -> None
             )
             raise InputError(f"the cache {cache} was made with {what}; use a new --out folder")
     else:
-        write_json_atomic(path, wanted)
+        write_json_atomic(path, wanted, indent=1, sort_keys=True)
 
 
 def build_index(cache: Path, sources: Sequence[Source], settings: PrepareSettings, digest: str) -> dict:
@@ -222,7 +223,7 @@ def build_index(cache: Path, sources: Sequence[Source], settings: PrepareSetting
         "entries": entries, "bad": bad, "sources": len(sources),
         "complete": len(entries) + len(bad) == len(sources),
     }  # fmt: skip
-    write_json_atomic(cache / INDEX_FILE, index)
+    write_json_atomic(cache / INDEX_FILE, index, indent=1, sort_keys=True)
     return index
 
 
@@ -260,7 +261,8 @@ def prepare_cache(
             kind = "no_face" if isinstance(err, NoFaceError) else "unusable"
             logger.warning("skipping %s: %s", source.path, err)
             write_json_atomic(record, {"id": source.id, "path": str(source.path), "reason": kind,
-                                       "error": " ".join(str(err).split())})  # fmt: skip
+                                       "error": " ".join(str(err).split())},
+                              indent=1, sort_keys=True)  # fmt: skip
         else:
             meta = {"id": source.id, "speaker": source.speaker, "emotion": canonical_emotion(source.emotion),
                     "level": str(source.level), "frames": str(tensors["latents"].shape[0])}  # fmt: skip

@@ -8,7 +8,6 @@ the key, never a silently random or stale weight (the reference loads two checkp
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import importlib
 import json
 import logging
@@ -22,6 +21,7 @@ from safetensors.torch import load_file
 
 from portrait.constants import PRECISIONS
 from portrait.errors import ConfigError, WeightsError
+from portrait.files import sha256_file
 from portrait.layout import (
     COMPONENTS,
     EMOTION_PRIOR_KEY,
@@ -99,15 +99,6 @@ def check_tree(root: Path) -> None:
         raise WeightsError(f"weights tree {root} is incomplete, missing: {', '.join(missing)}; {_FIX}")
 
 
-def file_sha256(path: Path, block: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def verify_manifest(root: Path) -> list[str]:
     """Files of ``root`` whose sha256 differs from ``manifest.json`` (or are missing). Reads every file."""
     manifest_path = root / MANIFEST_FILE
@@ -117,7 +108,7 @@ def verify_manifest(root: Path) -> list[str]:
     bad = []
     for rel, digest in sorted(files.items()):
         path = root / rel
-        if not path.is_file() or file_sha256(path) != digest:
+        if not path.is_file() or sha256_file(path) != digest:
             bad.append(rel)
     return bad
 
