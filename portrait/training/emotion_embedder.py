@@ -16,8 +16,6 @@ Held-out accuracy: argmax of the weights over whole validation-speaker clips.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,8 @@ from torch import nn
 from portrait.errors import InputError
 from portrait.layout import RELEASE_EMOTIONS
 from portrait.models.emotion_embedder import EmotionEmbedder
-from portrait.training.data import Cache, weights_hash
+from portrait.training.data import Cache
+from portrait.training.recipe import CachedRecipe
 
 logger = logging.getLogger(__name__)
 
@@ -39,34 +38,17 @@ DEFAULTS = {"dim": 256, "heads": 4, "clip_frames": 25, "contrastive": 0.5, "dist
             "target_std": 0.1, "temperature": 0.1}  # fmt: skip
 
 
-def export_component(model: nn.Module, out: Path, name: str) -> Path:
-    """``out/<name>/`` with ``config.json`` and the weights file the layout names for ``name``."""
-    from safetensors.torch import save_file
-
-    from portrait.layout import component
-
-    folder = out / name
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_config(folder)
-    state = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / component(name).weights_file))
-    return folder
-
-
-class EmbedderRecipe:
+class EmbedderRecipe(CachedRecipe):
     """Trains :class:`EmotionEmbedder` over the tree's bank; the release emotion model stays frozen."""
 
+    name = "embedder"
     component = "emotion_embedder"
+    defaults = DEFAULTS
 
     def __init__(self, cache: Cache, weights_root: Path, options: dict[str, Any], seed: int = 0) -> None:
         from portrait.weights.load import load_component, load_emotion_bank
 
-        self.opts = {**DEFAULTS, **options}
-        unknown = sorted(set(options) - set(DEFAULTS))
-        if unknown:
-            raise InputError(f"unknown embedder option(s) {', '.join(unknown)}; known: {', '.join(DEFAULTS)}")
-        cache.check_weights(weights_root)
-        self.cache, self.root = cache, Path(weights_root)
+        super().__init__(cache, weights_root, options)
         bank = load_emotion_bank(weights_root)
         # A render reads the K weights over RELEASE_EMOTIONS in that order (portrait.learned_emotion).
         self.names = list(RELEASE_EMOTIONS)
@@ -85,9 +67,7 @@ class EmbedderRecipe:
         self.bank = torch.cat([bank[n] for n in self.names])  # (K, D)
         self.neutral = self.names.index("neutral")
         self.emotion_model = load_component("emotion_model", weights_root).requires_grad_(False).eval()
-        self.clips = {e.id: cache.load(e.id) for e in cache.entries}
-        self.train_entries = cache.split("train")
-        self.val_entries = cache.split("val")
+        self._load_clips()
         first = next(iter(self.clips.values()))
         blocks, channels = first["audio"].shape[2:]
         with torch.random.fork_rng(devices=[]):
@@ -97,15 +77,6 @@ class EmbedderRecipe:
                 visual_dim=int(first["expression"].shape[1]), dim=int(self.opts["dim"]),
                 heads=int(self.opts["heads"]), bank_size=len(self.names), prior_dim=self.bank.shape[1],
             )  # fmt: skip
-        self.device = torch.device("cpu")
-
-    def identity(self) -> dict[str, Any]:
-        index = json.dumps(self.cache.index["entries"], sort_keys=True).encode()
-        return {
-            "recipe": "embedder",
-            "weights": weights_hash(self.root),
-            "cache": hashlib.sha256(index).hexdigest(),
-        }
 
     def to(self, device: torch.device) -> None:
         self.device = torch.device(device)
@@ -203,6 +174,3 @@ class EmbedderRecipe:
         hits = [int(self.predict(model, e)["weights"].argmax(-1)) == self.names.index(e.emotion)
                 for e in self.val_entries]  # fmt: skip
         return {"val_accuracy": sum(hits) / len(hits), "val_clips": float(len(hits))}
-
-    def export(self, model: nn.Module, out: Path) -> Path:
-        return export_component(model, out, self.component)

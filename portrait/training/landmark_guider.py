@@ -18,8 +18,6 @@ branch (no image embedding, zero conditioning latents, unconditional audio and e
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -30,8 +28,8 @@ from torch import nn
 from portrait.errors import InputError
 from portrait.models.landmark_guider import LandmarkGuider
 from portrait.motion.landmarks import MOUTH
-from portrait.training.data import Cache, weights_hash
-from portrait.training.emotion_embedder import export_component
+from portrait.training.data import Cache
+from portrait.training.recipe import CachedRecipe
 
 logger = logging.getLogger(__name__)
 
@@ -69,24 +67,21 @@ def region_weights(
     return (1 + inside(landmarks) + 2 * inside(landmarks[:, MOUTH]))[:, None]
 
 
-class MotionRecipe:
+class MotionRecipe(CachedRecipe):
     """Trains a :class:`LandmarkGuider` warm-started from the release pose guider (``conv_out`` zero)."""
 
+    name = "motion"
     component = "landmark_guider"
+    defaults = DEFAULTS
 
     def __init__(
         self, cache: Cache, weights_root: Path, options: dict[str, Any], gradient_checkpointing: bool = False
     ) -> None:
         from portrait.weights.load import load_emotion_bank, load_pipeline
 
-        unknown = sorted(set(options) - set(DEFAULTS))
-        if unknown:
-            raise InputError(f"unknown motion option(s) {', '.join(unknown)}; known: {', '.join(DEFAULTS)}")
-        self.opts = {**DEFAULTS, **options}
-        if self.opts["lora"]:
+        if options.get("lora"):
             raise InputError("LoRA fine-tuning of the UNet is not implemented (peft is not installed here)")
-        cache.check_weights(weights_root)
-        self.cache, self.root = cache, Path(weights_root)
+        super().__init__(cache, weights_root, options)
         self.pipe = load_pipeline(weights_root, with_audio_encoder=False)
         for module in self.pipe.components.values():
             if isinstance(module, nn.Module):
@@ -103,21 +98,10 @@ class MotionRecipe:
         config = dict(self.pipe.pose_guider.config)
         config = {k: v for k, v in config.items() if not k.startswith("_")}
         self.model = LandmarkGuider.from_pose_guider(self.pipe.pose_guider.state_dict(), **config)
-        self.clips = {e.id: cache.load(e.id) for e in cache.entries}
-        self.train_entries = cache.split("train")
-        self.val_entries = cache.split("val")
+        self._load_clips()
         short = [e.id for e in cache.entries if e.frames < 2]
         if short:
             raise InputError(f"cached clips too short to train on: {', '.join(short)}")
-        self.device = torch.device("cpu")
-
-    def identity(self) -> dict[str, Any]:
-        index = json.dumps(self.cache.index["entries"], sort_keys=True).encode()
-        return {
-            "recipe": "motion",
-            "weights": weights_hash(self.root),
-            "cache": hashlib.sha256(index).hexdigest(),
-        }
 
     def to(self, device: torch.device) -> None:
         self.device = torch.device(device)
@@ -216,6 +200,3 @@ class MotionRecipe:
 
     def validate(self, model: nn.Module) -> dict[str, float]:
         return {"val_loss": self._fixed(model, self.val_entries)} if self.val_entries else {}
-
-    def export(self, model: nn.Module, out: Path) -> Path:
-        return export_component(model, out, self.component)
