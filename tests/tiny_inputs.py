@@ -1,14 +1,18 @@
-"""Inputs shared by the tests: seeded tiny-pipeline tensors, and a web-demo studio on a weights tree."""
+"""Inputs shared by the tests: seeded tiny-pipeline tensors, a web-demo studio on a weights tree, and a folder
+of batch inputs with its manifest."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import shutil
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
 
 #: Working size of the tiny pipeline tests.
 H = W = 64
+ASSETS = Path(__file__).resolve().parents[1] / "portrait" / "assets"
 
 
 def pipeline_inputs(num_frames: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -23,6 +27,16 @@ def pipeline_inputs(num_frames: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
     return ref, clip, mask, windows, prior
 
 
+def guided_weights_tree(root: Path) -> Path:
+    """A tiny portrait-layout weights tree (seed 0) plus a non-zero landmark guider: the stand-in for a
+    fine-tuned one, so ``--motion`` steers the render."""
+    from portrait.testing.trees import write_tiny_landmark_guider, write_tiny_weights
+
+    write_tiny_weights(root, layout="portrait", seed=0)
+    write_tiny_landmark_guider(root, seed=0)
+    return root
+
+
 def studio_on(weights: Path, workspace_dir: Path, steps: int) -> Iterator:
     """A loaded :class:`~portrait.app.handler.Studio` (dlib detector, 3 s of audio) for a module fixture."""
     from portrait.app.handler import Studio
@@ -34,3 +48,24 @@ def studio_on(weights: Path, workspace_dir: Path, steps: int) -> Iterator:
     studio.engine()
     yield studio
     studio.workspace.cleanup()
+
+
+def batch_inputs(
+    folder: Path, portraits: Sequence[str] = ("anna.jpg",), speech: str = "hello.wav", seconds: float = 1.2
+) -> Path:
+    """``folder`` with the sample portrait under each relative name of ``portraits`` and the first
+    ``seconds`` of the sample speech as ``speech`` (short audio keeps tiny renders fast)."""
+    import soundfile as sf
+
+    for name in portraits:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ASSETS / "sample_portrait.jpg", folder / name)
+    samples, rate = sf.read(ASSETS / "sample_speech.wav")
+    sf.write(folder / speech, samples[: int(seconds * rate)], rate)
+    return folder
+
+
+def write_manifest(path: Path, rows: Sequence[object]) -> Path:
+    """A JSONL manifest: a dict row is written as JSON, a string row as it is (blank, comment, bad JSON)."""
+    path.write_text("\n".join(row if isinstance(row, str) else json.dumps(row) for row in rows) + "\n")
+    return path

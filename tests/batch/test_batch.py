@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-import soundfile as sf
+from tiny_inputs import batch_inputs, write_manifest
 
 from portrait.batch import main as batch
 from portrait.batch.main import Batch, BatchOptions, main
@@ -21,24 +21,13 @@ from portrait.batch.worker import Worker, WorkerSettings, is_done, remove_stale
 from portrait.config import load_config, with_values
 from portrait.errors import InputError
 
-ASSETS = Path(__file__).resolve().parents[2] / "portrait" / "assets"
 FAST = ["--steps", "2", "--size", "64", "--no-interpolate", "--device", "cpu", "--quiet"]
 
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> Path:
-    """A folder with two portraits and a 1.2-s speech clip (short audio keeps tiny renders fast)."""
-    folder = tmp_path_factory.mktemp("inputs")
-    shutil.copy(ASSETS / "sample_portrait.jpg", folder / "anna.jpg")
-    shutil.copy(ASSETS / "sample_portrait.jpg", folder / "bert.jpg")
-    samples, rate = sf.read(ASSETS / "sample_speech.wav")
-    sf.write(folder / "hello.wav", samples[: int(1.2 * rate)], rate)
-    return folder
-
-
-def write_lines(path: Path, lines: list[object]) -> Path:
-    path.write_text("\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines) + "\n")
-    return path
+    """A folder with two portraits and a 1.2-s speech clip."""
+    return batch_inputs(tmp_path_factory.mktemp("inputs"), ("anna.jpg", "bert.jpg"))
 
 
 def results(out: Path, name: str = "results.jsonl") -> dict[int, dict]:
@@ -61,7 +50,7 @@ def test_missing_empty_and_folder_manifests_raise(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         read_manifest(tmp_path / "nope.jsonl", tmp_path / "out")
     with pytest.raises(InputError, match="no jobs"):
-        read_manifest(write_lines(tmp_path / "empty.jsonl", ["", "# only a comment"]), tmp_path)
+        read_manifest(write_manifest(tmp_path / "empty.jsonl", ["", "# only a comment"]), tmp_path)
     with pytest.raises(InputError, match="folder"):
         read_manifest(tmp_path, tmp_path / "out")
     assert main([str(tmp_path / "nope.jsonl"), "--out-dir", str(tmp_path / "o")]) == 1
@@ -70,7 +59,7 @@ def test_missing_empty_and_folder_manifests_raise(tmp_path):
 
 def test_jsonl_bad_lines_are_reported_with_their_line_numbers(tmp_path):
     ok = {"image": "a.jpg", "audio": "a.wav"}
-    manifest = write_lines(
+    manifest = write_manifest(
         tmp_path / "jobs.jsonl",
         [
             ok,  # 1
@@ -162,7 +151,7 @@ def test_output_through_a_symlink_cannot_escape(tmp_path):
     out.mkdir()
     outside.mkdir()
     (out / "link").symlink_to(outside)
-    manifest = write_lines(
+    manifest = write_manifest(
         tmp_path / "m.jsonl", [{"image": "a.jpg", "audio": "a.wav", "output": "link/x.mp4"}]
     )
     (entry,) = read_manifest(manifest, out)
@@ -209,7 +198,7 @@ def test_shards_partition_the_manifest():
 # ------------------------------------------------------------------------------------------ rendering
 def mixed_manifest(inputs: Path) -> Path:
     good = {"image": "anna.jpg", "audio": "hello.wav"}
-    return write_lines(
+    return write_manifest(
         inputs / "mixed.jsonl",
         [
             {**good, "emotion": "happy"},  # 1
@@ -282,7 +271,7 @@ def test_rerun_skips_finished_jobs(sharded, tiny_weights, capsys):
     assert "0 ok, 3 skipped, 0 failed, 4 invalid" in capsys.readouterr().err
     # the same jobs without the bad lines (blank lines keep the line numbers): all skipped → exit 0
     lines = manifest.read_text().splitlines()
-    clean = write_lines(
+    clean = write_manifest(
         manifest.with_name("clean.jsonl"), [x if i + 1 in GOOD else "" for i, x in enumerate(lines)]
     )
     assert main([str(clean), "--out-dir", str(out), "--weights", str(tiny_weights), *FAST]) == 0
@@ -291,7 +280,7 @@ def test_rerun_skips_finished_jobs(sharded, tiny_weights, capsys):
 def test_vanished_input_fails_its_job_and_a_stale_output_is_replaced(inputs, tiny_weights, tmp_path):
     folder = tmp_path / "in"
     shutil.copytree(inputs, folder)
-    manifest = write_lines(
+    manifest = write_manifest(
         folder / "m.jsonl",
         [
             {"image": "anna.jpg", "audio": "hello.wav", "output": "one.mp4"},
@@ -362,7 +351,7 @@ def fake(monkeypatch):
 
 
 def three_jobs(inputs: Path, name: str) -> Path:
-    return write_lines(inputs / name, [{"image": "anna.jpg", "audio": "hello.wav"}] * 3)
+    return write_manifest(inputs / name, [{"image": "anna.jpg", "audio": "hello.wav"}] * 3)
 
 
 def test_retries_then_fail_fast(fake, inputs, tiny_weights, tmp_path):

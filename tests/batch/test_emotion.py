@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
 from pathlib import Path
 
 import pytest
-import soundfile as sf
 from PIL import Image
+from tiny_inputs import batch_inputs, write_manifest
 
 from portrait.batch.main import main
 from portrait.batch.manifest import InvalidLine, ManifestJob, read_manifest
@@ -23,11 +22,6 @@ FAST += ["--detector", "dlib"]
 needs_dlib = pytest.mark.skipif(importlib.util.find_spec("dlib") is None, reason="dlib not installed")
 
 
-def _manifest(path: Path, rows: list[dict]) -> Path:
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    return path
-
-
 def test_constants_match_the_library_choices():
     from portrait.inputs import EMBEDDER_CHOICES
     from portrait.preprocess.emotion_from_reference import MODES
@@ -39,7 +33,7 @@ def test_constants_match_the_library_choices():
 
 def test_manifest_emotion_from_keys_become_job_fields_and_bad_values_are_invalid(tmp_path):
     job = {"image": "a.jpg", "audio": "a.wav"}
-    manifest = _manifest(
+    manifest = write_manifest(
         tmp_path / "m.jsonl",
         [
             {**job, "output": "plain.mp4"},
@@ -99,12 +93,7 @@ def test_manifest_emotion_from_keys_become_job_fields_and_bad_values_are_invalid
 
 @needs_dlib
 def test_batch_renders_emotion_from_and_bad_clips_are_invalid(tiny_weights, tmp_path):
-    inputs = tmp_path / "in"
-    (inputs / "clips").mkdir(parents=True)
-    shutil.copy(ASSETS / "sample_portrait.jpg", inputs / "face.jpg")
-    shutil.copy(ASSETS / "sample_portrait.jpg", inputs / "clips" / "smile.jpg")
-    samples, rate = sf.read(ASSETS / "sample_speech.wav", dtype="float32")
-    sf.write(inputs / "short.wav", samples[: int(0.6 * rate)], rate)
+    inputs = batch_inputs(tmp_path / "in", ("face.jpg", "clips/smile.jpg"), "short.wav", seconds=0.6)
     for name, side in (("smile.mp4", 384), ("small.mp4", 256)):  # the face is ~45 px wide at 256
         run_ffmpeg(
             ["-loop", "1", "-framerate", "10", "-i", media_path(ASSETS / "sample_portrait.jpg"), "-t", "1"]
@@ -115,7 +104,7 @@ def test_batch_renders_emotion_from_and_bad_clips_are_invalid(tiny_weights, tmp_
     Image.new("RGB", (200, 160), (128, 128, 128)).save(inputs / "clips" / "blank.png")
     (inputs / "clips" / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
     job = {"image": "face.jpg", "audio": "short.wav"}
-    manifest = _manifest(
+    manifest = write_manifest(
         inputs / "jobs.jsonl",
         [
             {**job, "output": "mean.mp4", "emotion_from": "clips/smile.jpg", "emotion_strength": 0.8},

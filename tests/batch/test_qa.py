@@ -3,30 +3,22 @@
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
-import soundfile as sf
+from tiny_inputs import batch_inputs, write_manifest
 
 from portrait.batch.main import main
 from portrait.batch.manifest import MAX_QA_RETRIES, InvalidLine, ManifestJob, read_manifest
 from portrait.batch.worker import qa_summary, remove_stale
 from portrait.eval.qa import QASettings
 
-ASSETS = Path(__file__).resolve().parents[2] / "portrait" / "assets"
 FAST = ["--steps", "1", "--size", "64", "--no-interpolate", "--device", "cpu", "--quiet"]
 FAST += ["--detector", "dlib"]
 
 
-def _manifest(path: Path, rows: list[object]) -> Path:
-    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
-    return path
-
-
 def test_manifest_qa_keys_become_job_settings_and_bad_values_are_invalid(tmp_path):
     job = {"image": "a.jpg", "audio": "a.wav"}
-    manifest = _manifest(
+    manifest = write_manifest(
         tmp_path / "m.jsonl",
         [
             {**job, "output": "plain.mp4"},
@@ -95,13 +87,9 @@ def test_batch_qa_job_retries_once_and_a_plain_job_is_unchanged(tiny_weights, tm
         return real(*args, **kwargs)
 
     monkeypatch.setattr(tools, "default_tools", counting)
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    shutil.copy(ASSETS / "sample_portrait.jpg", inputs / "face.jpg")
-    samples, rate = sf.read(ASSETS / "sample_speech.wav", dtype="float32")
-    sf.write(inputs / "short.wav", samples[: int(0.6 * rate)], rate)
+    inputs = batch_inputs(tmp_path / "in", ("face.jpg",), "short.wav", seconds=0.6)
     job = {"image": "face.jpg", "audio": "short.wav", "emotion": "happy"}
-    manifest = _manifest(
+    manifest = write_manifest(
         inputs / "jobs.jsonl",
         [
             {**job, "output": "qa.mp4", "emotion_qa": True, "qa_retries": 1, "qa_threshold": 1.0},

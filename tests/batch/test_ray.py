@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
 
 import pytest
-import soundfile as sf
+from tiny_inputs import batch_inputs, write_manifest
 
 ray = pytest.importorskip("ray")
 
@@ -21,7 +20,6 @@ from portrait.batch.worker import Worker, is_done  # noqa: E402
 from portrait.config import load_config  # noqa: E402
 from portrait.errors import PortraitError, WeightsError  # noqa: E402
 
-ASSETS = Path(__file__).resolve().parents[2] / "portrait" / "assets"
 HALF = 0.5  # CPUs per actor: two actors fit a 2-CPU Ray and leave room for the driver's tasks
 
 
@@ -36,16 +34,7 @@ def ray_session():
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("ray_inputs")
-    shutil.copy(ASSETS / "sample_portrait.jpg", folder / "anna.jpg")
-    samples, rate = sf.read(ASSETS / "sample_speech.wav")
-    sf.write(folder / "hello.wav", samples[: int(1.2 * rate)], rate)
-    return folder
-
-
-def write_jobs(path: Path, jobs: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(job) + "\n" for job in jobs))
-    return path
+    return batch_inputs(tmp_path_factory.mktemp("ray_inputs"))
 
 
 def results(out: Path) -> dict[int, dict]:
@@ -55,7 +44,7 @@ def results(out: Path) -> dict[int, dict]:
 def test_ray_renders_the_manifest_and_retries_a_killed_worker(inputs, tiny_weights, tmp_path):
     job = {"image": "anna.jpg", "audio": "hello.wav"}
     jobs = [{**job, "emotion": "happy"}, {**job, "output": "crash.mp4"}, {**job, "seed": 4}]
-    manifest = write_jobs(inputs / "ray.jsonl", jobs)
+    manifest = write_manifest(inputs / "ray.jsonl", jobs)
     out = tmp_path / "out"
     cfg = load_config(
         values={"runtime.weights": str(tiny_weights), "runtime.device": "cpu", "sampling.steps": 2,
@@ -80,7 +69,7 @@ def test_ray_renders_the_manifest_and_retries_a_killed_worker(inputs, tiny_weigh
     assert is_done(out / "crash.mp4") and (out / "crash.mp4").stat().st_size > 1000
 
     # The CLI on the same folder with one more job: three skipped, the new one rendered on Ray.
-    write_jobs(manifest, [*jobs, {**job, "emotion": "sad"}])
+    write_manifest(manifest, [*jobs, {**job, "emotion": "sad"}])
     args = [str(manifest), "--out-dir", str(out), "--engine", "ray", "--workers", "2"]
     args += ["--cpus-per-worker", str(HALF), "--weights", str(tiny_weights), "--device", "cpu"]
     args += ["--steps", "2", "--size", "64", "--no-interpolate", "--quiet"]
