@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -292,6 +292,38 @@ class YoloFaceDetector:
         return decode_yolo_rows(rows[0], (h1, w1), (h0, w0), self.conf_threshold, self.iou_threshold)
 
 
+def insightface_analysis(
+    root: Path,
+    modules: Sequence[str],
+    purpose: str,
+    model_name: str = INSIGHTFACE_MODEL,
+    det_size: tuple[int, int] = (640, 640),
+    hint: str | None = None,
+) -> Any:
+    """insightface's ``FaceAnalysis`` with ``modules`` (``"detection"``, ``"recognition"``, ...) of
+    ``root/models/<model_name>/*.onnx``, prepared on the CPU; it never downloads.
+
+    Raises:
+        WeightsError: naming ``purpose`` (and carrying ``hint``) when the .onnx files or insightface and
+            onnxruntime are missing.
+    """
+    model_dir = Path(root) / "models" / model_name
+    if not any(model_dir.glob("*.onnx")):
+        what = f"{purpose} needs insightface's {model_name} .onnx files in {model_dir}"
+        raise WeightsError(what, hint=hint)
+    try:
+        insightface_app = importlib.import_module("insightface.app")
+    except ImportError as error:
+        raise WeightsError(
+            f"{purpose} needs insightface and onnxruntime: pip install 'portrait[faces]'", hint=hint
+        ) from error
+    app = insightface_app.FaceAnalysis(
+        name=model_name, root=str(root), allowed_modules=list(modules), providers=["CPUExecutionProvider"]
+    )
+    app.prepare(ctx_id=-1, det_size=det_size)
+    return app
+
+
 class InsightFaceDetector:
     """insightface ``FaceAnalysis`` detector loaded from ``root/models/<name>/*.onnx`` (no download)."""
 
@@ -300,22 +332,9 @@ class InsightFaceDetector:
     def __init__(
         self, root: Path, model_name: str = INSIGHTFACE_MODEL, det_size: tuple[int, int] = (640, 640)
     ) -> None:
-        model_dir = Path(root) / "models" / model_name
-        if not any(model_dir.glob("*.onnx")):
-            raise WeightsError(
-                f"insightface model {model_name!r} not found: put its .onnx files in {model_dir}",
-                hint=HINT_DLIB_DETECTOR,
-            )
-        try:
-            insightface_app = importlib.import_module("insightface.app")
-        except ImportError as error:
-            raise WeightsError(
-                "the insightface detector needs insightface and onnxruntime: pip install 'portrait[faces]'"
-            ) from error
-        self._app = insightface_app.FaceAnalysis(
-            name=model_name, root=str(root), allowed_modules=["detection"], providers=["CPUExecutionProvider"]
+        self._app = insightface_analysis(
+            root, ["detection"], "the insightface detector", model_name, det_size, hint=HINT_DLIB_DETECTOR
         )
-        self._app.prepare(ctx_id=-1, det_size=det_size)
 
     def detect(self, image_bgr: np.ndarray) -> list[Face]:
         _check_bgr(image_bgr)
@@ -342,6 +361,8 @@ def detector_from_name(
     YOLO file that is not on the list is never loaded (a warning, once, names its digest). ``"yolo"``
     with such a file is a :class:`WeightsError` naming the digest to pass.
     """
+    if name not in DETECTOR_NAMES:
+        raise ConfigError(f"unknown face detector {name!r}; choose one of {', '.join(DETECTOR_NAMES)}")
     root = Path(weights_root) if weights_root is not None else None
     allowed = yolo_allow_list(yolo_sha256)
     if name == "auto":
@@ -359,8 +380,6 @@ def detector_from_name(
         logger.info("face detector: %s", name)
     if name == "dlib":
         return DlibDetector()
-    if name not in ("yolo", "insightface"):
-        raise ConfigError(f"unknown face detector {name!r}; choose one of {', '.join(DETECTOR_NAMES)}")
     if root is None:
         raise WeightsError(f"the {name} face detector needs a weights root (--weights or PORTRAIT_WEIGHTS)")
     if name == "yolo":
