@@ -2,8 +2,8 @@
 
 A weights tree is a folder holding one sub-folder per component, each with the component's architecture in
 ``config.json`` (or ``scheduler_config.json``) next to a single safetensors file, plus ``emotions/`` with one
-prior per emotion and ``manifest.json`` with the sha256 of every file. ``weights.py`` loads it,
-``convert.py`` writes it.
+prior per emotion and ``manifest.json`` with the sha256 of every file. :mod:`portrait.weights.load` reads it,
+:mod:`portrait.weights.convert` writes it.
 """
 
 from __future__ import annotations

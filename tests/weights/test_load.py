@@ -15,12 +15,10 @@ from portrait.layout import OPTIONAL_COMPONENTS
 from portrait.weights.load import (
     WEIGHTS_ENV,
     check_tree,
-    has_component,
     load_component,
     load_emotion_bank,
     load_pipeline,
     resolve_weights_root,
-    torch_dtype,
     verify_manifest,
 )
 
@@ -87,6 +85,8 @@ def test_emotion_bank(tiny_weights):
 
 
 def test_precision_names_map_to_torch_dtypes():
+    from portrait.weights.load import torch_dtype
+
     assert [torch_dtype(name) for name in PRECISIONS] == [torch.float16, torch.bfloat16, torch.float32]
     assert RUNTIME_DTYPES == ("auto", *PRECISIONS) and set(STORE_DTYPES) <= set(PRECISIONS)
     with pytest.raises(ConfigError, match="unknown precision 'fp8'"):
@@ -94,6 +94,8 @@ def test_precision_names_map_to_torch_dtypes():
 
 
 def test_has_component_looks_for_the_config_file(tmp_path):
+    from portrait.weights.load import has_component
+
     assert not any(has_component(tmp_path, comp.name) for comp in OPTIONAL_COMPONENTS)
     (tmp_path / "landmark_guider").mkdir()
     assert not has_component(tmp_path, "landmark_guider")  # a folder alone is no component
