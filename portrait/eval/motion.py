@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from portrait.boxes import Box
 from portrait.errors import InputError
 from portrait.eval.metric import Metric, available, unavailable
 from portrait.motion.landmarks import eye_opening, interocular
@@ -93,7 +94,7 @@ def blink_rate(ear: np.ndarray, fps: float, threshold: float | None = None) -> M
 
 
 def background_difference(
-    previous: np.ndarray, frame: np.ndarray, box: tuple[float, ...] | None, scale: float = 1.6
+    previous: np.ndarray, frame: np.ndarray, box: Box | None, scale: float = 1.6
 ) -> float:
     """Mean |grey difference| of two ``(H, W, 3)`` uint8 frames outside ``box`` scaled ``scale``×."""
     weights = np.array([0.299, 0.587, 0.114])
