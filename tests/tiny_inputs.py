@@ -4,14 +4,19 @@ of batch inputs with its manifest."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 #: Working size of the tiny pipeline tests.
 H = W = 64
+REPO = Path(__file__).resolve().parents[1]
 ASSETS = Path(__file__).resolve().parents[1] / "portrait" / "assets"
 
 
@@ -25,6 +30,26 @@ def pipeline_inputs(num_frames: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
     windows = torch.randn(num_frames, 10, 3, 16, generator=gen)
     prior = torch.randn(1, 256, generator=gen) * 0.85
     return ref, clip, mask, windows, prior
+
+
+def tiny_tree(tmp_path_factory: Any, layout: str) -> Path:
+    """A tiny weights tree (seed 0) in ``layout`` (``"portrait"`` or ``"dice-talk"``) in a new temp folder."""
+    from portrait.testing.trees import write_tiny_weights
+
+    return write_tiny_weights(tmp_path_factory.mktemp("tiny") / layout, layout=layout, seed=0)
+
+
+def modules_imported_by(code: str, names: Sequence[str]) -> list[str]:
+    """Which of ``names`` are in ``sys.modules`` after ``code`` runs in a fresh interpreter at the repository
+    root (with the repository on ``PYTHONPATH``): what an import costs."""
+    probe = f"{code}\nimport sys\nprint(','.join(m for m in {tuple(names)!r} if m in sys.modules))"
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, env={**os.environ, "PYTHONPATH": path},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return [name for name in result.stdout.strip().split(",") if name]
 
 
 def guided_weights_tree(root: Path) -> Path:

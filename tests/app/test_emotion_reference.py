@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-import soundfile as sf
 import torch
+from media import PORTRAIT, SPEECH, speech_clip
 from safetensors.torch import load_file
 
 from portrait.app.emotion_reference import reference_fields, save_emotion
@@ -21,8 +21,6 @@ from portrait.errors import InputError
 if importlib.util.find_spec("dlib") is None:
     pytest.skip("needs dlib", allow_module_level=True)
 
-ASSETS = Path(__file__).resolve().parents[2] / "portrait" / "assets"
-PORTRAIT, SPEECH = ASSETS / "sample_portrait.jpg", ASSETS / "sample_speech.wav"
 FAST = dict(size=64, steps=1, framing="photo", interpolate=False, seed=3)
 
 
@@ -58,10 +56,7 @@ def studio(tmp_path_factory) -> Studio:
 
 @pytest.fixture(scope="module")
 def short_speech(tmp_path_factory) -> Path:
-    samples, rate = sf.read(SPEECH, dtype="float32")
-    path = tmp_path_factory.mktemp("speech") / "hello.wav"
-    sf.write(path, samples[: int(0.6 * rate)], rate)
-    return path
+    return speech_clip(tmp_path_factory.mktemp("speech") / "hello.wav", 0.6)
 
 
 def test_render_with_a_reference_clip_records_it(studio, short_speech):

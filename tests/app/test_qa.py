@@ -6,15 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-import soundfile as sf
+from media import PORTRAIT, speech_clip
 from tiny_inputs import studio_on
 
 from portrait.app.present import summary
 from portrait.app.request import MAX_QA_RETRIES, AppRequest, qa_values
 from portrait.errors import InputError
 
-ASSETS = Path(__file__).resolve().parents[2] / "portrait" / "assets"
-PORTRAIT, SPEECH = ASSETS / "sample_portrait.jpg", ASSETS / "sample_speech.wav"
 FAST = dict(size=64, steps=1, framing="photo", interpolate=False)
 
 
@@ -60,10 +58,7 @@ def studio(tiny_weights, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def short_speech(tmp_path_factory) -> Path:
-    samples, rate = sf.read(SPEECH, dtype="float32")
-    path = tmp_path_factory.mktemp("speech") / "short.wav"
-    sf.write(path, samples[: int(0.6 * rate)], rate)
-    return path
+    return speech_clip(tmp_path_factory.mktemp("speech") / "short.wav", 0.6)
 
 
 def test_handler_qa_retries_and_shows_the_scores(studio, short_speech, monkeypatch):

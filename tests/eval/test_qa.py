@@ -7,14 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import soundfile as sf
+from media import PORTRAIT, speech_clip
 
 from portrait.cli.main import main
 from portrait.config import RenderConfig
 from portrait.eval.qa import QASettings, render_with_qa
-
-ASSETS = Path(__file__).resolve().parents[2] / "portrait" / "assets"
-PORTRAIT, SPEECH = ASSETS / "sample_portrait.jpg", ASSETS / "sample_speech.wav"
 
 
 @dataclass(frozen=True)
@@ -115,9 +112,7 @@ def test_a_failing_render_leaves_no_attempt_files(tmp_path):
 
 
 def test_cli_emotion_qa_on_tiny_weights_records_three_attempts(tiny_weights, tmp_path):
-    samples, rate = sf.read(SPEECH, dtype="float32")
-    audio = tmp_path / "short.wav"
-    sf.write(audio, samples[: int(rate * 0.6)], rate)
+    audio = speech_clip(tmp_path / "short.wav", 0.6)
     out = tmp_path / "out" / "qa.mp4"
     out.parent.mkdir()
     argv = ["--quiet", "--weights", str(tiny_weights), "--image", str(PORTRAIT), "--audio", str(audio)]

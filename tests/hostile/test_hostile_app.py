@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from hostile_support import PORTRAIT, SPEECH
+from hostile_support import PORTRAIT
+from media import speech_clip
 
 from portrait.app.handler import Studio
 from portrait.app.launch import LaunchOptions
@@ -69,10 +70,7 @@ def app_client(tiny_weights, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def short_speech(tmp_path_factory) -> Path:
-    samples, rate = sf.read(SPEECH)
-    path = tmp_path_factory.mktemp("speech") / "short.wav"
-    sf.write(path, samples[: int(2.5 * rate)], rate)
-    return path
+    return speech_clip(tmp_path_factory.mktemp("speech") / "short.wav", 2.5)
 
 
 def test_gradio_telemetry_is_off(app_client) -> None:

@@ -48,48 +48,36 @@ def _mlp(proj: AudioProjector, flat: torch.Tensor) -> torch.Tensor:
 
 # -------------------------------------------------------------------------------------- real sizes
 
-CLASSIFIER_SHAPES = {"fc1": (512, 1280), "fc2": (256, 512), "fc3": (22, 256)}  # spec 8, unused at inference
-AUDIO_SHAPES = {
-    "proj1.weight": (1024, 19200),
-    "proj1.bias": (1024,),
-    "proj2.weight": (1024, 1024),
-    "proj2.bias": (1024,),
-    "proj3.weight": (32768, 1024),
-    "proj3.bias": (32768,),
-    "norm.weight": (1024,),
-    "norm.bias": (1024,),
-}
-POSE_SHAPES = {
-    "conv_in.weight": (16, 3, 3, 3),
-    "conv_in.bias": (16,),
-    "blocks.0.weight": (16, 16, 3, 3),
-    "blocks.0.bias": (16,),
-    "blocks.1.weight": (32, 16, 3, 3),
-    "blocks.1.bias": (32,),
-    "blocks.2.weight": (32, 32, 3, 3),
-    "blocks.2.bias": (32,),
-    "blocks.3.weight": (96, 32, 3, 3),
-    "blocks.3.bias": (96,),
-    "blocks.4.weight": (96, 96, 3, 3),
-    "blocks.4.bias": (96,),
-    "blocks.5.weight": (256, 96, 3, 3),
-    "blocks.5.bias": (256,),
-    "conv_out.weight": (320, 256, 3, 3),
-    "conv_out.bias": (320,),
-}
+
+def _layers(weights: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """``<name>.weight`` of each given shape and ``<name>.bias`` of its first axis."""
+    return {
+        f"{name}.{p}": shape if p == "weight" else shape[:1]
+        for name, shape in weights.items()
+        for p in ("weight", "bias")
+    }
+
+
+#: The release's training-only classifier (compat §3): in ``emo_model.pth``, unused at inference.
+CLASSIFIER_SHAPES = {"fc1": (512, 1280), "fc2": (256, 512), "fc3": (22, 256)}
+AUDIO_SHAPES = _layers(
+    {"proj1": (1024, 19200), "proj2": (1024, 1024), "proj3": (32768, 1024), "norm": (1024,)}
+)
+POSE_SHAPES = _layers(
+    {"conv_in": (16, 3, 3, 3)}
+    | {
+        f"blocks.{i}": (o, c, 3, 3)
+        for i, (o, c) in enumerate([(16, 16), (32, 16), (32, 32), (96, 32), (96, 96), (256, 96)])
+    }
+    | {"conv_out": (320, 256, 3, 3)}
+)
 EMOTION_SHAPES = {
     **{f"emo_linear.{k}": (v if k != "proj1.weight" else (1024, 256)) for k, v in AUDIO_SHAPES.items()},
     **{
         f"kv_tokens_linear.{k}": (v if k != "proj1.weight" else (1024, 1024)) for k, v in AUDIO_SHAPES.items()
     },
-    "codebook.fc.weight": (1024, 256),
-    "codebook.fc.bias": (1024,),
+    **_layers({"codebook.fc": (1024, 256), **{f"attention.fc_{n}": (1024, 1024) for n in "qkv"}}),
     "codebook.codebook.weight": (64, 1024),
-    **{
-        f"attention.fc_{n}.{p}": ((1024, 1024) if p == "weight" else (1024,))
-        for n in "qkv"
-        for p in ("weight", "bias")
-    },
 }
 
 

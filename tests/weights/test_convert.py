@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tiny_inputs import tiny_tree
 
 from portrait.errors import WeightsError
 from portrait.layout import EMOTIONS_DIR, MANIFEST_FILE, RELEASE_EMOTIONS
@@ -23,7 +24,7 @@ from portrait.testing.configs import (
     tiny_emotion_config,
     tiny_pose_guider_config,
 )
-from portrait.testing.trees import emotion_priors, write_tiny_weights
+from portrait.testing.trees import emotion_priors
 from portrait.weights.convert import ConversionReport, convert_dice_talk
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,13 +34,13 @@ SVD = "stable-video-diffusion-img2vid-xt"
 @pytest.fixture(scope="session")
 def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny tree in the research-release layout (seed 0)."""
-    return write_tiny_weights(tmp_path_factory.mktemp("conv") / "checkpoints", layout="dice-talk", seed=0)
+    return tiny_tree(tmp_path_factory, "dice-talk")
 
 
 @pytest.fixture(scope="session")
 def portrait_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same tiny weights written directly in our layout."""
-    return write_tiny_weights(tmp_path_factory.mktemp("conv") / "portrait", layout="portrait", seed=0)
+    return tiny_tree(tmp_path_factory, "portrait")
 
 
 @pytest.fixture(scope="session")
