@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from portrait.distributed.group import exit_hook
 from portrait.errors import DistributedError
 
 logger = logging.getLogger(__name__)
@@ -50,14 +51,6 @@ def chunk_owner(chunk: int, world_size: int) -> int:
 def chunks_per_rank(num_chunks: int, world_size: int) -> list[int]:
     """How many decode chunks each rank decodes."""
     return [len(range(r, num_chunks, world_size)) for r in range(world_size)]
-
-
-def _decode_exit_hook(rank: int, env: Mapping[str, str]) -> int | None:
-    text = env.get(DECODE_EXIT_HOOK_ENV)
-    if not text:
-        return None
-    hook_rank, _, chunk = text.partition(":")
-    return int(chunk or 0) if int(hook_rank) == rank else None
 
 
 @dataclass
@@ -142,7 +135,9 @@ def split_decode(
         DistributedError: another rank was lost while frames were moving.
     """
     env = os.environ if env is None else env
-    streamer = ChunkStreamer(rank, world_size, device or torch.device("cpu"), _decode_exit_hook(rank, env))
+    streamer = ChunkStreamer(
+        rank, world_size, device or torch.device("cpu"), exit_hook(DECODE_EXIT_HOOK_ENV, rank, env)
+    )
     last: torch.Tensor | None = None
     own_seam: torch.Tensor | None = None  # this rank's previous chunk's last frame (when it owns both)
     for c in range(num_chunks):

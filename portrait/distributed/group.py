@@ -116,12 +116,13 @@ def split_windows(num_windows: int, world_size: int, mode: str = "contiguous") -
     return shares
 
 
-def _exit_hook(rank: int, env: Mapping[str, str]) -> int | None:
-    text = env.get(EXIT_HOOK_ENV)
+def exit_hook(name: str, rank: int, env: Mapping[str, str]) -> int | None:
+    """Test hook ``env[name] = "RANK:N"``: the step or decode chunk after which ``rank`` leaves, or None."""
+    text = env.get(name)
     if not text:
         return None
-    hook_rank, _, step = text.partition(":")
-    return int(step or 0) if int(hook_rank) == rank else None
+    hook_rank, _, at = text.partition(":")
+    return int(at or 0) if int(hook_rank) == rank else None
 
 
 @dataclass
@@ -296,7 +297,7 @@ def init_distributed(
             "rank %d/%d (%s, %s, %s) joined", launch.rank, launch.world_size, launch.launcher, backend, device
         )
     executor = WindowExecutor(
-        launch.rank, launch.world_size, split, exit_at_step=_exit_hook(launch.rank, env)
+        launch.rank, launch.world_size, split, exit_at_step=exit_hook(EXIT_HOOK_ENV, launch.rank, env)
     )
     return DistributedContext(
         launch.rank,
