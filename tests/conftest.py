@@ -45,6 +45,22 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
+def portrait_tree(tmp_path_factory: pytest.TempPathFactory):
+    """Another tiny tree in our layout (seed 0) for tests that compare trees byte for byte (read it only)."""
+    from tiny_inputs import tiny_tree
+
+    return tiny_tree(tmp_path_factory, "portrait")
+
+
+@pytest.fixture(scope="session")
+def release_tree(tmp_path_factory: pytest.TempPathFactory):
+    """The same tiny weights in the research release's layout (``write_tiny_weights(layout="dice-talk")``)."""
+    from tiny_inputs import tiny_tree
+
+    return tiny_tree(tmp_path_factory, "dice-talk")
+
+
+@pytest.fixture(scope="session")
 def tiny_pipe(tiny_weights):
     """The tiny pipeline loaded strictly from ``tiny_weights`` (CPU, fp32). Do not mutate it."""
     from portrait.weights.load import load_pipeline

@@ -10,21 +10,10 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_inputs import tiny_tree
 
 from portrait.layout import COMPONENTS, EMOTIONS_DIR, MANIFEST_FILE, RELEASE_EMOTIONS
 from portrait.testing.configs import TINY_CLASSIFIER_SHAPES
 from portrait.testing.trees import write_tiny_weights
-
-
-@pytest.fixture(scope="session")
-def portrait_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_tree(tmp_path_factory, "portrait")
-
-
-@pytest.fixture(scope="session")
-def release_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_tree(tmp_path_factory, "dice-talk")
 
 
 def _files(root: Path) -> dict[str, bytes]:

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tiny_inputs import tiny_tree
 
 from portrait.errors import WeightsError
 from portrait.layout import EMOTIONS_DIR, MANIFEST_FILE, RELEASE_EMOTIONS
@@ -32,27 +31,15 @@ SVD = "stable-video-diffusion-img2vid-xt"
 
 
 @pytest.fixture(scope="session")
-def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Tiny tree in the research-release layout (seed 0)."""
-    return tiny_tree(tmp_path_factory, "dice-talk")
-
-
-@pytest.fixture(scope="session")
-def portrait_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The same tiny weights written directly in our layout."""
-    return tiny_tree(tmp_path_factory, "portrait")
-
-
-@pytest.fixture(scope="session")
-def converted(release: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ConversionReport]:
+def converted(release_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ConversionReport]:
     dst = tmp_path_factory.mktemp("conv") / "weights"
-    return dst, convert_dice_talk(release, dst)
+    return dst, convert_dice_talk(release_tree, dst)
 
 
 @pytest.fixture
-def release_copy(release: Path, tmp_path: Path) -> Path:
+def release_copy(release_tree: Path, tmp_path: Path) -> Path:
     """A private copy of the release tree that a test may corrupt."""
-    return Path(shutil.copytree(release, tmp_path / "checkpoints"))
+    return Path(shutil.copytree(release_tree, tmp_path / "checkpoints"))
 
 
 def _pth(path: Path) -> dict[str, torch.Tensor]:
@@ -72,7 +59,7 @@ def _assert_state_equal(loaded: dict[str, torch.Tensor], source: dict[str, torch
 # ---- a correct conversion ------------------------------------------------------------------------------
 
 
-def test_adapter_modules_load_and_equal_their_release_files(release: Path, converted) -> None:
+def test_adapter_modules_load_and_equal_their_release_files(release_tree: Path, converted) -> None:
     from portrait.models.audio import AudioProjector
     from portrait.models.emotion_model import EmotionModel
     from portrait.models.pose_guider import PoseGuider
@@ -80,21 +67,21 @@ def test_adapter_modules_load_and_equal_their_release_files(release: Path, conve
     dst, _ = converted
     projector = AudioProjector.from_pretrained(dst / "audio_projector")
     assert dict(projector.config.items()) | tiny_audio_projector_config() == dict(projector.config.items())
-    _assert_state_equal(projector.state_dict(), _pth(release / "DICE-Talk" / "audio_linear.pth"))
+    _assert_state_equal(projector.state_dict(), _pth(release_tree / "DICE-Talk" / "audio_linear.pth"))
     emotion = EmotionModel.from_pretrained(dst / "emotion_model")
     assert {k: emotion.config[k] for k in tiny_emotion_config()} == tiny_emotion_config()
     emo_src = {
         k: v
-        for k, v in _pth(release / "DICE-Talk" / "emo_model.pth").items()
+        for k, v in _pth(release_tree / "DICE-Talk" / "emo_model.pth").items()
         if k not in TINY_CLASSIFIER_SHAPES
     }
     _assert_state_equal(emotion.state_dict(), emo_src)
     guider = PoseGuider.from_pretrained(dst / "pose_guider")
     assert list(guider.config.block_out_channels) == list(tiny_pose_guider_config()["block_out_channels"])
-    _assert_state_equal(guider.state_dict(), _pth(release / "DICE-Talk" / "pose_guider.pth"))
+    _assert_state_equal(guider.state_dict(), _pth(release_tree / "DICE-Talk" / "pose_guider.pth"))
 
 
-def test_unet_loads_with_every_adapter_key_from_unet_pth(release: Path, converted) -> None:
+def test_unet_loads_with_every_adapter_key_from_unet_pth(release_tree: Path, converted) -> None:
     from portrait.models.unet import PortraitUNet
 
     dst, report = converted
@@ -102,17 +89,17 @@ def test_unet_loads_with_every_adapter_key_from_unet_pth(release: Path, converte
     assert tuple(unet.config.adapter_tokens) == (32, 32) and tuple(unet.config.adapter_scales) == (1.0, 1.0)
     state = unet.state_dict()
     assert sum(".processor.to_k_ip." in k or ".processor.to_v_ip." in k for k in state) == 32
-    _assert_state_equal(state, _pth(release / "DICE-Talk" / "unet.pth"))
+    _assert_state_equal(state, _pth(release_tree / "DICE-Talk" / "unet.pth"))
     assert report.components["unet"].filled == {}
     assert report.components["unet"].dtype == "float32"  # the dtype of unet.pth, not of the fp16 SVD base
 
 
-def test_svd_and_whisper_components_load_and_equal_their_sources(release: Path, converted) -> None:
+def test_svd_and_whisper_components_load_and_equal_their_sources(release_tree: Path, converted) -> None:
     from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler
     from transformers import CLIPVisionModelWithProjection, WhisperFeatureExtractor, WhisperModel
 
     dst, report = converted
-    svd = release / SVD
+    svd = release_tree / SVD
     vae_src = load_file(svd / "vae" / "diffusion_pytorch_model.fp16.safetensors")
     assert {t.dtype for t in load_file(dst / "vae" / "diffusion_pytorch_model.safetensors").values()} == {
         torch.float16
@@ -123,7 +110,7 @@ def test_svd_and_whisper_components_load_and_equal_their_sources(release: Path, 
     whisper = WhisperModel.from_pretrained(dst / "audio_encoder")
     whisper_src = {
         k.removeprefix("model."): v
-        for k, v in load_file(release / "whisper-tiny" / "model.safetensors").items()
+        for k, v in load_file(release_tree / "whisper-tiny" / "model.safetensors").items()
     }
     _assert_state_equal(whisper.state_dict(), whisper_src)
     assert any("'model.'" in note for note in report.components["audio_encoder"].notes)
@@ -149,9 +136,9 @@ def test_same_files_as_a_tree_written_directly(converted, portrait_tree: Path) -
 
 
 def test_fp32_conversion_reproduces_the_directly_written_tree(
-    release: Path, portrait_tree: Path, tmp_path: Path
+    release_tree: Path, portrait_tree: Path, tmp_path: Path
 ) -> None:
-    report = convert_dice_talk(release, tmp_path / "w", dtype="fp32")
+    report = convert_dice_talk(release_tree, tmp_path / "w", dtype="fp32")
     assert {r.dtype for r in report.components.values() if r.tensors} == {"float32"}
     for name in sorted(_rel_files(portrait_tree)):
         if name.endswith(".safetensors"):
@@ -160,8 +147,8 @@ def test_fp32_conversion_reproduces_the_directly_written_tree(
     assert clip_config["dtype"] == "float32"  # transformers 5 loads in the recorded dtype
 
 
-def test_fp16_conversion_casts_every_floating_tensor(release: Path, tmp_path: Path) -> None:
-    convert_dice_talk(release, tmp_path / "w", dtype="fp16")
+def test_fp16_conversion_casts_every_floating_tensor(release_tree: Path, tmp_path: Path) -> None:
+    convert_dice_talk(release_tree, tmp_path / "w", dtype="fp16")
     for comp in ("unet", "vae", "pose_guider", "audio_projector", "emotion_model"):
         tensors = load_file(tmp_path / "w" / comp / "diffusion_pytorch_model.safetensors")
         assert {t.dtype for t in tensors.values() if t.is_floating_point()} == {torch.float16}, comp
@@ -220,7 +207,9 @@ def test_fp16_unet_pth_without_adapter_keys_keeps_fp16(release_copy: Path, tmp_p
     assert torch.equal(out[key + "0.weight"], out[key + "1.weight"])
 
 
-def test_module_prefix_is_stripped_and_reported(release: Path, release_copy: Path, tmp_path: Path) -> None:
+def test_module_prefix_is_stripped_and_reported(
+    release_tree: Path, release_copy: Path, tmp_path: Path
+) -> None:
     for name in ("unet.pth", "pose_guider.pth"):
         path = release_copy / "DICE-Talk" / name
         torch.save({"module." + k: v for k, v in _pth(path).items()}, path)
@@ -228,7 +217,7 @@ def test_module_prefix_is_stripped_and_reported(release: Path, release_copy: Pat
     for comp in ("unet", "pose_guider"):
         assert any("module." in note for note in report.components[comp].notes), comp
     out = load_file(tmp_path / "w" / "pose_guider" / "diffusion_pytorch_model.safetensors")
-    _assert_state_equal(out, _pth(release / "DICE-Talk" / "pose_guider.pth"))
+    _assert_state_equal(out, _pth(release_tree / "DICE-Talk" / "pose_guider.pth"))
     assert report.components["unet"].filled == {}
 
 
@@ -257,11 +246,11 @@ def test_missing_preprocessor_config_is_created_with_a_warning(
     assert config["feature_size"] == 80 and config["feature_extractor_type"] == "WhisperFeatureExtractor"
 
 
-def test_emotions_dir_argument_and_repository_root_are_found(release: Path, tmp_path: Path) -> None:
+def test_emotions_dir_argument_and_repository_root_are_found(release_tree: Path, tmp_path: Path) -> None:
     repo = tmp_path / "DICE-Talk-repo"
     repo.mkdir()
-    (repo / "checkpoints").symlink_to(release, target_is_directory=True)
-    report = convert_dice_talk(repo, tmp_path / "w", emotions_dir=release / "examples" / "emo")
+    (repo / "checkpoints").symlink_to(release_tree, target_is_directory=True)
+    report = convert_dice_talk(repo, tmp_path / "w", emotions_dir=release_tree / "examples" / "emo")
     assert report.src == repo / "checkpoints"
     assert len(report.emotions) == 8
 
@@ -368,15 +357,15 @@ def test_missing_emotion_prior_is_listed(release_copy: Path, tmp_path: Path) -> 
     _raises(release_copy, tmp_path / "w", "fear, sad")
 
 
-def test_non_empty_destination_is_refused_unless_overwrite(release: Path, tmp_path: Path) -> None:
+def test_non_empty_destination_is_refused_unless_overwrite(release_tree: Path, tmp_path: Path) -> None:
     dst = tmp_path / "w"
     dst.mkdir()
     (dst / "README.md").write_text("weights go here")  # does not count
-    convert_dice_talk(release, dst)
+    convert_dice_talk(release_tree, dst)
     (dst / "unet" / "stale.bin").write_text("old")
     with pytest.raises(WeightsError, match="not empty.*--overwrite"):
-        convert_dice_talk(release, dst)
-    convert_dice_talk(release, dst, overwrite=True)
+        convert_dice_talk(release_tree, dst)
+    convert_dice_talk(release_tree, dst, overwrite=True)
     assert not (dst / "unet" / "stale.bin").exists()  # whole component folders are replaced
     assert (dst / "README.md").read_text() == "weights go here"
     assert not [p for p in dst.iterdir() if p.name.startswith(".partial")]
@@ -398,18 +387,21 @@ def restore_logging():
 
 
 def test_cli_convert_returns_0_then_1_with_one_error_line(
-    release: Path, tmp_path: Path, capsys: pytest.CaptureFixture, restore_logging
+    release_tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture, restore_logging
 ) -> None:
     from portrait.cli.main import main
 
     dst = tmp_path / "w"
-    assert main(["convert", "--from-dice-talk", str(release), "--weights", str(dst), "--dtype", "fp32"]) == 0
+    assert (
+        main(["convert", "--from-dice-talk", str(release_tree), "--weights", str(dst), "--dtype", "fp32"])
+        == 0
+    )
     assert "converted" in capsys.readouterr().out
     assert (
         load_file(dst / "vae" / "diffusion_pytorch_model.safetensors")["encoder.conv_in.weight"].dtype
         == torch.float32
     )
-    assert main(["--quiet", "convert", "--from-dice-talk", str(release), "--weights", str(dst)]) == 1
+    assert main(["--quiet", "convert", "--from-dice-talk", str(release_tree), "--weights", str(dst)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "--overwrite" in err
     assert "Traceback" not in err
