@@ -225,4 +225,3 @@ def eye_opening(points: np.ndarray) -> np.ndarray:
         ) / 2
         ratios.append(gap / np.maximum(np.linalg.norm(p[..., 0, :] - p[..., 3, :], axis=-1), 1e-6))
     return (ratios[0] + ratios[1]) / 2
-
