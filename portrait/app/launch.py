@@ -1,6 +1,7 @@
 """Launching the web demo: flags, exposure warnings, weights check, engine start (``portrait-gen app``).
 
-The widgets live in the top-level ``app.py``; the request handling in :mod:`portrait.app.handler`.
+The widgets live in :mod:`portrait.app.ui` (the top-level ``app.py`` only launches it); the rendering in
+:mod:`portrait.app.handler`.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ Serve = Callable[[Studio, LaunchOptions], Any]
 def run_app(args: argparse.Namespace, serve: Serve | None = None) -> int:
     """Build the config, load the engine once, then serve the page (blocks until it is closed).
 
-    ``serve(studio, options)``: app.py's ``serve`` (found next to the package when not given).
+    ``serve(studio, options)``: default :func:`portrait.app.ui.serve` (imported only then: it loads gradio).
     """
     from portrait.config import load_config
 

@@ -1,7 +1,9 @@
 """Gradio web demo: ``python app.py [--host 127.0.0.1] [--port 7860] [--weights DIR] [--share] [--auth U:P]``.
 
-Thin: widgets and calls. portrait.app.handler holds the logic (UI values → job, rendering, face box, limits,
-private temp files). Importing this file loads neither torch nor gradio; ``main`` loads the engine once.
+Thin: widgets and calls. The logic lives in :mod:`portrait.app.handler` (rendering, limits),
+:mod:`portrait.app.request` (page values → job), :mod:`portrait.app.present` (what the page shows) and
+:mod:`portrait.app.workspace` (private temp files). Importing this file loads neither torch nor gradio;
+``main`` loads the engine once.
 The named endpoint ``/generate`` is documented in README ("Web demo").
 """
 

@@ -1,4 +1,4 @@
-"""Decode and interpolation split across the ranks of one clip (issue 18; ARCHITECTURE §3.5).
+"""Decode and interpolation split across the ranks of one clip (docs/distributed.md).
 
 After window-parallel sampling every rank holds the same latents. The decode chunks are those of the single
 process (``range(0, num_frames, decode_chunk_size)``, so the temporal decoder sees the same frames) and are

@@ -1,4 +1,4 @@
-"""One clip on many processes: window-parallel denoising under ``torchrun`` or ``srun`` (ARCHITECTURE §3.5).
+"""One clip on many processes: window-parallel denoising under ``torchrun`` or ``srun`` (docs/distributed.md).
 
 The windows of one denoising step are independent given the previous step's latents. Each rank steps its
 share of them; the stepped windows are all-gathered (bit for bit, as raw bytes) and every rank scatter-adds

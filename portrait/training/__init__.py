@@ -1,3 +1,12 @@
-"""Training: cache a talking-head dataset once (:mod:`.prepare`), then fine-tune the emotion embedder
-(:mod:`.embedder`) or the landmark guider (:mod:`.motion`) with one accelerate trainer (:mod:`.trainer`);
-:mod:`.install` adds a trained component to a weights tree. See docs/training.md."""
+"""Fine-tuning (layer 3, ``portrait-gen train``): cache a talking-head dataset once, train, install.
+
+- ``data``: training sources, labels from dataset file names, the feature cache and its speaker split.
+- ``prepare``: decode, crop and encode every training video once into the cache.
+- ``trainer``: one accelerate trainer (seeded steps, checkpoints with exact resume, logs, loss plot).
+- ``recipe``: what the recipes share (options, cached clips, run identity, export).
+- ``emotion_embedder``: recipe ``train embedder``; ``landmark_guider``: recipe ``train motion``.
+- ``validate``: the validation render of ``train motion --validate-render``.
+- ``install``: add a trained component to a weights tree.
+
+See docs/training.md.
+"""

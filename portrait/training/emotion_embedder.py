@@ -2,7 +2,7 @@
 
 Inputs per clip of ``clip_frames`` frames (12.5 fps): the Whisper tokens of each frame's own 80 ms
 (``audio[:, 4:8]`` of the cached windows → (4·T, blocks, channels)) and the per-frame expression
-probabilities (T, 7). Losses (research notes A6), with m̂ = n + ι*(level)·(m_y − n):
+probabilities (T, 7). Losses (docs/training.md), with m̂ = n + ι*(level)·(m_y − n):
 
 * ``L_cls`` = NLL of the mixture weights at the label;
 * ``L_reg`` = ‖prior − m̂‖² / D and ``0.1·(ι − ι*)²``;
@@ -50,7 +50,7 @@ class EmbedderRecipe(CachedRecipe):
 
         super().__init__(cache, weights_root, options)
         bank = load_emotion_bank(weights_root)
-        # A render reads the K weights over RELEASE_EMOTIONS in that order (portrait.learned_emotion).
+        # A render reads the K weights as the RELEASE_EMOTIONS in that order.
         self.names = list(RELEASE_EMOTIONS)
         lacking = [n for n in self.names if n not in bank]
         if lacking:

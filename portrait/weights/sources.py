@@ -95,7 +95,7 @@ PRIOR_SHA256: dict[str, str] = {
     "sad": "9d323ad9b1c42a1c1ed8a8f05e6c0b7344be20e86ed48a855c657d7812545a98",
     "surprised": "0aaae02af23b5874e8407d93cf7fe89a44077efb4a7159f91e51d469c97f400e",
 }
-#: Where the YOLO face detector goes in the weights tree (``portrait.preprocess.face.YOLO_WEIGHTS``).
+#: Where the YOLO face detector goes in the weights tree (``portrait.preprocess.detectors.YOLO_WEIGHTS``).
 FACE_DETECTOR_DIR = "face_detector"
 
 

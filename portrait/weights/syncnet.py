@@ -21,8 +21,8 @@ from portrait.models.syncnet import SyncNet
 
 logger = logging.getLogger(__name__)
 
-#: Leading hex digits of the sha256 of the released ``syncnet_v2.model`` (from the research notes; the
-#: full digest was not recorded, so the converter checks this prefix unless told otherwise).
+#: Leading hex digits of the sha256 of the released ``syncnet_v2.model`` (only this prefix was recorded, so
+#: the converter checks it unless told otherwise).
 SYNCNET_V2_SHA256_PREFIX = "961e8696"
 _PREFIXES = ("__S__.", "module.")
 

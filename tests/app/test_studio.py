@@ -1,4 +1,4 @@
-"""The web demo (issue 6): handler logic, the handler on tiny weights, the launched app via gradio_client."""
+"""The web demo: handler logic, the handler on tiny weights, the launched app via gradio_client."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`portrait-gen --image ... --audio ...` end to end on tiny weights, and every bad input of issue 3."""
+"""`portrait-gen --image ... --audio ...` end to end on tiny weights, and every bad input."""
 
 from __future__ import annotations
 

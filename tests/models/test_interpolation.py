@@ -1,4 +1,4 @@
-"""RIFE HDv3 IFNet, warp, mid-frame helpers and the flownet.pkl converter (spec 7.1, 8)."""
+"""RIFE HDv3 IFNet, warp, mid-frame helpers and the flownet.pkl converter (compat §7.1, 8)."""
 
 from __future__ import annotations
 
@@ -159,7 +159,7 @@ def test_zero_heads_blend_is_the_average() -> None:
 
 
 def test_first_level_alone_matches_the_spec_formulas() -> None:
-    """Only block0 predicts anything (spec 7.1 written out for one level).
+    """Only block0 predicts anything (compat §7.1 written out for one level).
 
     flow F = (f(a, b) + swap(f(b, a))) / 2, mask M = (m(a, b) − m(b, a)) / 2,
     merged = warp(a, F[:, :2])·σ(M) + warp(b, F[:, 2:])·(1 − σ(M)).

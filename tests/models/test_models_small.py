@@ -1,4 +1,4 @@
-"""AudioProjector, audio windows, Whisper hidden states, EmotionModel and PoseGuider (spec 2, 3, 5, 8)."""
+"""AudioProjector, audio windows, Whisper hidden states, EmotionModel and PoseGuider (compat §2, 3, 5, 8)."""
 
 from __future__ import annotations
 
@@ -206,7 +206,7 @@ def tiny_whisper_encoder():
 
 @torch.no_grad()
 def test_whisper_encoder_hidden_states_are_stem_layers_and_final_norm(tiny_whisper_encoder):
-    """The transformers property spec 2.1 relies on: layers + 1 states, the last after the final LayerNorm."""
+    """What compat §2.1 relies on in transformers: layers + 1 states, the last after the final LayerNorm."""
     enc = tiny_whisper_encoder
     mel = torch.randn(1, 80, 3000)
     states = enc(mel, output_hidden_states=True).hidden_states

@@ -55,7 +55,7 @@ def test_real_size_key_count_matches_release_unet_pth():
     with torch.device("meta"):
         model = PortraitUNet()
     state = model.state_dict()
-    assert len(state) == 1556  # 1428 SVD keys + 128 adapter keys (spec 4.7)
+    assert len(state) == 1556  # 1428 SVD keys + 128 adapter keys (compat §4.7)
     assert sum(t.numel() for t in state.values()) == 1_626_859_242
 
 

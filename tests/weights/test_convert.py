@@ -468,7 +468,7 @@ def test_shape_inference_recovers_the_release_sizes_on_meta_tensors() -> None:
     assert {**rel.emotion_model_config(emotion.state_dict(), file), "retrieval": False} == args(emotion)
     inferred = rel.pose_guider_config(guider.state_dict(), file)
     assert inferred == {**args(guider), "block_out_channels": [16, 32, 96, 256]}
-    assert len(unet.state_dict()) == 1556  # spec 4.7: 1428 base + 128 adapter tensors
+    assert len(unet.state_dict()) == 1556  # compat §4.7: 1428 base + 128 adapter tensors
 
 
 def test_the_release_classifier_is_kept_as_an_optional_component(converted) -> None:

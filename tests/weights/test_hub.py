@@ -25,6 +25,12 @@ from portrait.preprocess.detectors import YOLO_WEIGHTS
 from portrait.testing.trees import emotion_priors, write_tiny_weights
 from portrait.weights import hub
 from portrait.weights.hub import download_weights, ensure_weights, fetch_url, staging_dir
+from portrait.weights.load import (
+    load_component,
+    load_emotion_bank,
+    load_pipeline,
+    verify_manifest,
+)
 from portrait.weights.sources import (
     DICE_TALK_REPO,
     FLOWNET_FILE,
@@ -35,12 +41,6 @@ from portrait.weights.sources import (
     WHISPER_REPO,
     YOLO_FILE,
     prior_url,
-)
-from portrait.weights.load import (
-    load_component,
-    load_emotion_bank,
-    load_pipeline,
-    verify_manifest,
 )
 
 YOLO_BYTES = b"stand-in for the TorchScript YOLOv5-face detector"
