@@ -1,9 +1,10 @@
-"""`generate`: one prepared job to a finished mp4 + sidecar JSON (ARCHITECTURE §3).
+"""`generate`: one prepared job to a finished mp4 + sidecar JSON (README, "Layout of the package").
 
-:func:`portrait.inputs.prepare` has decoded and checked every input; here the engine (loaded once) encodes
-identity and audio, the pipeline samples, and frames stream through decode → interpolate → paste → encode →
-mux; ``out.partial.mp4`` is renamed to ``out.mp4`` and ``<output>.json`` is written last. Per-job settings
-(guidance, adapter scales, interpolation, ...) come from ``cfg``, never from mutating the engine.
+:func:`portrait.inputs.prepare` has decoded and checked every input; here :func:`portrait.conditioning.encode`
+runs the engine's encoders (identity, audio, emotion, motion), the pipeline samples, and frames stream
+through decode → interpolate → paste → encode → mux; ``out.partial.mp4`` is renamed to ``out.mp4`` and
+``<output>.json`` is written last. Per-job settings (guidance, adapter scales, interpolation, ...) come from
+``cfg``, never from mutating the engine. Callers use :func:`portrait.rendering.render_job`.
 """
 
 from __future__ import annotations
@@ -21,25 +22,18 @@ import numpy as np
 import torch
 
 from portrait import __version__
+from portrait.boxes import clip_box
+from portrait.conditioning import Conditions, IdentityCache, encode
 from portrait.config import RenderConfig, SamplingConfig, config_to_dict
 from portrait.distributed.decode import chunks_per_rank, num_decode_chunks, split_decode
-from portrait.distributed.group import DistributedContext, init_distributed
+from portrait.distributed.group import DistributedContext
 from portrait.engine import Engine
 from portrait.files import owned_prefix, sha256_file, sidecar_path, sweep_dead_owners, write_json_atomic
-from portrait.inputs import (
-    IdentityCache,
-    PreparedJob,
-    audio_windows,
-    emotion_bank,
-    encode_identity,
-    motion_arguments,
-)
-from portrait.learned_emotion import learned_emotion
+from portrait.inputs import PreparedJob
 from portrait.models.interpolation import midframes
-from portrait.preprocess.audio_features import AudioFeatures
-from portrait.preprocess.emotion_spec import schedule_priors, schedule_summary
+from portrait.preprocess.emotion_spec import schedule_summary
 from portrait.render.mux import mux_audio
-from portrait.render.paste import FramePaster, clip_box
+from portrait.render.paste import FramePaster
 from portrait.render.video import encode_video
 
 logger = logging.getLogger(__name__)
@@ -156,13 +150,17 @@ def _versions() -> dict[str, str]:
 
 
 class _Timer:
-    """Per-stage seconds for the sidecar: ``lap(name)`` records the time since the previous lap."""
+    """Per-stage seconds for the sidecar: ``lap(name)`` records the time since the previous lap (on a GPU
+    after its queued work has finished, so a stage is not charged for the one before)."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
         self.started = self.last = time.perf_counter()
         self.timings: dict[str, float] = {}
 
     def lap(self, name: str) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
         now = time.perf_counter()
         self.timings[name] = round(now - self.last, 3)
         self.last = now
@@ -173,46 +171,60 @@ class _Timer:
 
 @dataclass
 class _Sampled:
-    """What sampling produced for the writing stage."""
+    """What sampling produced, and how the writing stage turns it into frames."""
 
     latents: torch.Tensor  # (1, N + F, 4, h, w)
-    features: AudioFeatures
-    prepared: PreparedJob  # with the learned emotion applied, when there is one
+    conditions: Conditions
+    prepared: PreparedJob
     seed: int
-    motion_info: dict[str, Any]
+    ctx: DistributedContext | None  # the ranks of one clip, or None
+    interpolator: torch.nn.Module | None  # RIFE when the video is interpolated
+
+    @property
+    def num_frames(self) -> int:
+        return self.conditions.features.num_frames
 
 
 def generate(
     prepared: PreparedJob,
     engine: Engine,
     cfg: RenderConfig,
+    *,
     progress: bool = True,
     cache: IdentityCache | None = None,
     callback: Callable[[int, int, torch.Tensor], None] | None = None,
+    distributed: DistributedContext | None = None,
 ) -> Result:
     """Render ``prepared`` into its job's output (+ ``<output>.json``). No partial output survives a failure.
 
-    ``cache``: reuse identity encodings (CLIP and VAE) across jobs of one process. Under torchrun / srun
-    with several processes every rank samples its share of the windows and decodes its share of the chunks;
-    rank 0 alone writes (the other ranks return a Result whose ``info["written"]`` is False).
+    Args:
+        cache: reuse identity encodings (CLIP and VAE) across jobs of one process.
+        callback: ``callback(step, steps, latents)`` after every denoising step (may raise to cancel).
+        distributed: the process group of a one-clip-on-several-ranks launch
+            (:func:`portrait.distributed.group.init_distributed`): every rank samples its share of the
+            windows and decodes its share of the chunks; rank 0 alone writes (the other ranks return a
+            Result whose ``info["written"]`` is False). None: this process renders the whole clip.
     """
-    timer = _Timer()
-    ctx = init_distributed(str(engine.device))  # None unless launched by torchrun / srun with > 1 process
-    sampled = _sample(prepared, engine, cfg, ctx, cache, callback, progress, timer)
-    job, s = prepared.job, cfg.sampling
-    interpolator = engine.interpolator if cfg.video.interpolate else None
-    num_frames = sampled.features.num_frames
+    timer = _Timer(engine.device)
+    conditions = encode(prepared, engine, cfg, cache, timer.lap)
+    sampled = _sample(prepared, conditions, engine, cfg, distributed, callback, progress)
+    timer.lap("sampling")
+    job, s, ctx, interpolator = prepared.job, cfg.sampling, sampled.ctx, sampled.interpolator
     if ctx is not None and not ctx.is_main:  # decode and interpolate this rank's chunks for rank 0
         for _ in distributed_frames(
-            ctx, engine, sampled.latents, num_frames, s.decode_chunk_size, interpolator
+            ctx, engine, sampled.latents, sampled.num_frames, s.decode_chunk_size, interpolator
         ):
             pass  # ranks > 0 yield nothing: they send their chunks
         ctx.finish()
-        info = {"rank": ctx.rank, "written": False, "distributed": _distributed_summary(ctx, num_frames, s)}
+        info = {
+            "rank": ctx.rank,
+            "written": False,
+            "distributed": _distributed_summary(ctx, sampled.num_frames, s),
+        }
         return Result(job.output, sidecar_path(job.output), info)
-    paster = full_frame_paster(sampled.prepared, cfg)
-    written = _write_video(sampled, engine, cfg, ctx, interpolator, paster, progress, timer)
-    info = _sidecar_info(sampled, engine, cfg, ctx, interpolator, paster, written, timer.total())
+    paster = full_frame_paster(prepared, cfg)
+    written = _write_video(sampled, engine, cfg, paster, progress, timer)
+    info = _sidecar_info(sampled, engine, cfg, paster, written, timer.total())
     sidecar = sidecar_path(job.output)
     write_json_atomic(sidecar, info, default=str)
     if ctx is not None:
@@ -222,50 +234,40 @@ def generate(
 
 def _sample(
     prepared: PreparedJob,
+    conditions: Conditions,
     engine: Engine,
     cfg: RenderConfig,
     ctx: DistributedContext | None,
-    cache: IdentityCache | None,
     callback: Callable[[int, int, torch.Tensor], None] | None,
     progress: bool,
-    timer: _Timer,
 ) -> _Sampled:
-    """Identity and audio encodings, emotion priors, motion conditions, then the pipeline's latents."""
-    identity = encode_identity(prepared, engine, cfg, cache)
-    timer.lap("image")
-    features, windows = audio_windows(prepared, engine, cfg)
-    prepared = learned_emotion(prepared, engine, cfg, windows)  # no-op unless --emotion-from is learned
-    timer.lap("audio")
+    """The pipeline's latents from the job's image tensors and its conditions (RNG: the job's seed)."""
     s = cfg.sampling
-    priors = schedule_priors(prepared.schedule, emotion_bank(prepared, engine), features.num_frames, s.fps)
     seed = s.seed if prepared.job.seed is None else prepared.job.seed
     generator = torch.Generator(engine.device).manual_seed(seed)
     engine.pipe.set_progress_bar_config(disable=not progress, desc="sampling")
     tensors = prepared.portrait
-    motion_args, motion_info = motion_arguments(prepared, engine, cfg)
     latents = engine.pipe(
         tensors.ref_image,
         tensors.clip_image,
         tensors.face_mask,
-        windows,
-        priors,
-        **(pipeline_arguments(cfg) | motion_args),
+        conditions.windows,
+        conditions.priors,
+        **(pipeline_arguments(cfg) | conditions.pipeline_arguments),
         generator=generator,
-        identity=identity,
+        identity=conditions.identity,
         callback=callback,
         output_type="latent",
         **({"window_executor": ctx.executor} if ctx is not None else {}),
     ).latents
-    timer.lap("sampling")
-    return _Sampled(latents, features, prepared, seed, motion_info)
+    interpolator = engine.interpolator if cfg.video.interpolate else None
+    return _Sampled(latents, conditions, prepared, seed, ctx, interpolator)
 
 
 def _write_video(
     sampled: _Sampled,
     engine: Engine,
     cfg: RenderConfig,
-    ctx: DistributedContext | None,
-    interpolator: torch.nn.Module | None,
     paster: FramePaster | None,
     progress: bool,
     timer: _Timer,
@@ -277,7 +279,8 @@ def _write_video(
     """
     from tqdm.auto import tqdm
 
-    job, s, num_frames = sampled.prepared.job, cfg.sampling, sampled.features.num_frames
+    job, s, num_frames = sampled.prepared.job, cfg.sampling, sampled.num_frames
+    ctx, interpolator = sampled.ctx, sampled.interpolator
     if ctx is None:
         chunks = interpolated(
             engine.pipe.decode_frames(sampled.latents, num_frames, s.decode_chunk_size), interpolator
@@ -321,15 +324,14 @@ def _sidecar_info(
     sampled: _Sampled,
     engine: Engine,
     cfg: RenderConfig,
-    ctx: DistributedContext | None,
-    interpolator: torch.nn.Module | None,
     paster: FramePaster | None,
     written: int,
     timings: dict[str, float],
 ) -> dict[str, Any]:
     """Everything that decided the output, for ``<output>.json``."""
-    prepared, features = sampled.prepared, sampled.features
-    job, image_info = prepared.job, prepared.image_info
+    prepared, conditions = sampled.prepared, sampled.conditions
+    ctx, interpolator = sampled.ctx, sampled.interpolator
+    job, image, features = prepared.job, prepared.image, conditions.features
     output_bytes, output_sha256 = job.output.stat().st_size, sha256_file(job.output)
     return {
         "output": str(job.output),
@@ -338,9 +340,9 @@ def _sidecar_info(
         "image": str(job.image),
         "audio": str(job.audio),
         "emotion": job.emotion,
-        "emotion_schedule": schedule_summary(prepared.schedule, features.duration),
-        **prepared.emotion_info,
-        **({"motion": sampled.motion_info} if sampled.motion_info else {}),
+        "emotion_schedule": schedule_summary(conditions.schedule, features.duration),
+        **conditions.emotion_info,
+        **({"motion": conditions.motion_info} if conditions.motion_info else {}),
         "seed": sampled.seed,
         "audio_seconds": round(features.duration, 3),
         "generated_frames": features.num_frames,
@@ -349,8 +351,8 @@ def _sidecar_info(
         "interpolated": interpolator is not None,
         "device": str(engine.device),
         "dtype": str(engine.dtype).removeprefix("torch."),
-        **image_info,
-        "output_size": list(paster.size) if paster is not None else image_info["size"],
+        **image.sidecar(),
+        "output_size": list(paster.size if paster is not None else image.size),
         "timings": timings,
         "versions": _versions(),
         **(
@@ -368,12 +370,12 @@ def full_frame_paster(prepared: PreparedJob, cfg: RenderConfig) -> FramePaster |
     photo = prepared.photo_array
     if photo is None:
         return None
-    info = prepared.image_info
-    crop = clip_box(tuple(info["crop_box"]), (photo.shape[1], photo.shape[0]))
+    image = prepared.image
+    crop = clip_box(image.crop_box, (photo.shape[1], photo.shape[0]))
     return FramePaster(
         photo,
         crop,
-        tuple(info["face_box"]),
+        image.face_box,
         max_size=cfg.video.max_size,
         feather=cfg.video.feather,
         color_match=cfg.video.color_match,

@@ -1,9 +1,11 @@
 """A job and its prepared inputs: everything is checked and decoded once, before any model loads.
 
-:func:`prepare` reads the photo (decode, face, crop, mask, tensors), the audio (16 kHz mono samples) and the
-emotion (a parsed schedule, or a custom prior) and returns one :class:`PreparedJob` that
-:func:`portrait.generate.generate` consumes; nothing is decoded, detected or parsed twice. Every failure is a
-:class:`~portrait.errors.PortraitError` that names the file and the fix.
+:func:`prepare` reads the photo (decode, face, crop, mask, tensors), the audio (16 kHz mono samples), the
+emotion (a parsed schedule, a custom prior, or a reference clip's expressions) and the driving motion
+(retargeted motion maps) and returns one :class:`PreparedJob`; no model is needed here (the expression
+classifier and face detector are small CPU tools passed in). :func:`portrait.conditioning.encode` then runs
+the engine's encoders on it and :func:`portrait.generate.generate` renders it; nothing is decoded, detected
+or parsed twice. Every failure is a :class:`~portrait.errors.PortraitError` that names the file and the fix.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +21,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from portrait.config import MotionConfig, RenderConfig
-from portrait.constants import EMOTION_PRIOR_SUFFIXES, EMOTION_TIMELINE_SUFFIXES, UNIT_SECONDS
-from portrait.engine import Engine
+from portrait.boxes import Box, CropBox
+from portrait.config import RenderConfig
+from portrait.constants import (
+    EMOTION_EMBEDDERS,
+    EMOTION_PRIOR_SUFFIXES,
+    EMOTION_TIMELINE_SUFFIXES,
+    UNIT_SECONDS,
+)
 from portrait.errors import HINT_FACE_BOX, InputError
-from portrait.models.audio import frame_audio_windows, whisper_hidden_states
-from portrait.models.identity import IdentityEncoding
 from portrait.preprocess.audio import load_audio
-from portrait.preprocess.audio_features import AudioFeatures, audio_features
 from portrait.preprocess.detectors import FaceDetector
 from portrait.preprocess.emotion_from_reference import reference_emotion
 from portrait.preprocess.emotion_spec import (
@@ -44,17 +48,22 @@ logger = logging.getLogger(__name__)
 
 #: Bank name given to a custom prior file (``--emotion my_prior.safetensors``).
 CUSTOM_PRIOR = "custom"
+NEUTRAL_NAME = "neutral"
 
 
 @dataclass(frozen=True)
 class Job:
-    """One generation request. ``emotion``: a spec (see preprocess.emotion), a prior or a timeline file."""
+    """One generation request. ``emotion``: a spec (see preprocess.emotion_spec), a prior or a timeline file.
+
+    Per-job render settings (guidance, motion retargeting, ...) are not here: they are config values
+    (``portrait.config.with_values``), so the CLI, batch lines, the app and the nodes spell them one way.
+    """
 
     image: Path
     audio: Path
     output: Path
     emotion: str = "neutral"
-    face_box: tuple[float, float, float, float] | None = None
+    face_box: Box | None = None
     face_index: int | None = None
     seed: int | None = None
     dump_frames: Path | None = None
@@ -67,50 +76,74 @@ class Job:
     emotion_embedder: str = "auto"
     #: A driving video or track ``.json`` whose head motion the portrait follows (docs/motion.md).
     motion: Path | None = None
-    #: Per-job overrides of the ``motion`` config section (None: ``cfg.motion``; see :func:`motion_settings`).
-    retarget: str | None = None
-    motion_gain: tuple[float, float] | None = None
-    mouth: str | None = None
-    motion_extend: str | None = None
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """Where the face is and how the photo became the working image (also the sidecar's fields).
+
+    Attributes:
+        face_box: (x, y, w, h) of the face in the photo's pixels, rounded to 0.01.
+        face_detection: ``"given"`` or ``"<detector> (<n> found)"``.
+        full_frame: the animated crop is pasted back into the whole photo.
+        crop_box: (x0, y0, x1, y1) of the reference crop in the photo's pixels (may reach outside it), or
+            None when the whole photo is the working image.
+        size: (width, height) of the working image the pipeline renders.
+    """
+
+    face_box: Box
+    face_detection: str
+    full_frame: bool
+    crop_box: CropBox | None
+    size: tuple[int, int]
+
+    def sidecar(self) -> dict[str, Any]:
+        """The sidecar's fields (``crop_box`` only when the photo was cropped)."""
+        info: dict[str, Any] = {
+            "face_box": list(self.face_box),
+            "face_detection": self.face_detection,
+            "full_frame": self.full_frame,
+        }
+        if self.crop_box is not None:
+            info["crop_box"] = list(self.crop_box)
+        return info | {"size": list(self.size)}
 
 
 @dataclass(frozen=True)
 class PreparedJob:
-    """A job with every input decoded and checked once (:func:`prepare`); what ``generate`` consumes.
+    """A job with every input decoded and checked once (:func:`prepare`); what the engine encodes.
 
     Attributes:
         photo: the decoded photo (EXIF-rotated RGB), before any crop.
         portrait: the pipeline's image tensors of the (cropped) working image.
-        image_info: face box, how it was found, crop box, full-frame flag and working size (sidecar fields).
-        full_frame: paste the animated crop back into ``photo``.
+        image: face box, crop box, full-frame flag and working size.
         samples: (S,) float32 mono audio at ``sample_rate`` (16 kHz).
         schedule: the emotion schedule over time.
         extra_priors: bank entries the job brings itself (a custom prior file), name → (1, D).
         image_key: what the image side depends on (for reusing identity encodings across jobs).
+        emotion_info: sidecar fields of the emotion (``{"emotion_from": ...}`` for a reference clip).
+        motion_maps: (N, 3, H, W) float32 motion maps in [0, 1] at the working size (``job.motion``), or None.
+        motion_info: sidecar record of the motion (source, mode, gains, per-second pose summary), {} without.
+        motion_energy: (N,) float64 head-motion energy of the retargeted landmarks per frame (face sizes
+            per second), the release-weights-only path's input (``portrait.motion.bucket``); None without.
+        embedder_inputs: inputs of the learned emotion embedder (``portrait.conditioning.learned_emotion``):
+            ``{"visual": (T_v, C) float32 classifier probabilities}`` or ``{"audio_samples": (S,) float32}``
+            (an audio-only reference); None when the emotion does not come from the learned embedder.
     """
 
     job: Job
     photo: Image.Image
     portrait: PortraitTensors
-    image_info: dict[str, Any]
-    full_frame: bool
+    image: ImageInfo
     samples: np.ndarray
     sample_rate: int
     schedule: EmotionSchedule
     extra_priors: dict[str, torch.Tensor] = field(default_factory=dict)
     image_key: tuple = ()
-    #: Sidecar fields of the emotion (``{"emotion_from": ...}`` for a reference clip), merged by generate.
     emotion_info: dict[str, Any] = field(default_factory=dict)
-    #: (N, 3, H, W) float32 motion maps in [0, 1] at the working size (``job.motion``), or None.
     motion_maps: np.ndarray | None = None
-    #: Sidecar record of the motion (source, mode, gains, per-second pose summary), {} without motion.
     motion_info: dict[str, Any] = field(default_factory=dict)
-    #: (N,) float64 head-motion energy of the retargeted landmarks per frame (face sizes per second), the
-    #: release-weights-only path's input (``portrait.motion.bucket``); None without motion.
     motion_energy: np.ndarray | None = None
-    #: Inputs of the learned emotion embedder, consumed in generate by ``learned_emotion.learned_emotion``:
-    #: ``{"visual": (T_v, C) float32 classifier probabilities}`` or ``{"audio_samples": (S,) float32}`` (an
-    #: audio-only reference); None when the emotion does not come from the learned embedder.
     embedder_inputs: dict[str, Any] | None = None
 
     @property
@@ -120,7 +153,7 @@ class PreparedJob:
     @property
     def photo_array(self) -> np.ndarray | None:
         """(H, W, 3) uint8 photo to paste into in full-frame mode; None otherwise."""
-        return np.asarray(self.photo) if self.full_frame else None
+        return np.asarray(self.photo) if self.image.full_frame else None
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -155,7 +188,7 @@ def prepare(
     """
     check_output(job)
     photo = load_image(job.image)
-    image_info, tensors, full_frame = _prepare_image(job, photo, cfg, detector)
+    image, tensors = _prepare_image(job, photo, cfg, detector)
     pre = cfg.preprocess
     samples = load_audio(job.audio, pre.sample_rate, max_seconds=pre.max_audio_units * UNIT_SECONDS)
     schedule, extra = _prepare_emotion(job.emotion, list(emotion_names), cfg.sampling.emotion_transition)
@@ -168,109 +201,32 @@ def prepare(
     check_schedule_fits(schedule, len(samples) / pre.sample_rate)
     key = image_cache_key(job, cfg)
     prepared = PreparedJob(
-        job, photo, tensors, image_info, full_frame, samples, pre.sample_rate, schedule, extra, key,
-        emotion_info, embedder_inputs=embedder_inputs,
+        job, photo, tensors, image, samples, pre.sample_rate, schedule, extra, key, emotion_info,
+        embedder_inputs=embedder_inputs,
     )  # fmt: skip
     return _with_motion(prepared, cfg, detector) if job.motion is not None else prepared
 
 
 def _with_motion(prepared: PreparedJob, cfg: RenderConfig, detector: FaceDetector | None) -> PreparedJob:
     """Add the job's motion maps: the driving track retargeted onto the portrait's own working image."""
-    from dataclasses import replace
-
     from portrait.motion.driving import motion_for_job
     from portrait.preprocess.audio_features import SAMPLES_PER_UNIT
 
-    job, pre, info = prepared.job, cfg.preprocess, prepared.image_info
+    job, pre, crop = prepared.job, cfg.preprocess, prepared.image.crop_box
     if not Path(job.motion).is_file():
         raise InputError(f"motion source {job.motion} does not exist (a driving video or a track .json)")
     image = prepared.photo
-    if "crop_box" in info:  # the crop of _prepare_image: the face box of the tensors is in its pixels
-        image = crop_image(image, tuple(info["crop_box"]))
+    if crop is not None:  # the crop of _prepare_image: the face box of the tensors is in its pixels
+        image = crop_image(image, crop)
     units = min(len(prepared.samples) // SAMPLES_PER_UNIT, pre.max_audio_units)
     num_frames = max(units // pre.audio_units_per_frame, 1)
-    tensors, m = prepared.portrait, motion_settings(job, cfg)
+    tensors, m = prepared.portrait, cfg.motion
     motion = motion_for_job(
         job.motion, image, tensors.face_box, tensors.size, num_frames, cfg.sampling.fps,
         mode=m.retarget, gains=(m.pose_gain, m.expression_gain), mouth=m.mouth, extend=m.extend,
         detector=detector,
     )  # fmt: skip
     return replace(prepared, motion_maps=motion.maps, motion_info=motion.summary, motion_energy=motion.energy)
-
-
-def motion_settings(job: Job, cfg: RenderConfig) -> MotionConfig:
-    """The job's motion options: the ``motion`` config section with the job's own fields (when set) on top."""
-    m = cfg.motion
-    pose, expression = job.motion_gain if job.motion_gain is not None else (m.pose_gain, m.expression_gain)
-    return MotionConfig(
-        retarget=job.retarget or m.retarget,
-        pose_gain=float(pose),
-        expression_gain=float(expression),
-        mouth=job.mouth or m.mouth,
-        extend=job.motion_extend or m.extend,
-    )
-
-
-#: ``--retarget fixed`` without a landmark guider: this motion bucket for the whole clip (experimental).
-FIXED_MOTION_BUCKET = 2
-
-
-def motion_arguments(
-    prepared: PreparedJob, engine: Engine, cfg: RenderConfig
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Extra pipeline arguments for the job's motion and its sidecar record (both empty without motion).
-
-    With a ``landmark_guider`` in the weights the maps steer the head frame by frame. With the release
-    weights alone one warning says so and the motion bucket is steered instead (experimental): ``fixed``
-    lowers it for the whole clip (a calmer head); the other modes give the pipeline a per-frame table
-    ``motion_bucket_ids`` (N,) from the retargeted head-motion energy (``portrait.motion.bucket``) that it
-    averages per window. A prepared job without an energy table (none was computed) changes nothing.
-    """
-    if prepared.motion_maps is None:
-        return {}, {}
-    info = dict(prepared.motion_info)
-    if getattr(engine.pipe, "landmark_guider", None) is not None:
-        info["applied"] = "landmark_guider"
-        return {"motion_maps": torch.from_numpy(prepared.motion_maps)}, info
-    mode = motion_settings(prepared.job, cfg).retarget
-    energy = getattr(prepared, "motion_energy", None)
-    if mode == "fixed":
-        instead = "fixed: a lower motion bucket instead, experimental"
-    elif energy is None:
-        instead = "ignored"
-    else:
-        instead = "its motion energy sets the motion bucket per window instead, experimental"
-    message = "the weights have no landmark_guider: --motion cannot steer the head (%s); see docs/motion.md"
-    logger.warning(message, instead)
-    if mode != "fixed":
-        if energy is None:
-            info["applied"] = "none"
-            return {}, info
-        return _energy_buckets(energy, cfg, info)
-    bucket = min(cfg.sampling.motion_bucket_id, FIXED_MOTION_BUCKET)
-    info.update(applied="motion_bucket", motion_bucket_id=bucket)
-    return {"motion_bucket_id": bucket}, info
-
-
-def _energy_buckets(
-    energy: np.ndarray, cfg: RenderConfig, info: dict[str, Any]
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``{"motion_bucket_ids": (N,) float64 tensor}`` from per-frame energy, and the sidecar's record."""
-    from portrait.motion import bucket as mb
-
-    center = cfg.sampling.motion_bucket_id
-    table = mb.motion_bucket_table(energy, center=center)
-    info.update(
-        applied="motion_bucket",
-        motion_bucket={
-            "source": "head_motion_energy",
-            "scale": {"energy": [0.0, mb.ENERGY_MID, mb.ENERGY_HIGH], "bucket": [
-                min(mb.BUCKET_LOW, center), float(center), max(mb.BUCKET_HIGH, center)]},
-            "window": "mean of the window's frames, rounded",
-            "per_second": mb.per_second_buckets(table, cfg.sampling.fps),
-        },
-    )  # fmt: skip
-    return {"motion_bucket_ids": torch.from_numpy(table)}, info
 
 
 def _reference_emotion(
@@ -325,21 +281,16 @@ def _reference_emotion(
     return schedule, {"emotion_from": info}, {"visual": np.asarray(frames["probs"], dtype=np.float32)}
 
 
-#: ``--emotion-embedder`` choices.
-EMBEDDER_CHOICES = ("auto", "learned", "classifier")
-NEUTRAL_NAME = "neutral"
-
-
 def embedder_choice(job: Job, cfg: RenderConfig) -> str:
     """``"learned"`` or ``"classifier"`` for ``job.emotion_from`` (``auto``: learned when the weights tree
     has ``emotion_embedder/`` and the mode is ``mean``: the embedder gives one prior per clip)."""
-    from portrait.weights.load import resolve_weights_root
+    from portrait.weights.load import has_component, resolve_weights_root
 
     choice = job.emotion_embedder
-    if choice not in EMBEDDER_CHOICES:
-        raise InputError(f"--emotion-embedder must be one of {', '.join(EMBEDDER_CHOICES)}, got {choice!r}")
+    if choice not in EMOTION_EMBEDDERS:
+        raise InputError(f"--emotion-embedder must be one of {', '.join(EMOTION_EMBEDDERS)}, got {choice!r}")
     root = resolve_weights_root(cfg.runtime.weights)
-    present = (root / "emotion_embedder" / "config.json").is_file()
+    present = has_component(root, "emotion_embedder")
     if choice == "learned" and not present:
         raise InputError(
             f"--emotion-embedder learned: the weights tree {root} has no emotion_embedder/ component (the "
@@ -357,7 +308,7 @@ def embedder_choice(job: Job, cfg: RenderConfig) -> str:
 
 def _prepare_image(
     job: Job, image: Image.Image, cfg: RenderConfig, detector: FaceDetector | None
-) -> tuple[dict[str, Any], PortraitTensors, bool]:
+) -> tuple[ImageInfo, PortraitTensors]:
     """Face (given or detected), the reference's crop box, optional crop, the image tensors (compat §1.2–1.4).
 
     In full-frame mode (``video.full_frame``; "auto": when the face crop is smaller than the photo) the face
@@ -372,17 +323,16 @@ def _prepare_image(
         faces = detector.detect(np.asarray(image)[:, :, ::-1].copy())
         face = select_face(faces, cfg.preprocess.face_selection, job.face_index, source=str(job.image))
         box, how = face.box, f"{detector.name} ({len(faces)} found)"
-    info: dict[str, Any] = {"face_box": [round(float(v), 2) for v in box], "face_detection": how}
+    face_box = tuple(round(float(v), 2) for v in box)
     crop = reference_crop_box(box, image.width, image.height, cfg.preprocess.expand_ratio)
     full_frame = wants_full_frame(cfg.video.full_frame, crop, image.size)
-    info["full_frame"] = full_frame
-    if cfg.preprocess.crop or full_frame:
+    cropped = cfg.preprocess.crop or full_frame
+    if cropped:
         image = crop_image(image, crop)
         box = (box[0] - crop[0], box[1] - crop[1], box[2], box[3])
-        info["crop_box"] = list(crop)
     tensors = prepare_portrait(image, box, cfg.preprocess.min_resolution, cfg.preprocess.face_area)
-    info["size"] = list(tensors.size)
-    return info, tensors, full_frame
+    info = ImageInfo(face_box, how, full_frame, tuple(crop) if cropped else None, tuple(tensors.size))
+    return info, tensors
 
 
 def _prepare_emotion(
@@ -422,37 +372,6 @@ def load_prior_file(path: Path) -> torch.Tensor:
     return prior.float().reshape(1, -1)
 
 
-def emotion_bank(prepared: PreparedJob, engine: Engine) -> dict[str, torch.Tensor]:
-    """The engine's bank plus the job's own priors, each checked against the bank's prior size."""
-    bank = dict(engine.bank)
-    dim = next(iter(bank.values())).shape[-1]
-    for name, prior in prepared.extra_priors.items():
-        if prior.shape[-1] != dim:
-            raise InputError(
-                f"emotion prior {prepared.job.emotion} has {prior.shape[-1]} values; the bank uses {dim}"
-            )
-        bank[name] = prior
-    return bank
-
-
-# ------------------------------------------------------------------------------------ model-side inputs
-def audio_windows(
-    prepared: PreparedJob, engine: Engine, cfg: RenderConfig
-) -> tuple[AudioFeatures, torch.Tensor]:
-    """Whisper features of the job's samples and the per-frame windows (N, 10, blocks, channels)."""
-    pre = cfg.preprocess
-    features = audio_features(
-        prepared.samples, engine.feature_extractor, pre.max_audio_units, pre.audio_units_per_frame
-    )
-    hidden = whisper_hidden_states(engine.pipe.audio_encoder.encoder, features.mel)
-    windows = frame_audio_windows(hidden, features.audio_len, features.num_frames, pre.audio_units_per_frame)
-    return features, windows
-
-
-#: Identity encodings reused across jobs of one process: key from :func:`image_cache_key`.
-IdentityCache = dict[tuple, IdentityEncoding]
-
-
 def image_cache_key(job: Job, cfg: RenderConfig) -> tuple:
     """What the prepared image depends on: the file (path, size, mtime), the face choice and preprocessing."""
     stat = job.image.stat()
@@ -471,22 +390,3 @@ def image_cache_key(job: Job, cfg: RenderConfig) -> tuple:
         cfg.sampling.noise_aug_strength,
         cfg.video.full_frame,
     )
-
-
-def encode_identity(
-    prepared: PreparedJob, engine: Engine, cfg: RenderConfig, cache: IdentityCache | None = None
-) -> IdentityEncoding | None:
-    """CLIP embedding and VAE latents of the portrait, from ``cache`` when possible.
-
-    None when noise augmentation is on: the pipeline then encodes with its seeded noise (RNG draw #1).
-    """
-    if cfg.sampling.noise_aug_strength != 0:
-        return None
-    if cache is not None and prepared.image_key in cache:
-        return cache[prepared.image_key]
-    tensors = prepared.portrait
-    zeros = torch.zeros_like(tensors.ref_image)
-    identity = engine.pipe.encode_identity(tensors.ref_image, tensors.clip_image, zeros, 0.0)
-    if cache is not None:
-        cache[prepared.image_key] = identity
-    return identity

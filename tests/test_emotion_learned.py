@@ -1,4 +1,4 @@
-"""The learned emotion embedder inside a render (portrait.learned_emotion, --emotion-embedder)."""
+"""The learned emotion embedder inside a render (portrait.conditioning, --emotion-embedder)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from portrait.cli.main import main
+from portrait.conditioning import tokens_from_windows
 from portrait.layout import RELEASE_EMOTIONS
-from portrait.learned_emotion import tokens_from_windows
 from portrait.models.audio import frame_audio_windows
 
 ROOT = Path(__file__).resolve().parents[1]

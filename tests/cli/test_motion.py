@@ -129,15 +129,17 @@ def test_motion_from_a_video_with_release_weights_only(driving, plain, tmp_path,
 def test_fixed_without_guider_lowers_the_motion_bucket(track):
     from types import SimpleNamespace
 
-    from portrait.config import RenderConfig
-    from portrait.inputs import FIXED_MOTION_BUCKET, Job, motion_arguments
+    from portrait.conditioning import FIXED_MOTION_BUCKET, motion_arguments
+    from portrait.config import RenderConfig, with_values
+    from portrait.inputs import Job
 
     engine = SimpleNamespace(pipe=SimpleNamespace(landmark_guider=None))
     maps = np.zeros((4, 3, 64, 64), np.float32)
+    job = Job(PORTRAIT, SPEECH, Path("o.mp4"), motion=track)
     for mode, expected in (("fixed", {"motion_bucket_id": FIXED_MOTION_BUCKET}), ("relative", {})):
-        job = Job(PORTRAIT, SPEECH, Path("o.mp4"), motion=track, retarget=mode)
+        cfg = with_values(RenderConfig(), {"motion.retarget": mode})
         prepared = SimpleNamespace(job=job, motion_maps=maps, motion_info={"mode": mode})
-        args, info = motion_arguments(prepared, engine, RenderConfig())
+        args, info = motion_arguments(prepared, engine, cfg)
         assert args == expected
         assert info["applied"] == ("motion_bucket" if mode == "fixed" else "none")
     guided = SimpleNamespace(pipe=SimpleNamespace(landmark_guider=object()))

@@ -189,21 +189,24 @@ def test_bad_tables_are_input_errors(tiny_pipe, table, message):
 def _prepared(mode: str, energy: np.ndarray | None):
     from portrait.inputs import Job
 
-    job = Job(PORTRAIT, SPEECH, Path("o.mp4"), motion=Path("t.json"), retarget=mode)
+    job = Job(PORTRAIT, SPEECH, Path("o.mp4"), motion=Path("t.json"))
     maps = np.zeros((len(energy) if energy is not None else 4, 3, 64, 64), np.float32)
     return SimpleNamespace(job=job, motion_maps=maps, motion_info={"mode": mode}, motion_energy=energy)
 
 
 def test_motion_arguments_without_guider(caplog):
-    from portrait.config import RenderConfig
-    from portrait.inputs import FIXED_MOTION_BUCKET, motion_arguments
+    from portrait.conditioning import FIXED_MOTION_BUCKET, motion_arguments
+    from portrait.config import RenderConfig, with_values
+
+    def cfg(mode: str) -> RenderConfig:
+        return with_values(RenderConfig(), {"motion.retarget": mode})
 
     engine = SimpleNamespace(pipe=SimpleNamespace(landmark_guider=None))
     energy = np.concatenate([np.zeros(13), np.full(13, ENERGY_MID), np.full(4, 5.0)])
     for mode in ("relative", "offset", "naive"):
         caplog.clear()
         with caplog.at_level(logging.WARNING):
-            args, info = motion_arguments(_prepared(mode, energy), engine, RenderConfig())
+            args, info = motion_arguments(_prepared(mode, energy), engine, cfg(mode))
         assert list(args) == ["motion_bucket_ids"]
         np.testing.assert_allclose(args["motion_bucket_ids"].numpy(), [2.0] * 13 + [8.0] * 13 + [16.0] * 4)
         assert info["applied"] == "motion_bucket" and info["mode"] == mode
@@ -215,10 +218,10 @@ def test_motion_arguments_without_guider(caplog):
         json.dumps(info)
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert len(warnings) == 1 and "experimental" in warnings[0] and "per window" in warnings[0]
-    args, info = motion_arguments(_prepared("fixed", energy), engine, RenderConfig())  # fixed: as before
+    args, info = motion_arguments(_prepared("fixed", energy), engine, cfg("fixed"))  # fixed: as before
     assert args == {"motion_bucket_id": FIXED_MOTION_BUCKET} and "motion_bucket" not in info
     guided = SimpleNamespace(pipe=SimpleNamespace(landmark_guider=object()))
-    args, info = motion_arguments(_prepared("relative", energy), guided, RenderConfig())
+    args, info = motion_arguments(_prepared("relative", energy), guided, cfg("relative"))
     assert list(args) == ["motion_maps"] and info["applied"] == "landmark_guider"
 
 
