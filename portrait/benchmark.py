@@ -1,9 +1,11 @@
 """End-to-end speed and memory benchmark on random weights (no download): ``scripts/benchmark.py``.
 
 Builds the pipeline at the real DICE-Talk sizes (meta-device construction, then random weights materialised
-straight on the device) or at the tiny test sizes, renders N seconds of synthetic audio end to end (audio
-encoding, identity encoding, sampling, VAE decode, frame interpolation, H.264 encode + mux) and prints one
-JSON line per run. ``--compare`` runs the plain eager path (the reference's call shapes) and the optimised
+straight on the device) or at the tiny test sizes, wraps it in an :class:`~portrait.engine.Engine` and
+renders N seconds of a synthetic speech file and portrait through the product's own path
+(:func:`portrait.inputs.prepare`, then :func:`portrait.rendering.render_job`: identity and audio encoding,
+sampling, VAE decode, frame interpolation, H.264 encode + mux); the stage times are the sidecar's. One JSON
+line per run. ``--compare`` runs the plain eager path (the reference's call shapes) and the optimised
 path in one process with the same initial noise and prints their speed ratio and the PSNR of the optimised
 frames against the eager ones.
 """
@@ -16,7 +18,6 @@ import math
 import resource
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,13 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from portrait.config import RenderConfig, load_config
 from portrait.constants import COMPILE_MODES, OFFLOAD_MODES, RUNTIME_DTYPES
-from portrait.engine import apply_runtime_options, resolve_dtype
-from portrait.generate import interpolated
-from portrait.models.audio import frame_audio_windows, whisper_hidden_states
+from portrait.engine import Engine, apply_runtime_options, resolve_dtype
+from portrait.inputs import Job, prepare
 from portrait.pipeline import PortraitPipeline
-from portrait.render.mux import mux_audio
-from portrait.render.video import encode_video
+from portrait.rendering import render_job
 from portrait.weights.load import FP32_COMPONENTS
 
 
@@ -143,104 +143,89 @@ def _timed(device: torch.device):
     return timer
 
 
-def _synthetic_inputs(pipe: PortraitPipeline, seconds: float, size: int, device: torch.device, seed: int):
-    gen = torch.Generator().manual_seed(seed)
-    samples = int(seconds * 16000)
-    pieces = math.ceil(samples / 480000)
-    mel = torch.randn(1, 80, 3000 * pieces, generator=gen) * 0.5
-    ref = torch.rand(1, 3, size, size, generator=gen) * 2 - 1
-    clip = torch.randn(1, 3, 224, 224, generator=gen)
-    mask = torch.zeros(1, 3, size, size)
-    mask[..., size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 1
+def _synthetic_inputs(folder: Path, seconds: float, size: int, seed: int) -> tuple[Path, Path]:
+    """A square noise "portrait" of ``size`` px and ``seconds`` of a tone with noise at 16 kHz."""
+    import soundfile as sf
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    image, audio = folder / "portrait.png", folder / "speech.wav"
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(image)
+    t = np.arange(int(seconds * 16000)) / 16000
+    wave = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(t.shape)
+    sf.write(audio, wave.astype(np.float32), 16000)
+    return image, audio
+
+
+def bench_engine(pipe: PortraitPipeline, device: torch.device) -> Engine:
+    """An engine around a random pipeline: Whisper features, one random prior, the pipe's interpolator."""
+    from transformers import WhisperFeatureExtractor
+
+    gen = torch.Generator().manual_seed(3)
     prior = torch.randn(1, pipe.emotion_model.config.prior_dim, generator=gen) * 0.85
-    audio_len = samples // 640
-    return mel, ref, clip, mask, prior, audio_len, audio_len // 2
+    extractor = WhisperFeatureExtractor(feature_size=80)
+    interpolator = getattr(pipe, "interpolator", None)
+    return Engine(pipe, extractor, None, interpolator, {"neutral": prior}, Path("."), device, pipe.unet.dtype)
+
+
+def bench_config(variant: Variant, args: argparse.Namespace, seed: int) -> RenderConfig:
+    """The render config of one benchmark run: the whole synthetic image, the variant's runtime knobs."""
+    return load_config(
+        values={
+            "sampling.steps": args.steps, "sampling.seed": seed,
+            "sampling.decode_chunk_size": args.decode_chunk,
+            "preprocess.min_resolution": args.size, "preprocess.crop": False, "video.full_frame": False,
+            "video.interpolate": bool(args.interpolate), "runtime.window_batch": variant.window_batch,
+            "runtime.fast_attention": variant.fast_attention,
+        }
+    )  # fmt: skip
+
+
+def _read_frames(folder: Path) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))])
 
 
 def run_once(
-    pipe: PortraitPipeline, variant: Variant, args: argparse.Namespace, noise_seed: int = 7
+    pipe: PortraitPipeline, variant: Variant, args: argparse.Namespace, seed: int = 7
 ) -> dict[str, Any]:
     """One end-to-end render; returns the metrics dict and the frames (uint8, CPU) under ``_frames``."""
     device = pipe.unet.device
-    timer, times = _timed(device), {}
-    mel, ref, clip, mask, prior, audio_len, frames = _synthetic_inputs(
-        pipe, args.seconds, args.size, device, 3
-    )
+    times: dict[str, float] = {}
     calls = {"n": 0}
     hook = pipe.unet.register_forward_pre_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    with timer(times, "compile_and_first_call"):
+    with _timed(device)(times, "compile_and_first_call"):
         apply_runtime_options(pipe, variant.offload, variant.compile, device)
         if variant.compile != "off":
             window_call(pipe, args.size)  # compilation happens on the first call
-    with torch.inference_mode():
-        with timer(times, "audio_encoding"):
-            hidden = whisper_hidden_states(pipe.audio_encoder.encoder, mel.to(device))
-            windows = frame_audio_windows(hidden, audio_len, frames)
-        with timer(times, "identity_encoding"):
-            identity = pipe.encode_identity(ref, clip, torch.zeros_like(ref), 0.0)
-        length = frames + 25
-        noise = torch.randn(
-            pipe.latent_shape(length, args.size, args.size),
-            generator=torch.Generator().manual_seed(noise_seed),
-        )
-        with timer(times, "sampling"):
-            latents = pipe(
-                ref,
-                clip,
-                mask,
-                windows,
-                prior,
-                steps=args.steps,
-                latents=noise,
-                identity=identity,
-                output_type="latent",
-                window_batch=variant.window_batch,
-                fast_attention=variant.fast_attention,
-            ).latents
-    hook.remove()
-    kept: list[np.ndarray] = []
+    calls["n"] = 0
+    engine = bench_engine(pipe, device)
+    cfg = bench_config(variant, args, seed)
     with tempfile.TemporaryDirectory() as tmp:
-        import soundfile as sf
-
-        wav = Path(tmp) / "a.wav"
-        sf.write(wav, np.zeros(int(args.seconds * 16000), dtype=np.float32) + 1e-3, 16000)
-        chunks = pipe.decode_frames(latents, frames, args.decode_chunk)
-        model = pipe.interpolator if args.interpolate else None
-        decode_t = 0.0
-
-        def timed_chunks() -> Iterator[torch.Tensor]:  # decode (+ interpolation) time, chunk by chunk
-            nonlocal decode_t
-            stream = interpolated(chunks, model)
-            while True:
-                start = time.perf_counter()
-                chunk = next(stream, None)
-                _sync(device)
-                decode_t += time.perf_counter() - start
-                if chunk is None:
-                    return
-                yield chunk
-
-        keep = (lambda data, index: kept.append(data)) if args.keep_frames else None
-        start = time.perf_counter()
-        fps = 25.0 if model is not None else 12.5
-        encode_video(timed_chunks(), Path(tmp) / "v.mp4", fps=fps, on_frames=keep)
-        encode_t = time.perf_counter() - start - decode_t
-        times["decode_and_interpolation"] = round(decode_t, 4)
-        with timer(times, "encode_and_mux"):
-            mux_audio(Path(tmp) / "v.mp4", wav, Path(tmp) / "out.mp4")
-        times["encode_and_mux"] = round(times["encode_and_mux"] + encode_t, 4)
+        folder = Path(tmp)
+        image, audio = _synthetic_inputs(folder, args.seconds, args.size, seed=3)
+        box = (args.size / 4, args.size / 4, args.size / 2, args.size / 2)
+        dump = folder / "frames" if args.keep_frames else None
+        job = Job(image, audio, folder / "out.mp4", face_box=box, dump_frames=dump)
+        prepared = prepare(job, cfg, None, engine.bank)
+        result = render_job(prepared, engine, cfg)
+        frames = _read_frames(dump) if dump is not None else None
+    hook.remove()
+    info = result.info
+    times |= {k: v for k, v in info["timings"].items() if k != "total"}
+    generated = info["generated_frames"]
     total = sum(v for k, v in times.items() if k != "compile_and_first_call")
-    windows_done = args.steps * math.ceil((frames + 25) / 25)
+    windows_done = args.steps * math.ceil((generated + 25) / 25)
     flops = args.flops_per_call
-    result = {
+    record = {
         "variant": variant.name, "device": str(device), "dtype": str(pipe.unet.dtype).removeprefix("torch."),
-        "size": args.size, "steps": args.steps, "audio_seconds": args.seconds, "frames": frames,
-        "seconds_per_video_second": round(total / args.seconds, 4), "stage_seconds": times,
-        "unet_calls": calls["n"], "window_batch": variant.window_batch,
-        "fast_attention": variant.fast_attention,
-        "compile": variant.compile, "offload": variant.offload,
+        "size": args.size, "steps": args.steps, "audio_seconds": args.seconds, "frames": generated,
+        "video_frames": info["video_frames"], "seconds_per_video_second": round(total / args.seconds, 4),
+        "stage_seconds": times, "unet_calls": calls["n"], "window_batch": variant.window_batch,
+        "fast_attention": variant.fast_attention, "compile": variant.compile, "offload": variant.offload,
         "achieved_tflops": round(flops * windows_done / times["sampling"] / 1e12, 2) if flops else None,
         "tflop_per_window_call": round(flops / 1e12, 3) if flops else None,
         "peak_gpu_gib": (
@@ -248,8 +233,8 @@ def run_once(
         ),
         "peak_host_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
     }  # fmt: skip
-    result["_frames"] = np.concatenate(kept) if kept else None
-    return result
+    record["_frames"] = frames
+    return record
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

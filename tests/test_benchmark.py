@@ -35,13 +35,8 @@ def test_tiny_compare_reports_both_runs_and_a_matching_summary():
     assert base["unet_calls"] == 2 * windows  # one call per window per step (reference shapes)
     assert opt["unet_calls"] == 2 * math.ceil(windows / opt["window_batch"])
     for run in (base, opt):
-        assert set(run["stage_seconds"]) >= {
-            "audio_encoding",
-            "identity_encoding",
-            "sampling",
-            "decode_and_interpolation",
-            "encode_and_mux",
-        }
+        # the product's own stages (the sidecar's timings of prepare + render_job)
+        assert set(run["stage_seconds"]) >= {"image", "audio", "sampling", "decode_encode", "mux"}
         assert run["seconds_per_video_second"] > 0 and run["achieved_tflops"] is not None
         assert run["peak_host_gib"] > 0
     assert summary["frames_match"] and summary["psnr_db"] >= 40

@@ -144,8 +144,9 @@ class Studio:
         self, request: AppRequest, progress: Progress | None = None, session: str | None = None
     ) -> AppResult:
         """Render one request into a fresh workspace run; raises PortraitError (see :func:`ui_message`)."""
-        from portrait.generate import generate
+        from portrait.eval.qa import QASettings, default_evaluator
         from portrait.inputs import prepare
+        from portrait.rendering import render_job
 
         report = progress or (lambda fraction, what: None)
         started = time.perf_counter()
@@ -153,6 +154,7 @@ class Studio:
         report(0.0, "loading models")
         engine = self.engine()
         qa = qa_values(request)
+        settings = None if qa is None else QASettings(**qa)  # up to 1 + retries renders, the best kept
         job, cfg = self.job(request, self.workspace.new_run() / "portrait.mp4")
         classifier = self.expression_classifier() if job.emotion_from is not None else None
         prepared = prepare(job, cfg, engine.detector, engine.bank, expression_classifier=classifier)
@@ -164,13 +166,12 @@ class Studio:
             self._waiting.discard(session or "")
             try:
                 self._check_cancelled()
-                render = lambda p, c: generate(  # noqa: E731
-                    p, engine, c, progress=True, callback=self._step_callback
-                )
-                if qa is None:
-                    result = render(prepared, cfg)
-                else:  # up to 1 + retries renders, the best kept (portrait.eval.qa)
-                    result = self._render_with_qa(prepared, render, cfg, qa)
+                if settings is not None and self._evaluate is None:
+                    self._evaluate = default_evaluator()  # its tools load on the first QA render
+                result = render_job(
+                    prepared, engine, cfg, qa=settings, evaluate=self._evaluate, progress=True,
+                    callback=self._step_callback,
+                )  # fmt: skip
             finally:
                 self._running = None
         info = result.info
@@ -186,13 +187,6 @@ class Studio:
             panel["emotion_from"]["top"] = record.get("probabilities", {}).get("top")
         report(1.0, "done")
         return AppResult(result.output, public_sidecar(result.sidecar), preview, panel)
-
-    def _render_with_qa(self, prepared: Any, render: Callable, cfg: RenderConfig, qa: dict[str, Any]) -> Any:
-        from portrait.eval.qa import QASettings, default_evaluator, render_with_qa
-
-        if self._evaluate is None:
-            self._evaluate = default_evaluator()
-        return render_with_qa(prepared, render, cfg, QASettings(**qa), evaluate=self._evaluate)
 
     def cancel(self, session: str | None) -> bool:
         """Ask ``session``'s render to stop (at its next sampling step, or before it starts when it is

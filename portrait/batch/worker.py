@@ -249,8 +249,9 @@ class Worker:
 
         ``retry``: an earlier attempt of this batch may have left a half-written output, which is ours.
         """
-        from portrait.generate import generate
+        from portrait.eval.qa import QASettings, default_evaluator
         from portrait.inputs import prepare
+        from portrait.rendering import render_job
 
         if not retry and is_foreign(job.output):
             raise InputError(f"{job.output}: {FOREIGN_OUTPUT}")
@@ -262,17 +263,11 @@ class Worker:
         self.load()
         engine = self.engine
         prepared = prepare(to_job(job), cfg, engine.detector, engine.bank)
-        if job.qa is None:
-            generate(prepared, engine, cfg, progress=False, cache=self.cache)
-            return None
-        from portrait.eval.qa import QASettings, default_evaluator, render_with_qa
-
-        if self.evaluate is None:
-            self.evaluate = default_evaluator()
-        settings = QASettings(threshold=job.qa[0], retries=job.qa[1])
-        render = lambda p, c: generate(p, engine, c, progress=False, cache=self.cache)  # noqa: E731
-        result = render_with_qa(prepared, render, cfg, settings, evaluate=self.evaluate)
-        return qa_summary(result.info["emotion_qa"])
+        qa = None if job.qa is None else QASettings(threshold=job.qa[0], retries=job.qa[1])
+        if qa is not None and self.evaluate is None:
+            self.evaluate = default_evaluator()  # its tools load on the first QA render, once per worker
+        result = render_job(prepared, engine, cfg, qa=qa, evaluate=self.evaluate, cache=self.cache)
+        return None if qa is None else qa_summary(result.info["emotion_qa"])
 
     def _free_memory(self, err: BaseException) -> None:
         import torch

@@ -12,7 +12,14 @@ from typing import Any
 
 from portrait.cli.common import add_runtime_arguments, quiet_libraries, runtime_values
 from portrait.config import RenderConfig
-from portrait.constants import EXTEND_MODES, MAX_MOTION_GAIN, MOUTH_MODES, RETARGET_MODES
+from portrait.constants import (
+    EMOTION_EMBEDDERS,
+    EMOTION_FROM_MODES,
+    EXTEND_MODES,
+    MAX_MOTION_GAIN,
+    MOUTH_MODES,
+    RETARGET_MODES,
+)
 from portrait.errors import InputError
 
 EPILOG = """commands:
@@ -57,13 +64,13 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     io.add_argument(
         "--emotion-from-mode",
-        choices=("mean", "timeline"),
+        choices=EMOTION_FROM_MODES,
         default="mean",
         help="mean: one mixture for the whole clip; timeline: follow the reference over time",
     )
     io.add_argument(
         "--emotion-embedder",
-        choices=("auto", "learned", "classifier"),
+        choices=EMOTION_EMBEDDERS,
         default="auto",
         help="--emotion-from through the learned embedder (weights' emotion_embedder/) or the expression "
         "classifier's mapping (default auto: learned when present and the mode is mean)",
@@ -234,33 +241,20 @@ def default_output(image: Path, audio: Path) -> Path:
     return Path(f"{image.stem}_{audio.stem}.mp4")
 
 
-def run_generate(args: argparse.Namespace) -> int:
-    """Build the config, make sure weights exist, load the engine once and render the job."""
-    from portrait.config import load_config, with_values
+def job_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~portrait.inputs.Job` of the flags (inputs checked to exist; default output name)."""
+    from portrait.inputs import Job
     from portrait.preprocess.face import parse_face_box
 
-    cfg = load_config(files=args.config, overrides=args.overrides, values=config_values(args))
     for path, what in ((args.image, "image"), (args.audio, "audio")):
         if not path.is_file():
             raise InputError(f"{what} file {path} does not exist")
-    output = args.output if args.output is not None else default_output(args.image, args.audio)
-    box = parse_face_box(args.face_box) if args.face_box else None
-
-    from portrait.distributed.group import init_distributed
-    from portrait.engine import load_engine
-    from portrait.generate import generate
-    from portrait.inputs import Job, prepare
-    from portrait.layout import RELEASE_EMOTIONS
-    from portrait.preprocess.detectors import detector_from_name
-    from portrait.weights.hub import ensure_weights
-    from portrait.weights.load import emotion_names, resolve_weights_root
-
-    job = Job(
+    return Job(
         args.image,
         args.audio,
-        output,
+        args.output if args.output is not None else default_output(args.image, args.audio),
         emotion=args.emotion,
-        face_box=box,
+        face_box=parse_face_box(args.face_box) if args.face_box else None,
         face_index=args.face_index,
         seed=args.seed,
         dump_frames=args.dump_frames,
@@ -270,6 +264,24 @@ def run_generate(args: argparse.Namespace) -> int:
         emotion_embedder=args.emotion_embedder,
         motion=args.motion,
     )
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    """Build the config and the job, prepare its inputs, make sure weights exist, load the engine once and
+    render (one process, or one clip across the ranks of a torchrun / srun launch)."""
+    from portrait.config import load_config, with_values
+    from portrait.distributed.group import init_distributed
+    from portrait.engine import load_engine
+    from portrait.eval.qa import QASettings
+    from portrait.inputs import prepare
+    from portrait.layout import RELEASE_EMOTIONS
+    from portrait.preprocess.detectors import detector_from_name
+    from portrait.rendering import render_job
+    from portrait.weights.hub import ensure_weights
+    from portrait.weights.load import emotion_names, resolve_weights_root
+
+    cfg = load_config(files=args.config, overrides=args.overrides, values=config_values(args))
+    job = job_from_args(args)
     root = resolve_weights_root(cfg.runtime.weights)
     names = emotion_names(root) or RELEASE_EMOTIONS  # no tree yet: the download brings the release's bank
     detector = detector_from_name(args.detector, root, yolo_sha256=cfg.preprocess.yolo_sha256)
@@ -283,15 +295,9 @@ def run_generate(args: argparse.Namespace) -> int:
         cfg = with_values(cfg, {"runtime.device": str(ctx.device), "runtime.offline": True})
     ensure_weights(root, offline=cfg.runtime.offline or None, progress=bars)  # None: $HF_HUB_OFFLINE
     engine = load_engine(cfg, detector=detector)
+    qa = QASettings(threshold=args.qa_threshold, retries=args.qa_retries) if args.emotion_qa else None
     try:
-        if getattr(args, "emotion_qa", False) and ctx is None:  # QA reads the file: one process only
-            from portrait.eval.qa import QASettings, render_with_qa
-
-            settings = QASettings(threshold=args.qa_threshold, retries=args.qa_retries)
-            render = lambda p, c: generate(p, engine, c, progress=bars)  # noqa: E731
-            result = render_with_qa(prepared, render, cfg, settings)
-        else:
-            result = generate(prepared, engine, cfg, progress=bars)
+        result = render_job(prepared, engine, cfg, qa=qa, progress=bars, distributed=ctx)
     finally:
         if ctx is not None:
             ctx.close()

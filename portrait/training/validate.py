@@ -2,7 +2,7 @@
 
 Every ``--validate-every N`` steps the trainer calls :class:`ValidationRenderer` with the current landmark
 guider; it writes ``OUT/validation/step_N.mp4`` (+ its ``.json`` sidecar) through the ordinary render path
-(:func:`portrait.inputs.prepare` once, then :func:`portrait.generate.generate` per call). The inputs are
+(:func:`portrait.inputs.prepare` once, then :func:`portrait.rendering.render_job` per call). The inputs are
 decoded and checked when the renderer is built, before training starts; the engine (a second copy of the
 frozen release models, in the render dtype) is loaded on the first call. Off by default.
 """
@@ -76,7 +76,7 @@ class ValidationRenderer:
     @torch.no_grad()
     def __call__(self, model: torch.nn.Module, step: int) -> Path:
         """Render with a copy of ``model`` (the trained guider, left untouched); returns the video path."""
-        from portrait.generate import generate
+        from portrait.rendering import render_job
 
         if self.engine is None:
             self._load(next(model.parameters()).device)
@@ -85,6 +85,6 @@ class ValidationRenderer:
         engine.pipe.register_modules(landmark_guider=guider)
         output = self.folder / f"step_{step}.mp4"
         prepared = replace(self.prepared, job=replace(self.prepared.job, output=output))
-        result = generate(prepared, engine, self.cfg, progress=False)
+        result = render_job(prepared, engine, self.cfg)
         logger.info("validation render at step %d: %s", step, result.output)
         return result.output

@@ -17,7 +17,7 @@ FAST = dict(size=64, steps=1, framing="photo", interpolate=False)
 
 
 def test_cancel_while_waiting_for_the_render_lock(hostile_weights, tmp_path: Path, monkeypatch) -> None:
-    import portrait.generate as generate_module
+    import portrait.rendering as render_module
 
     samples, rate = sf.read(SPEECH)
     speech = tmp_path / "short.wav"
@@ -27,9 +27,9 @@ def test_cancel_while_waiting_for_the_render_lock(hostile_weights, tmp_path: Pat
     studio = Studio(cfg, detector="dlib", max_seconds=3.0, workspace=Workspace(tmp_path / "app"))
     studio.engine()
     renders: list[str] = []
-    real = generate_module.generate
+    real = render_module.generate
     monkeypatch.setattr(
-        generate_module, "generate", lambda p, *a, **k: renders.append(p.job.output.name) or real(p, *a, **k)
+        render_module, "generate", lambda p, *a, **k: renders.append(p.job.output.name) or real(p, *a, **k)
     )
     outcome: dict[str, object] = {}
 
