@@ -11,30 +11,56 @@ import functools
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import torch
-from diffusers import DiffusionPipeline
+from diffusers import AutoencoderKLTemporalDecoder, DiffusionPipeline, EulerDiscreteScheduler
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from portrait import sampling
 from portrait.errors import InputError
+from portrait.models.audio import AudioProjector
+from portrait.models.emotion_model import EmotionModel
 from portrait.models.identity import (
     LATENT_SCALE,
     IdentityEncoding,
     encode_clip_image,
     encode_reference_latents,
 )
+from portrait.models.landmark_guider import LandmarkGuider
+from portrait.models.pose_guider import PoseGuider
+from portrait.models.unet import PortraitUNet
+
+if TYPE_CHECKING:  # transformers is imported by the components' loader, not needed to define the class
+    from transformers import CLIPVisionModelWithProjection, WhisperModel
 
 logger = logging.getLogger(__name__)
 
 #: ``callback(step_index, num_steps, latents)`` called after every denoising step.
 StepCallback = Callable[[int, int, torch.Tensor], None]
-#: ``executor(windows (W, F), window_batch, denoise, latents)`` → the W stepped windows (1, F, C, h, w) in
-#: window order, where ``denoise(group (k, F))`` steps k windows (see ``portrait.distributed.group``).
-WindowExecutor = Callable[
-    [torch.Tensor, int, Callable[[torch.Tensor], list[torch.Tensor]], torch.Tensor], list[torch.Tensor]
-]
+#: ``denoise(group)`` steps the k windows of ``group`` (k, F) by one step: k latents (1, F, C, h, w).
+Denoise = Callable[[torch.Tensor], list[torch.Tensor]]
+
+
+class WindowExecutor(Protocol):
+    """Who steps one denoising step's windows: this process (:func:`step_every_window`, the default) or
+    several ranks (``portrait.distributed.group.RankWindowExecutor``)."""
+
+    def __call__(
+        self, windows: torch.Tensor, window_batch: int, denoise: Denoise, latents: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """Args: windows (W, F) frame indices of the step's windows; window_batch: windows per UNet call;
+        latents (1, L, C, h, w) the step's input. Returns the W stepped windows (1, F, C, h, w) in window
+        order."""
+        ...
+
+
+def step_every_window(
+    windows: torch.Tensor, window_batch: int, denoise: Denoise, latents: torch.Tensor
+) -> list[torch.Tensor]:
+    """The default :class:`WindowExecutor`: this process steps every window, ``window_batch`` per call."""
+    return [x for group in windows.split(window_batch) for x in denoise(group)]
 
 
 @dataclass
@@ -87,15 +113,15 @@ class PortraitPipeline(DiffusionPipeline):
 
     def __init__(
         self,
-        unet,
-        vae,
-        image_encoder,
-        scheduler,
-        pose_guider,
-        audio_projector,
-        emotion_model,
-        audio_encoder=None,
-        landmark_guider=None,
+        unet: PortraitUNet,
+        vae: AutoencoderKLTemporalDecoder,
+        image_encoder: CLIPVisionModelWithProjection,
+        scheduler: EulerDiscreteScheduler,
+        pose_guider: PoseGuider,
+        audio_projector: AudioProjector,
+        emotion_model: EmotionModel,
+        audio_encoder: WhisperModel | None = None,
+        landmark_guider: LandmarkGuider | None = None,
     ):
         super().__init__()
         self.register_modules(
@@ -118,13 +144,46 @@ class PortraitPipeline(DiffusionPipeline):
         face_mask: torch.Tensor,
         audio_windows: torch.Tensor,
         emotion_priors: torch.Tensor,
+        *,
         steps: int,
         frames_per_window: int,
         overlap: int,
         decode_chunk_size: int,
-        latents: torch.Tensor | None,
+        window_batch: int,
+        output_type: str,
+        latents: torch.Tensor | None = None,
+        motion_maps: torch.Tensor | None = None,
+        motion_bucket_ids: torch.Tensor | None = None,
     ) -> None:
-        """Raise :class:`InputError` naming the first argument whose shape or range is wrong."""
+        """Raise :class:`InputError` naming the first ``__call__`` argument whose shape or value is wrong."""
+        height, width = self._check_image_inputs(ref_image, clip_image, face_mask)
+        num_frames = self._check_conditions(audio_windows, emotion_priors)
+        if steps < 1:
+            raise InputError(f"steps must be >= 1, got {steps}")
+        if frames_per_window < 1 or not 0 <= overlap < frames_per_window:
+            raise InputError(
+                "need frames_per_window >= 1 and 0 <= overlap < frames_per_window, "
+                f"got {frames_per_window}, {overlap}"
+            )
+        if decode_chunk_size < 1:
+            raise InputError(f"decode_chunk_size must be >= 1, got {decode_chunk_size}")
+        if window_batch < 1:
+            raise InputError(f"window_batch must be >= 1, got {window_batch}")
+        if output_type not in ("pt", "latent"):
+            raise InputError(f"output_type must be 'pt' or 'latent', got {output_type!r}")
+        if latents is not None:
+            shape = self.latent_shape(num_frames + frames_per_window, height, width)
+            if tuple(latents.shape) != shape:
+                raise InputError(f"latents must be {shape}, got {tuple(latents.shape)}")
+        if motion_maps is not None:
+            _check_motion_maps(motion_maps, num_frames, (height, width))
+        if motion_bucket_ids is not None:
+            _check_motion_buckets(motion_bucket_ids, num_frames)
+
+    def _check_image_inputs(
+        self, ref_image: torch.Tensor, clip_image: torch.Tensor, face_mask: torch.Tensor
+    ) -> tuple[int, int]:
+        """The portrait tensors' shapes; returns (H, W)."""
         if ref_image.ndim != 4 or ref_image.shape[:2] != (1, 3):
             raise InputError(f"ref_image must be (1, 3, H, W), got {tuple(ref_image.shape)}")
         height, width = ref_image.shape[-2:]
@@ -136,6 +195,10 @@ class PortraitPipeline(DiffusionPipeline):
             raise InputError(f"clip_image must be (1, 3, S, S), got {tuple(clip_image.shape)}")
         if face_mask.ndim != 4 or face_mask.shape[0] != 1 or face_mask.shape[-2:] != (height, width):
             raise InputError(f"face_mask must be (1, C, {height}, {width}), got {tuple(face_mask.shape)}")
+        return height, width
+
+    def _check_conditions(self, audio_windows: torch.Tensor, emotion_priors: torch.Tensor) -> int:
+        """The audio windows' and emotion priors' shapes; returns the frame count N."""
         expected = self._audio_window_shape()
         if audio_windows.ndim != 4 or tuple(audio_windows.shape[1:]) != expected:
             raise InputError(
@@ -154,37 +217,7 @@ class PortraitPipeline(DiffusionPipeline):
             raise InputError(
                 f"emotion_priors must be (1 or {num_frames}, {prior_dim}), got {tuple(emotion_priors.shape)}"
             )
-        if steps < 1:
-            raise InputError(f"steps must be >= 1, got {steps}")
-        if frames_per_window < 1 or not 0 <= overlap < frames_per_window:
-            raise InputError(
-                "need frames_per_window >= 1 and 0 <= overlap < frames_per_window, "
-                f"got {frames_per_window}, {overlap}"
-            )
-        if decode_chunk_size < 1:
-            raise InputError(f"decode_chunk_size must be >= 1, got {decode_chunk_size}")
-        if latents is not None:
-            shape = self.latent_shape(num_frames + frames_per_window, height, width)
-            if tuple(latents.shape) != shape:
-                raise InputError(f"latents must be {shape}, got {tuple(latents.shape)}")
-
-    @staticmethod
-    def check_motion_maps(motion_maps: torch.Tensor, num_frames: int, size: tuple[int, int]) -> None:
-        """Raise :class:`InputError` unless ``motion_maps`` is (num_frames, 3, H, W) finite in [0, 1]."""
-        expected = (num_frames, 3, *size)
-        if tuple(motion_maps.shape) != expected:
-            raise InputError(f"motion_maps must be {expected}, got {tuple(motion_maps.shape)}")
-        if not bool(torch.isfinite(motion_maps).all()) or motion_maps.min() < 0 or motion_maps.max() > 1:
-            raise InputError("motion_maps must hold finite values in [0, 1]")
-
-    @staticmethod
-    def check_motion_buckets(motion_bucket_ids: torch.Tensor, num_frames: int) -> None:
-        """Raise :class:`InputError` unless ``motion_bucket_ids`` is (num_frames,) finite and >= 0."""
-        if tuple(motion_bucket_ids.shape) != (num_frames,):
-            shape = tuple(motion_bucket_ids.shape)
-            raise InputError(f"motion_bucket_ids must be ({num_frames},), got {shape}")
-        if not bool(torch.isfinite(motion_bucket_ids).all()) or bool((motion_bucket_ids < 0).any()):
-            raise InputError("motion_bucket_ids must hold finite values >= 0")
+        return num_frames
 
     def _audio_window_shape(self) -> tuple[int, int, int]:
         cfg = self.audio_projector.config
@@ -441,7 +474,7 @@ class PortraitPipeline(DiffusionPipeline):
         callback: StepCallback | None = None,
         window_batch: int = 1,
         fast_attention: bool = False,
-        window_executor: WindowExecutor | None = None,
+        window_executor: WindowExecutor = step_every_window,
         motion_maps: torch.Tensor | None = None,
         motion_bucket_ids: torch.Tensor | None = None,
     ) -> PortraitPipelineOutput:
@@ -466,8 +499,8 @@ class PortraitPipeline(DiffusionPipeline):
             window_batch: windows per UNet call (1 = the reference's call shapes; more = fewer, larger
                 calls, same maths, not bit-identical).
             fast_attention: compact temporal cross-attention context (see ``PortraitUNet.forward``).
-            window_executor: spreads each step's windows over several processes
-                (``portrait.distributed.group.WindowExecutor``); None: this process steps them all.
+            window_executor: who steps each step's windows: this process (the default) or several ranks
+                (``portrait.distributed.group.RankWindowExecutor``); same maths either way.
             motion_maps: (N, 3, H, W) per-frame motion maps in [0, 1] (``portrait.motion``) for the
                 landmark guider, whose features are added to the pose features frame by frame; ``None``
                 (or a pipeline without ``landmark_guider``: a warning) leaves the call unchanged.
@@ -477,25 +510,11 @@ class PortraitPipeline(DiffusionPipeline):
         """
         # 1. Check inputs.
         self.check_inputs(
-            ref_image,
-            clip_image,
-            face_mask,
-            audio_windows,
-            emotion_priors,
-            steps,
-            frames_per_window,
-            overlap,
-            decode_chunk_size,
-            latents,
-        )
-        if window_batch < 1:
-            raise InputError(f"window_batch must be >= 1, got {window_batch}")
-        if output_type not in ("pt", "latent"):
-            raise InputError(f"output_type must be 'pt' or 'latent', got {output_type!r}")
-        if motion_maps is not None:
-            self.check_motion_maps(motion_maps, audio_windows.shape[0], ref_image.shape[-2:])
-        if motion_bucket_ids is not None:
-            self.check_motion_buckets(motion_bucket_ids, audio_windows.shape[0])
+            ref_image, clip_image, face_mask, audio_windows, emotion_priors, steps=steps,
+            frames_per_window=frames_per_window, overlap=overlap, decode_chunk_size=decode_chunk_size,
+            window_batch=window_batch, output_type=output_type, latents=latents, motion_maps=motion_maps,
+            motion_bucket_ids=motion_bucket_ids,
+        )  # fmt: skip
         device, dtype = self._execution_device, self.unet.dtype
         num_frames = audio_windows.shape[0]
         length = sampling.padded_length(num_frames, frames_per_window)
@@ -546,37 +565,22 @@ class PortraitPipeline(DiffusionPipeline):
             for i, t in enumerate(timesteps):
                 shift = sampling.shift_at_step(i, shift_offset, frames_per_window)
                 windows = sampling.window_indices(length, frames_per_window, overlap, shift)
+                denoise = functools.partial(
+                    self._denoise_windows,
+                    latents,
+                    cond=cond,
+                    t=t,
+                    sigma=sigmas[i],
+                    sigma_next=sigmas[i + 1],
+                    scale_ref=scale_ref[i],
+                    scale_emo=scale_emo[i],
+                    fast_attention=fast_attention,
+                )
+                stepped = window_executor(windows, window_batch, denoise, latents)
                 acc = torch.zeros_like(latents)
                 count = torch.zeros((1, length) + (1,) * (latents.ndim - 2), dtype=dtype, device=device)
-                if window_executor is not None:  # several ranks: each steps its share, all get every window
-                    denoise = functools.partial(
-                        self._denoise_windows,
-                        latents,
-                        cond=cond,
-                        t=t,
-                        sigma=sigmas[i],
-                        sigma_next=sigmas[i + 1],
-                        scale_ref=scale_ref[i],
-                        scale_emo=scale_emo[i],
-                        fast_attention=fast_attention,
-                    )
-                    stepped = window_executor(windows, window_batch, denoise, latents)
-                    for idx, x in zip(windows, stepped, strict=True):  # the single process's order
-                        sampling.scatter_add_frames(acc, count, idx, x)
-                for group in windows.split(window_batch) if window_executor is None else ():
-                    stepped = self._denoise_windows(
-                        latents,
-                        group,
-                        cond,
-                        t,
-                        sigmas[i],
-                        sigmas[i + 1],
-                        scale_ref[i],
-                        scale_emo[i],
-                        fast_attention,
-                    )
-                    for idx, x in zip(group, stepped, strict=False):
-                        sampling.scatter_add_frames(acc, count, idx, x)
+                for idx, x in zip(windows, stepped, strict=True):  # overlaps summed in window order
+                    sampling.scatter_add_frames(acc, count, idx, x)
                 latents = sampling.average_frames(acc, count)
                 if callback is not None:
                     callback(i, len(timesteps), latents)
@@ -588,6 +592,24 @@ class PortraitPipeline(DiffusionPipeline):
         # 8. Decode all L frames in chunks, keep the first N.
         frames = torch.cat(list(self.decode_frames(latents, num_frames, decode_chunk_size)))
         return PortraitPipelineOutput(frames=frames, latents=None)
+
+
+def _check_motion_maps(motion_maps: torch.Tensor, num_frames: int, size: tuple[int, int]) -> None:
+    """Raise :class:`InputError` unless ``motion_maps`` is (num_frames, 3, H, W) finite in [0, 1]."""
+    expected = (num_frames, 3, *size)
+    if tuple(motion_maps.shape) != expected:
+        raise InputError(f"motion_maps must be {expected}, got {tuple(motion_maps.shape)}")
+    if not bool(torch.isfinite(motion_maps).all()) or motion_maps.min() < 0 or motion_maps.max() > 1:
+        raise InputError("motion_maps must hold finite values in [0, 1]")
+
+
+def _check_motion_buckets(motion_bucket_ids: torch.Tensor, num_frames: int) -> None:
+    """Raise :class:`InputError` unless ``motion_bucket_ids`` is (num_frames,) finite and >= 0."""
+    if tuple(motion_bucket_ids.shape) != (num_frames,):
+        shape = tuple(motion_bucket_ids.shape)
+        raise InputError(f"motion_bucket_ids must be ({num_frames},), got {shape}")
+    if not bool(torch.isfinite(motion_bucket_ids).all()) or bool((motion_bucket_ids < 0).any()):
+        raise InputError("motion_bucket_ids must hold finite values >= 0")
 
 
 def _padded_buckets(motion_bucket_ids: torch.Tensor, frames_per_window: int) -> torch.Tensor:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from portrait.errors import DistributedError
+from portrait.pipeline import Denoise
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,6 @@ EXIT_HOOK_ENV = "PORTRAIT_DIST_TEST_EXIT_AT"
 SPLITS = ("contiguous", "round_robin")
 
 #: ``denoise(group)``: (k, F) window indices → k stepped windows (1, F, C, h, w).
-Denoise = Callable[[torch.Tensor], list[torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ def exit_hook(name: str, rank: int, env: Mapping[str, str]) -> int | None:
 
 
 @dataclass
-class WindowExecutor:
+class RankWindowExecutor:
     """Steps one denoising step's windows across the ranks; called by ``PortraitPipeline`` per step.
 
     ``executor(windows, window_batch, denoise, latents)`` returns the W stepped windows (1, F, C, h, w) in
@@ -196,7 +196,7 @@ class DistributedContext:
     backend: str
     device: torch.device
     launcher: str
-    executor: WindowExecutor
+    executor: RankWindowExecutor
 
     @property
     def is_main(self) -> bool:
@@ -296,7 +296,7 @@ def init_distributed(
         logger.info(
             "rank %d/%d (%s, %s, %s) joined", launch.rank, launch.world_size, launch.launcher, backend, device
         )
-    executor = WindowExecutor(
+    executor = RankWindowExecutor(
         launch.rank, launch.world_size, split, exit_at_step=exit_hook(EXIT_HOOK_ENV, launch.rank, env)
     )
     return DistributedContext(

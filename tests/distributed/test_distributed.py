@@ -235,7 +235,7 @@ def test_executor_in_a_one_rank_group_gives_the_same_latents(tiny_pipe, tmp_path
     """The executor's pack → all_gather → unpack path returns exactly the pipeline's own stepped windows."""
     import torch.distributed as dist
 
-    from portrait.distributed.group import WindowExecutor
+    from portrait.distributed.group import RankWindowExecutor
 
     store = dist.FileStore(str(tmp_path / "store"), 1)
     dist.init_process_group("gloo", store=store, rank=0, world_size=1, timeout=timedelta(seconds=30))
@@ -251,7 +251,7 @@ def test_executor_in_a_one_rank_group_gives_the_same_latents(tiny_pipe, tmp_path
         )
         kw = dict(steps=2, frames_per_window=4, overlap=1, output_type="latent")
         plain = tiny_pipe(*args, **kw, generator=torch.Generator().manual_seed(1)).latents
-        executor = WindowExecutor(0, 1)
+        executor = RankWindowExecutor(0, 1)
         spread = tiny_pipe(
             *args, **kw, generator=torch.Generator().manual_seed(1), window_executor=executor
         ).latents
