@@ -1,4 +1,4 @@
-"""The web demo's logic (L4): UI values → :class:`~portrait.generate.Job` + config → mp4, face box, info.
+"""The web demo's logic (L4): UI values → :class:`~portrait.inputs.Job` + config → mp4, face box, info.
 
 ``app.py`` builds the Gradio widgets and calls :class:`Studio`; nothing here imports gradio, and nothing
 heavy (torch, the engine) is imported before the first render or :func:`run_app`. Errors stay
