@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from portrait.boxes import Box
+from portrait.constants import EMOTION_FROM_MODES
 from portrait.errors import InputError
 from portrait.preprocess.detectors import FaceDetector
 from portrait.preprocess.emotion_spec import (
@@ -50,7 +51,6 @@ LABEL_MAP: dict[str, str] = {
     "surprise": "surprised",
     "neutral": "neutral",
 }
-MODES = ("mean", "timeline")
 #: Width of the centred moving average applied to the per-frame probabilities (timeline mode), seconds.
 SMOOTH_SECONDS = 1.0
 #: Longest gap between two timeline keyframes, seconds (a keyframe is also set on a top-class change).
@@ -237,8 +237,8 @@ def reference_emotion(
         InputError / NoFaceError: see :func:`~portrait.preprocess.face_expressions.classify_media`, plus a
         clear message for an audio-only file.
     """
-    if mode not in MODES:
-        raise InputError(f"--emotion-from-mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode not in EMOTION_FROM_MODES:
+        raise InputError(f"--emotion-from-mode must be one of {', '.join(EMOTION_FROM_MODES)}, got {mode!r}")
     check_strength(strength)
     path = Path(path)
     names = list(names)

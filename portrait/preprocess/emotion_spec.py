@@ -32,10 +32,11 @@ from pathlib import Path
 
 import torch
 
+from portrait.constants import MAX_EMOTION_STRENGTH
 from portrait.errors import InputError
 
 #: Largest intensity (per term and per mix total); beyond it priors leave the range seen in training.
-MAX_INTENSITY = 2.0
+MAX_INTENSITY = MAX_EMOTION_STRENGTH
 #: Default duration of a timeline transition, seconds.
 DEFAULT_TRANSITION = 0.5
 NEUTRAL = "neutral"

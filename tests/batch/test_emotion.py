@@ -13,21 +13,12 @@ from tiny_inputs import batch_inputs, write_manifest
 from portrait.batch.main import main
 from portrait.batch.manifest import InvalidLine, ManifestJob, read_manifest
 from portrait.batch.worker import to_job
-from portrait.constants import EMOTION_FROM_MODES, MAX_EMOTION_STRENGTH
 from portrait.ffmpeg import media_path, run_ffmpeg
 
 ASSETS = Path(__file__).resolve().parents[2] / "portrait" / "assets"
 FAST = ["--steps", "1", "--size", "64", "--no-interpolate", "--device", "cpu", "--quiet"]
 FAST += ["--detector", "dlib"]
 needs_dlib = pytest.mark.skipif(importlib.util.find_spec("dlib") is None, reason="dlib not installed")
-
-
-def test_constants_match_the_library_choices():
-    from portrait.preprocess.emotion_from_reference import MODES
-    from portrait.preprocess.emotion_spec import MAX_INTENSITY
-
-    assert EMOTION_FROM_MODES == MODES
-    assert MAX_EMOTION_STRENGTH == MAX_INTENSITY
 
 
 def test_manifest_emotion_from_keys_become_job_fields_and_bad_values_are_invalid(tmp_path):
