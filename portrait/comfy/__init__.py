@@ -7,4 +7,5 @@
 - ``engines``: the Loader's engine handle, loaded once per settings and released when ComfyUI frees memory.
 - ``convert``: ComfyUI ``IMAGE`` / ``AUDIO`` ↔ lossless files and frames (pure, no ComfyUI import).
 - ``messages``: a library error as one line in ComfyUI's error panel.
+- ``workflow_format``: the example workflows' API format ↔ the editor's UI format.
 """

@@ -74,6 +74,20 @@ def _weights_path(choice: str) -> str | None:
     return os.path.join(folder_paths.get_folder_paths(WEIGHTS_FOLDER)[0], choice)  # the loader names it
 
 
+def _schema(
+    node_id: str, title: str, description: str, inputs: list, outputs: list, **extra: Any
+) -> io.Schema:
+    """A node of the pack's category (the V3 API's declarative schema)."""
+    return io.Schema(
+        node_id=node_id, display_name=title, category=CATEGORY, description=description, inputs=inputs,
+        outputs=outputs, **extra,
+    )  # fmt: skip
+
+
+def _fps(tooltip: str = "frame rate of the frames") -> io.Float.Input:
+    return io.Float.Input("fps", default=25.0, min=0.1, max=240.0, step=0.1, tooltip=tooltip)
+
+
 def _cancel() -> None:
     comfy.model_management.throw_exception_if_processing_interrupted()
 
@@ -81,11 +95,10 @@ def _cancel() -> None:
 class PortraitLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="PortraitLoader",
-            display_name="Portrait Loader",
-            category=CATEGORY,
-            description="Load the portrait models once (kept across queue runs; freed by 'Unload models').",
+        return _schema(
+            "PortraitLoader",
+            "Portrait Loader",
+            "Load the portrait models once (kept across queue runs; freed by 'Unload models').",
             inputs=[
                 io.Combo.Input(
                     "weights",
@@ -118,11 +131,10 @@ class PortraitLoader(io.ComfyNode):
 class PortraitRender(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="PortraitRender",
-            display_name="Portrait Render",
-            category=CATEGORY,
-            description="Animate a portrait with speech and an emotion (portrait-gen's render, same output).",
+        return _schema(
+            "PortraitRender",
+            "Portrait Render",
+            "Animate a portrait with speech and an emotion (portrait-gen's render, same output).",
             inputs=[
                 Engine.Input("engine"),
                 io.Image.Input("image", tooltip="the portrait photo (the first image of a batch)"),
@@ -226,14 +238,13 @@ class PortraitMotionTrack(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         tracks = [NO_TRACK, *sorted(folder_paths.filter_files_extensions(_input_files(), [".json"]))]
         m = _D.motion
-        return io.Schema(
-            node_id="PortraitMotionTrack",
-            display_name="Portrait Motion Track",
-            category=CATEGORY,
-            description="Follow the head in a driving video (or read a motion-extract track) for Render.",
+        return _schema(
+            "PortraitMotionTrack",
+            "Portrait Motion Track",
+            "Follow the head in a driving video (or read a motion-extract track) for Render.",
             inputs=[
                 io.Image.Input("frames", optional=True, tooltip="driving video frames"),
-                io.Float.Input("fps", default=25.0, min=0.1, max=240.0, step=0.1, tooltip="their frame rate"),
+                _fps(),
                 io.Combo.Input(
                     "track_file",
                     options=tracks,
@@ -281,15 +292,14 @@ class PortraitMotionTrack(io.ComfyNode):
 class PortraitEmotionFromReference(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="PortraitEmotionFromReference",
-            display_name="Portrait Emotion From Reference",
-            category=CATEGORY,
-            description="Take the emotion from a reference image or clip (portrait-gen --emotion-from).",
+        return _schema(
+            "PortraitEmotionFromReference",
+            "Portrait Emotion From Reference",
+            "Take the emotion from a reference image or clip (portrait-gen --emotion-from).",
             inputs=[
                 Engine.Input("engine"),
                 io.Image.Input("frames", tooltip="a reference image, or a clip's frames"),
-                io.Float.Input("fps", default=25.0, min=0.1, max=240.0, step=0.1),
+                _fps(),
                 io.Combo.Input(
                     "mode",
                     options=list(EMOTION_FROM_MODES),
@@ -317,14 +327,13 @@ class PortraitEmotionFromReference(io.ComfyNode):
 class PortraitEvaluate(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="PortraitEvaluate",
-            display_name="Portrait Evaluate",
-            category=CATEGORY,
-            description="portrait-gen eval of frames + audio: identity, emotion, lip sync; the QA verdict.",
+        return _schema(
+            "PortraitEvaluate",
+            "Portrait Evaluate",
+            "portrait-gen eval of frames + audio: identity, emotion, lip sync; the QA verdict.",
             inputs=[
                 io.Image.Input("frames"),
-                io.Float.Input("fps", default=25.0, min=0.1, max=240.0, step=0.1),
+                _fps(),
                 io.Audio.Input("audio", optional=True, tooltip="the speech (lip-sync proxy)"),
                 io.Image.Input("reference", optional=True, tooltip="the portrait (identity CSIM)"),
                 io.String.Input(

@@ -111,6 +111,18 @@ def test_comfyui_lists_the_nodes_with_their_inputs(comfy):
     assert "IMPORT FAILED" not in comfy.log_text().split("Import times for custom nodes")[-1]
 
 
+@pytest.mark.parametrize("name", ["talking_portrait", "driving_video", "emotion_reference_qa"])
+def test_ui_workflows_are_the_api_workflows(comfy, name):
+    """Each example's editor file (UI format) queues exactly its API-format file (and is up to date with
+    ``scripts/comfy_workflows.py``); every node and widget it names exists in this ComfyUI."""
+    from portrait.comfy.workflow_format import api_from_ui, ui_from_api
+
+    api = json.loads((WORKFLOWS / f"{name}.api.json").read_text())
+    ui = json.loads((WORKFLOWS / f"{name}.json").read_text())
+    assert api_from_ui(ui, comfy.object_info) == api
+    assert ui == ui_from_api(api, comfy.object_info)
+
+
 def render_weights(info: dict) -> list[str]:
     return info["PortraitLoader"]["input"]["required"]["weights"][1]["options"]
 
