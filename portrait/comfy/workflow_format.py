@@ -14,21 +14,29 @@ from typing import Any
 
 #: Input types the editor shows as widgets (everything else is a socket).
 _WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+#: INT widgets the editor follows with a "control after generate" widget of its own (value "fixed" here: the
+#: seed stays as given, as on the command line).
+_SEED_NAMES = ("seed", "noise_seed")
+#: Extra height of nodes whose file widget shows a preview or a player.
+_UPLOAD_KEYS = ("image_upload", "audio_upload", "video_upload")
 _COLUMN, _ROW = 380, 60
 
 
-def _inputs(definition: Mapping[str, Any]) -> list[tuple[str, str, bool, Any]]:
-    """``(name, type, is_widget, default)`` of a node's inputs in definition order (required first)."""
+def _inputs(definition: Mapping[str, Any]) -> list[tuple[str, str, bool, dict[str, Any]]]:
+    """``(name, type, is_widget, options)`` of a node's inputs in definition order (required first)."""
     out = []
     for group in ("required", "optional"):
         specs = definition.get("input", {}).get(group, {})
         for name in definition.get("input_order", {}).get(group, list(specs)):
             kind, options = specs[name][0], (specs[name][1:] or [{}])[0]
             combo = isinstance(kind, list)
-            out.append(
-                (name, "COMBO" if combo else kind, combo or kind in _WIDGET_TYPES, options.get("default"))
-            )
+            out.append((name, "COMBO" if combo else kind, combo or kind in _WIDGET_TYPES, options))
     return out
+
+
+def _has_control(name: str, kind: str, options: Mapping[str, Any]) -> bool:
+    """Whether the editor adds its "control after generate" widget after this one."""
+    return kind == "INT" and bool(options.get("control_after_generate", name in _SEED_NAMES))
 
 
 def _is_link(value: Any) -> bool:
@@ -60,10 +68,11 @@ def ui_from_api(api: Mapping[str, Any], object_info: Mapping[str, Any]) -> dict[
         column = depth[node_id]
         rows[column] = rows.get(column, 0)
         inputs, widgets = [], []
-        for name, kind, is_widget, default in _inputs(definition):
+        for name, kind, is_widget, options in _inputs(definition):
             value = node["inputs"].get(name)
             if is_widget:  # a linked widget keeps its default (the editor shows it greyed out)
-                widgets.append(default if _is_link(value) else value)
+                widgets.append(options.get("default") if _is_link(value) else value)
+                widgets += ["fixed"] if _has_control(name, kind, options) else []
             if _is_link(value):
                 link_id = len(links) + 1
                 source = api[str(value[0])]
@@ -79,6 +88,7 @@ def ui_from_api(api: Mapping[str, Any], object_info: Mapping[str, Any]) -> dict[
             )
         ]
         height = 46 + 24 * len(widgets) + 22 * max(len(inputs), len(outputs), 1)
+        height += 220 if any(key in str(definition.get("input")) for key in _UPLOAD_KEYS) else 0
         nodes.append({
             "id": int(node_id), "type": node["class_type"],
             "pos": [40 + column * _COLUMN, 40 + rows[column]], "size": [340, height],
@@ -108,9 +118,11 @@ def api_from_ui(ui: Mapping[str, Any], object_info: Mapping[str, Any]) -> dict[s
         definition = object_info[node["type"]]
         values = iter(node.get("widgets_values", []))
         inputs: dict[str, Any] = {}
-        for name, _kind, is_widget, _default in _inputs(definition):
+        for name, kind, is_widget, options in _inputs(definition):
             if is_widget:
                 inputs[name] = next(values, None)
+                if _has_control(name, kind, options):
+                    next(values, None)
         for slot in node.get("inputs", []):
             if slot.get("link") is not None:
                 link = links[slot["link"]]
