@@ -1,4 +1,5 @@
-"""The ``download`` and ``convert`` subcommands: a weights tree from the Hub, or from the release files.
+"""The ``download`` and ``convert`` subcommands: a weights tree from the Hub, or from the release files;
+``download --eval`` adds the evaluation networks.
 
 Parsing imports nothing heavy; the ``run_*`` functions import what they need and print to stdout (the CLI
 owns it). A :class:`~portrait.errors.PortraitError` propagates to ``cli.main``.
@@ -24,6 +25,19 @@ def add_download_arguments(parser: argparse.ArgumentParser) -> None:
         help="where the resumable download folder goes (default: next to the weights tree); it is deleted "
         "once the weights are converted",
     )
+    parser.add_argument(
+        "--eval",
+        action="store_true",
+        help="the evaluation networks instead (SyncNet, the FID Inception, the FVD I3D, ArcFace), converted "
+        "into the tree with pinned hashes where known; see docs/evaluation.md",
+    )
+    parser.add_argument(
+        "--from-files",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="with --eval: install the published files already downloaded by hand into DIR (no network)",
+    )
 
 
 def run_download(args: argparse.Namespace) -> int:
@@ -33,10 +47,31 @@ def run_download(args: argparse.Namespace) -> int:
 
     root = resolve_weights_root(args.weights)
     quiet = getattr(args, "quiet", False)
+    if getattr(args, "eval", False) or getattr(args, "from_files", None) is not None:
+        return _run_eval_download(args, root, quiet)
     # offline=None: HF_HUB_OFFLINE decides
     download_weights(root, cache_dir=args.cache_dir, offline=None, progress=not quiet)
     if not quiet:
         print(f"weights ready in {root}")
+    return EXIT_OK
+
+
+def _run_eval_download(args: argparse.Namespace, root: Path, quiet: bool) -> int:
+    """``download --eval [--from-files DIR]``: the evaluation networks into the tree."""
+    from portrait.errors import InputError
+    from portrait.weights.eval_weights import install_eval_weights
+    from portrait.weights.hub import download_eval_weights
+
+    if not args.eval:
+        raise InputError("--from-files installs evaluation weights: add --eval")
+    if args.from_files is not None:
+        files = install_eval_weights(args.from_files, root)
+    else:
+        files = download_eval_weights(root, cache_dir=args.cache_dir, offline=None, progress=not quiet)
+    if not quiet:
+        for target, digest in sorted(files.items()):
+            print(f"{target}  sha256 {digest}")
+        print(f"evaluation weights ready in {root}")
     return EXIT_OK
 
 

@@ -11,6 +11,7 @@ copies the detector into ``face_detector/``, rewrites ``manifest.json`` and dele
 An interrupted run leaves the staging folder behind and the next run resumes from it (huggingface_hub resumes
 its own files; the priors resume from ``<name>.npy.part`` with an HTTP Range request). Offline (argument or
 ``HF_HUB_OFFLINE=1``) or without network it fails at once with the list of files to fetch by hand.
+:func:`download_eval_weights` does the same for the evaluation networks (``download --eval``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import socket
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,16 @@ from portrait.errors import WeightsError
 from portrait.files import sha256_file, sweep_dead_owners
 from portrait.layout import RELEASE_EMOTIONS
 from portrait.weights.convert import PARTIAL_PREFIX, convert_dice_talk
+from portrait.weights.eval_weights import (
+    check_published,
+    eval_weight,
+    install_eval_weights,
+    manual_eval_instructions,
+)
 from portrait.weights.load import missing_files
 from portrait.weights.manifest import write_manifest
 from portrait.weights.sources import (
+    EVAL_WEIGHTS,
     FACE_DETECTOR_DIR,
     HUB_REPOS,
     HUB_REVISIONS,
@@ -84,8 +92,11 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
 
 
 @contextmanager
-def _download_errors(root: Path, src: Path, what: str) -> Iterator[None]:
-    """Turn hub / HTTP / socket errors raised while downloading ``what`` into one readable WeightsError."""
+def _download_errors(
+    root: Path, src: Path, what: str, manual: Callable[[], str] | None = None
+) -> Iterator[None]:
+    """Turn hub / HTTP / socket errors raised while downloading ``what`` into one readable WeightsError
+    (``manual``: the by-hand instructions; default: those of the generation weights)."""
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
@@ -126,7 +137,7 @@ def _download_errors(root: Path, src: Path, what: str) -> Iterator[None]:
     except (*no_network, urllib.error.URLError, *_transport_errors()) as err:
         raise WeightsError(
             f"cannot download weights (offline / no network: {first_line(err)}): "
-            + manual_instructions(root, src)
+            + (manual() if manual is not None else manual_instructions(root, src))
         ) from err
     except OSError as err:
         raise WeightsError(f"downloading {what} into {src} failed: {err}") from err
@@ -338,6 +349,38 @@ def download_weights(
     shutil.rmtree(src)
     logger.info("weights ready in %s", root)
     return root
+
+
+def download_eval_weights(
+    root: Path,
+    names: Iterable[str] | None = None,
+    *,
+    cache_dir: Path | None = None,
+    offline: bool | None = None,
+    fetch: FetchFn = fetch_url,
+    progress: bool = True,
+) -> dict[str, str]:
+    """Fetch the evaluation networks' published files (resumable, into ``<staging>-eval``), check their
+    digests, install them into ``root`` (:func:`~portrait.weights.eval_weights.install_eval_weights`); returns
+    ``{path in the tree: sha256}``. Raises WeightsError: offline (with the by-hand steps), a wrong digest."""
+    root = Path(root).expanduser()
+    src = staging_dir(root, cache_dir).with_name(staging_dir(root, cache_dir).name + "-eval")
+    wanted = [eval_weight(name) for name in names] if names is not None else list(EVAL_WEIGHTS)
+    manual = lambda: manual_eval_instructions(root, src, wanted)  # noqa: E731
+    if is_offline(offline):
+        raise WeightsError("cannot download the evaluation weights (offline / no network): " + manual())
+    src.mkdir(parents=True, exist_ok=True)
+    sources: dict[str, Any] = {}
+    for weight in wanted:
+        final, part = src / weight.published, src / f"{weight.published}.part"
+        with _download_errors(root, src, weight.url, manual):
+            if not final.is_file():
+                fetch(weight.url, part, progress=progress)
+                os.replace(part, final)
+        sources[weight.published] = check_published(final, weight)
+    files = install_eval_weights(src, root, [w.name for w in wanted], sources)
+    shutil.rmtree(src)
+    return files
 
 
 def ensure_weights(

@@ -3,7 +3,8 @@
 :data:`HUB_REPOS` lists the Hugging Face repositories and the files portrait takes from each,
 :data:`HUB_REVISIONS` and :data:`HUB_SHA256` the revision asked for and the digest each file is checked
 against, :data:`PRIOR_SHA256` those of the eight emotion priors of the DICE-Talk GitHub repository at
-:data:`PRIORS_COMMIT`. :func:`manual_instructions` says how to fetch it all by hand. No network here:
+:data:`PRIORS_COMMIT`. :func:`manual_instructions` says how to fetch it all by hand. :data:`EVAL_WEIGHTS`:
+the evaluation networks' files (``download --eval``). No network here:
 :mod:`portrait.weights.hub` downloads.
 """
 
@@ -13,7 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from portrait.layout import RELEASE_EMOTIONS, YOLO_SHA256_PINNED
+from portrait.weights.i3d import I3D_FILE, I3D_URL
+from portrait.weights.inception import FID_INCEPTION_FILE, FID_INCEPTION_URL
 from portrait.weights.release import RELEASE_DIR, SVD_DIR, WHISPER_DIR
+from portrait.weights.syncnet import SYNCNET_V2_URL
 
 
 @dataclass(frozen=True)
@@ -119,3 +123,44 @@ def manual_instructions(root: Path, src: Path) -> str:
         f"({FLOWNET_FILE} and {YOLO_FILE} are optional: frame interpolation, and the YOLO face detector, "
         f"which goes to {root / FACE_DETECTOR_DIR}/)"
     )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# `portrait-gen download --eval`: the evaluation networks (portrait.weights.eval_weights installs them)
+# ------------------------------------------------------------------------------------------------------------
+
+ARCFACE_FILE = "buffalo_l.zip"
+ARCFACE_URL = "https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip"
+
+
+@dataclass(frozen=True)
+class EvalWeight:
+    """One published file and where its conversion goes.
+
+    Attributes:
+        name: the tool (``syncnet``, ``fid_inception``, ``i3d``, ``arcface``). published: its file name.
+        url: where it is published. sha256: its full pinned digest (None: not known offline).
+        sha256_prefix: the digest prefix its publisher recorded (None: none). target: path in the tree.
+        licence: of the weights.
+    """
+
+    name: str
+    published: str
+    url: str
+    sha256: str | None
+    sha256_prefix: str | None
+    target: str
+    licence: str
+
+
+EVAL_WEIGHTS: tuple[EvalWeight, ...] = (
+    EvalWeight("syncnet", "syncnet_v2.model", SYNCNET_V2_URL, None, "961e8696",
+               "syncnet/syncnet.safetensors", "research use only (VGG, University of Oxford)"),
+    EvalWeight("fid_inception", FID_INCEPTION_FILE, FID_INCEPTION_URL, None, "6726825d",
+               "fid_inception/fid_inception.safetensors", "Apache-2.0 (pytorch-fid; TensorFlow's Inception)"),
+    EvalWeight("i3d", I3D_FILE, I3D_URL, None, None,
+               "i3d/i3d_kinetics400.safetensors", "Apache-2.0 (DeepMind kinetics-i3d, via VideoGPT)"),
+    EvalWeight("arcface", ARCFACE_FILE, ARCFACE_URL, None, None,
+               "insightface/models/buffalo_l", "non-commercial research only (insightface)"),
+)  # fmt: skip
+EVAL_NAMES = tuple(w.name for w in EVAL_WEIGHTS)
