@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 
 from portrait.errors import InputError, PortraitError
-from portrait.eval import emotion_accuracy, frechet, identity, motion, sync
+from portrait.eval import emotion_accuracy, frechet, identity, lse, motion, sync
 from portrait.eval.faces import interpolate_gaps
 from portrait.eval.metric import Metric, available, unavailable
 from portrait.eval.observe import Observations, observe
+from portrait.eval.protocol import csim_protocol, lse_protocol
 from portrait.eval.toolkit import EvalTools, default_tools
 from portrait.layout import RELEASE_EMOTIONS
 from portrait.motion.landmarks import mouth_opening
@@ -51,8 +52,15 @@ METRIC_NAMES = (
     "fid",
     "fvd",
 )
+#: The network behind ``sync_c`` / ``sync_d``.
+SYNCNET_BACKEND = "syncnet_v2 (portrait.models.syncnet)"
+#: Why a video's own line has no FID / FVD.
+SET_METRIC = (
+    "a set metric: `portrait-gen eval VIDEO... --gt VIDEO... --fid/--fvd` pools it over every video "
+    'and reports it on the line with "kind": "set"'
+)
 #: Metrics of the readable table of ``portrait-gen eval`` (every one of :data:`METRIC_NAMES` is in the JSON).
-TABLE_METRICS = tuple(m for m in METRIC_NAMES if m not in ("landmark_velocity", "lmd_mouth", "fid", "fvd"))
+TABLE_METRICS = tuple(m for m in METRIC_NAMES if m not in ("landmark_velocity", "lmd_mouth"))
 
 
 def _series(values: np.ndarray, digits: int = 5) -> list[float | None]:
@@ -113,10 +121,12 @@ def _identity(
     obs: Observations, ref: np.ndarray | None, why: str, tools: EvalTools, out: dict, lines: dict
 ) -> None:
     backend = getattr(tools.embedder, "name", "none")
+    arcface = isinstance(tools.embedder, identity.ArcFaceEmbedder)
+    extra = {"protocol": csim_protocol(backend, arcface, tools.csim_every)}
     if ref is None:
-        out["csim"] = unavailable(backend, why)
+        out["csim"] = unavailable(backend, why, **extra)
         return
-    out["csim"] = identity.csim_metric(obs.embeddings, ref, backend)
+    out["csim"] = {**identity.csim_metric(obs.embeddings, ref, backend), **extra}
     frames = sorted(obs.embeddings)
     lines["csim"] = {
         "time": [round(float(obs.times[i]), 3) for i in frames],
@@ -146,13 +156,35 @@ def _sync(
     out["sync_proxy_corr"], out["sync_proxy_lag_frames"] = sync.proxy_metrics(mouth, envelope, reason=reason)
     if mouth is not None and envelope is not None:
         lines["mouth"] = {"opening": _series(mouth), "envelope": _series(envelope)}
-    backend = "syncnet_v2 (own implementation)"
-    net_reason = why if samples is None else tools.note("syncnet", "no SyncNet weights")
-    out["sync_c"], out["sync_d"], scores = sync.syncnet_metrics(
-        tools.syncnet, obs.sync_crops, samples, backend, net_reason
-    )
-    if scores is not None:
-        lines["sync_distances"] = _series(np.asarray(scores["mean_distances"]))
+    _lse(obs, samples, why, tools, out, lines)
+
+
+def _lse(
+    obs: Observations, samples: np.ndarray | None, why: str, tools: EvalTools, out: dict, lines: dict
+) -> None:
+    """LSE-C / LSE-D (``sync_c`` / ``sync_d``) under ``tools.lse``'s protocol (:mod:`portrait.eval.lse`)."""
+    detector = getattr(tools.detector, "name", type(tools.detector).__name__)
+    protocol = lse_protocol(tools.lse, tools.weights.get("syncnet", {}), detector, tools.fps, obs.source)
+    frames = len(obs.times)
+    if tools.syncnet is None or samples is None or not obs.sync_ran:
+        reason = why if samples is None else tools.note("syncnet", "no SyncNet weights")
+        out["sync_c"], out["sync_d"] = lse.lse_metrics([], frames, SYNCNET_BACKEND, protocol, reason)
+        return
+    pcm = sync.pcm16(samples)
+    if tools.lse.protocol == "tracked":
+        stretches = lse.track_stretches(obs.sync_tracks, obs.track_crops, pcm)
+        rules = tools.lse.rules
+        reason = (
+            f"no face track of more than {rules.min_track} detections with a mean box over "
+            f"{rules.min_face_size:g} px (syncnet_python's rules; --lse-min-track lowers the first)"
+        )
+    else:
+        stretches, reason = [lse.Stretch(0, frames - 1, obs.sync_crops, pcm)], ""
+    scores = lse.score_stretches(tools.syncnet, stretches)
+    out["sync_c"], out["sync_d"] = lse.lse_metrics(scores, frames, SYNCNET_BACKEND, protocol, reason)
+    scored = [s for s in scores if s.lse_c is not None]
+    if scored:
+        lines["sync_distances"] = _series(np.asarray(max(scored, key=lambda s: s.windows).mean_distances))
 
 
 def _motion(obs: Observations, gt: Observations | None, tools: EvalTools, out: dict, lines: dict) -> None:
@@ -175,25 +207,18 @@ def _motion(obs: Observations, gt: Observations | None, tools: EvalTools, out: d
 
 
 def _sets(obs: Observations, gt: Observations | None, tools: EvalTools, out: dict) -> None:
-    no_gt = "needs a real set: ground-truth video(s) (--gt VIDEO)"
-    for name, encoder, tool in (("fd_clip", tools.clip, "clip"), ("fid", tools.inception, "inception")):
-        backend = (
-            (tools.clip_name if name == "fd_clip" else "inception (user supplied)") if encoder else "none"
-        )
-        if encoder is None:
-            out[name] = unavailable(backend, tools.note(tool, f"no {tool} encoder"))
-        elif gt is None or obs.feature_frames is None or gt.feature_frames is None:
-            out[name] = unavailable(backend, no_gt)
-        else:
-            out[name] = frechet.fd_metric(encoder(obs.feature_frames), encoder(gt.feature_frames), backend)
-    if tools.i3d is None:
-        out["fvd"] = unavailable("none", tools.note("i3d", "no I3D feature extractor"))
-    elif gt is None or obs.video_frames is None or gt.video_frames is None:
-        out["fvd"] = unavailable("i3d (user supplied)", no_gt)
+    """``fd_clip`` of this video against its ground truth; FID and FVD are set metrics (:mod:`.sets`)."""
+    backend = tools.clip_name if tools.clip is not None else "none"
+    if tools.clip is None:
+        out["fd_clip"] = unavailable(backend, tools.note("clip", "no clip encoder"))
+    elif gt is None or obs.feature_frames is None or gt.feature_frames is None:
+        out["fd_clip"] = unavailable(backend, "needs a real set: ground-truth video(s) (--gt VIDEO)")
     else:
-        out["fvd"] = frechet.fd_metric(
-            tools.i3d(obs.video_frames), tools.i3d(gt.video_frames), "i3d (user supplied)"
+        out["fd_clip"] = frechet.fd_metric(
+            tools.clip(obs.feature_frames), tools.clip(gt.feature_frames), backend
         )
+    for name in ("fid", "fvd"):
+        out[name] = unavailable(name, SET_METRIC)
 
 
 def evaluate_video(
@@ -210,7 +235,7 @@ def evaluate_video(
     Args:
         video: the generated video. reference: the portrait it should look like (CSIM). audio: the speech
             it should follow (default: the video's own audio track). emotion_schedule: the requested
-            ``--emotion`` spec or a parsed schedule. gt: a ground-truth video (LMD, fd_clip, FID, FVD).
+            ``--emotion`` spec or a parsed schedule. gt: a ground-truth video (LMD, fd_clip).
         tools: models and settings (default :func:`~portrait.eval.toolkit.default_tools`, built per call:
             build it once when evaluating many videos).
 
@@ -218,12 +243,30 @@ def evaluate_video(
         InputError: the video (or ``gt``) cannot be read or has no frames; a bad emotion spec.
     """
     tools = tools if tools is not None else default_tools()
+    gt_obs = observe(Path(gt), tools, identity=False, sync=False) if gt is not None else None
+    result, _ = measure(
+        video, tools, reference=reference, audio=audio, emotion_schedule=emotion_schedule, gt=gt_obs
+    )
+    return result
+
+
+def measure(
+    video: Path,
+    tools: EvalTools,
+    *,
+    reference: Path | None = None,
+    audio: Path | None = None,
+    emotion_schedule: EmotionSchedule | str | None = None,
+    gt: Observations | None = None,
+    features: bool = False,
+) -> tuple[dict[str, Any], Observations]:
+    """:func:`evaluate_video`'s result and the video's :class:`Observations` (with FID / FVD features when
+    ``features``), against an already observed ground truth ``gt``."""
     video = Path(video)
     schedule = _schedule(emotion_schedule)
     ref, ref_why = _reference_embedding(reference, tools)
     samples, audio_why = _audio(video, audio)
-    obs = observe(video, tools, identity=ref is not None, sync=samples is not None)
-    gt_obs = observe(Path(gt), tools, identity=False, sync=False) if gt is not None else None
+    obs = observe(video, tools, identity=ref is not None, sync=samples is not None, features=features)
     metrics: dict[str, Metric] = {}
     lines: dict[str, Any] = {"time": [round(float(t), 3) for t in obs.times]}
     coverage = float(obs.track.found.mean())
@@ -231,17 +274,20 @@ def evaluate_video(
     _identity(obs, ref, ref_why, tools, metrics, lines)
     _emotion(obs, tools, schedule, metrics, lines)
     _sync(obs, samples, audio_why, tools, metrics, lines)
-    _motion(obs, gt_obs, tools, metrics, lines)
-    _sets(obs, gt_obs, tools, metrics)
+    _motion(obs, gt, tools, metrics, lines)
+    _sets(obs, gt, tools, metrics)
     missing = [name for name in METRIC_NAMES if name not in metrics]
     if missing:
         raise InputError(f"internal: metrics not computed: {missing}")
-    return {
+    result = {
+        "kind": "video",
         "video": str(video),
         "frames": int(obs.times.size),
         "fps": tools.fps,
         "duration": round(float(obs.times.size / tools.fps), 3),
+        "source": obs.source,
         "tools": dict(tools.notes),
         "metrics": {name: metrics[name] for name in METRIC_NAMES},
         "timelines": lines,
     }
+    return result, obs

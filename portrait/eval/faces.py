@@ -1,8 +1,8 @@
-"""One face track per video: boxes and 68-point landmarks per frame, and square face crops.
+"""One face track per video: boxes and 68-point landmarks per frame.
 
-The detector runs every ``detect_every`` frames (the box is held in between); the landmarker runs on
-every frame inside the current box. Frames without a face get NaN rows, so every later series has one
-value per frame and the gaps are visible.
+The detector runs every ``detect_every`` frames (the box is held in between) unless the caller passes each
+frame's detections; the landmarker runs on every frame inside the current box. Frames without a face get NaN
+rows, so every later series has one value per frame and the gaps are visible.
 """
 
 from __future__ import annotations
@@ -11,12 +11,11 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
 from portrait.boxes import Box, iou
 from portrait.errors import InputError
 from portrait.motion.landmarks import Landmarker
-from portrait.preprocess.detectors import FaceDetector
+from portrait.preprocess.detectors import Face, FaceDetector
 
 logger = logging.getLogger(__name__)
 
@@ -63,13 +62,20 @@ class FaceTracker:
         self._current: Box | None = None
         self._size: tuple[int, int] | None = None
 
-    def update(self, frame: np.ndarray) -> tuple[Box | None, np.ndarray | None]:
-        """Track one ``(H, W, 3)`` uint8 RGB frame; returns its box and ``(68, 2)`` landmarks (or None)."""
+    def update(
+        self, frame: np.ndarray, faces: list[Face] | None = None
+    ) -> tuple[Box | None, np.ndarray | None]:
+        """Track one ``(H, W, 3)`` uint8 RGB frame; returns its box and ``(68, 2)`` landmarks (or None).
+
+        ``faces``: this frame's detections when the caller already ran the detector on it (then they are used
+        whatever the stride); otherwise the detector runs every ``detect_every`` frames.
+        """
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
             raise InputError(f"frames must be (H, W, 3) uint8 RGB, got {frame.dtype} {frame.shape}")
         self._size = (frame.shape[1], frame.shape[0])
-        if len(self._boxes) % self.detect_every == 0:
+        if faces is None and len(self._boxes) % self.detect_every == 0:
             faces = self.detector.detect(np.ascontiguousarray(frame[:, :, ::-1]))
+        if faces is not None:
             if not faces:
                 self._current = None
             elif self._current is None:
@@ -93,21 +99,6 @@ class FaceTracker:
         if self._size is None:
             raise InputError("the video has no frames")
         return FaceTrack(boxes, landmarks, self._size)
-
-
-def square_crop(frame: np.ndarray, box: Box, size: int, scale: float = 1.0) -> np.ndarray:
-    """A square ``(size, size, 3)`` uint8 crop centred on ``box``, side ``scale·max(w, h)``, zero-padded."""
-    x, y, w, h = box
-    side = max(2.0, scale * max(w, h))
-    cx, cy = x + w / 2, y + h / 2
-    left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
-    right, bottom = left + int(round(side)), top + int(round(side))
-    height, width = frame.shape[:2]
-    canvas = np.zeros((bottom - top, right - left, 3), dtype=np.uint8)
-    sx0, sy0, sx1, sy1 = max(left, 0), max(top, 0), min(right, width), min(bottom, height)
-    if sx1 > sx0 and sy1 > sy0:
-        canvas[sy0 - top : sy1 - top, sx0 - left : sx1 - left] = frame[sy0:sy1, sx0:sx1]
-    return np.asarray(Image.fromarray(canvas).resize((size, size), Image.BILINEAR))
 
 
 def interpolate_gaps(series: np.ndarray) -> np.ndarray:

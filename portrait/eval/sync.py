@@ -153,19 +153,42 @@ def syncnet_embeddings(
     return torch.cat(v_out), torch.cat(a_out)
 
 
+def pcm16(samples: np.ndarray) -> np.ndarray:
+    """Float samples in [-1, 1] on the int16 scale the reference's MFCC sees: ``round(x · 32768)``, clipped.
+
+    syncnet_python reads 16-bit PCM (``ffmpeg -acodec pcm_s16le``) and gives ``python_speech_features.mfcc``
+    the int16 values; this is ffmpeg's float → s16 conversion (round half to even, clip), returned as float64.
+    """
+    scaled = np.rint(np.asarray(samples, dtype=np.float64).reshape(-1) * 32768.0)
+    return np.clip(scaled, -32768.0, 32767.0)
+
+
+def segment_scores(net: SyncNet, crops: np.ndarray, pcm: np.ndarray) -> dict[str, object]:
+    """Sync scores of one stretch: 25 fps crops and its int16-scale audio (:func:`pcm16`), from their start.
+
+    Returns:
+        :func:`sync_scores`'s dict plus ``"windows"`` (N = ``min(T, samples // 640) − 5``).
+
+    Raises:
+        ValueError: too short for one window.
+    """
+    video, audio = syncnet_embeddings(net, crops, mfcc(pcm), len(pcm))
+    return {**sync_scores(offset_distances(video, audio)), "windows": int(video.shape[0])}
+
+
 def syncnet_metrics(
     net: SyncNet | None, crops: np.ndarray | None, samples: np.ndarray | None, backend: str, reason: str = ""
 ) -> tuple[Metric, Metric, dict[str, object] | None]:
-    """``(sync_c, sync_d, scores)`` with SyncNet; unavailable with ``reason`` when a part is missing."""
+    """``(sync_c, sync_d, scores)`` of one stretch of crops and float audio in [-1, 1] (scaled by
+    :func:`pcm16`); unavailable with ``reason`` when a part is missing."""
     if net is None or crops is None or samples is None:
         why = reason or "needs SyncNet weights (syncnet_v2), face crops and audio"
         return unavailable(backend, why), unavailable(backend, why), None
     try:
-        video, audio = syncnet_embeddings(net, crops, mfcc(samples), len(samples))
+        scores = segment_scores(net, crops, pcm16(samples))
     except ValueError as error:
         return unavailable(backend, str(error)), unavailable(backend, str(error)), None
-    scores = sync_scores(offset_distances(video, audio))
-    extra = {"offset_frames": scores["offset"], "windows": int(video.shape[0])}
+    extra = {"offset_frames": scores["offset"], "windows": scores["windows"]}
     return (
         available(scores["sync_c"], backend, **extra),
         available(scores["sync_d"], backend, **extra),

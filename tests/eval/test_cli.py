@@ -54,9 +54,11 @@ def test_json_line_has_every_metric_with_values_from_the_real_tools(evaluated, v
     code, jsonl, _ = evaluated
     assert code == 0
     lines = jsonl.read_text().splitlines()
-    assert len(lines) == 1
+    assert len(lines) == 2  # the video's line, then the set's
     assert not list(jsonl.parent.glob("*.partial"))
-    result = json.loads(lines[0])
+    result, summary = (json.loads(line) for line in lines)
+    assert result["kind"] == "video" and summary["kind"] == "set" and summary["videos"] == [str(video)]
+    assert summary["metrics"]["csim"]["value"] == result["metrics"]["csim"]["value"]  # a mean over one video
     assert result["video"] == str(video)
     assert set(result["metrics"]) == set(METRIC_NAMES)
     for metric in result["metrics"].values():
@@ -92,8 +94,9 @@ def test_report_writes_html_that_links_its_pngs(evaluated):
 def test_stdout_gets_one_json_line_per_video(video, capsys):
     assert main(["--quiet", "eval", str(video), str(video)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2
+    assert len(lines) == 3  # two videos, then the set
     first = json.loads(lines[0])
+    assert json.loads(lines[2])["kind"] == "set"
     assert (
         first["metrics"]["csim"]["available"] is False and "--reference" in first["metrics"]["csim"]["reason"]
     )

@@ -12,7 +12,7 @@ import torch
 
 from portrait.eval import emotion_accuracy, frechet, motion, sync
 from portrait.eval.evaluate import METRIC_NAMES, evaluate_video
-from portrait.eval.faces import FaceTracker, interpolate_gaps, square_crop
+from portrait.eval.faces import FaceTracker, interpolate_gaps
 from portrait.eval.metric import available, unavailable
 from portrait.eval.toolkit import EvalTools
 from portrait.motion.pose import generic_face_3d
@@ -224,9 +224,6 @@ def test_lmd_is_invariant_to_position_and_scale():
 
 
 def test_face_helpers():
-    frame = np.arange(40 * 30 * 3, dtype=np.uint8).reshape(40, 30, 3)
-    crop = square_crop(frame, (-10.0, -10.0, 20.0, 20.0), 16)
-    assert crop.shape == (16, 16, 3) and crop[0, 0].tolist() == [0, 0, 0]
     assert interpolate_gaps(np.array([np.nan, 1.0, np.nan, 3.0])).tolist() == [1.0, 1.0, 2.0, 3.0]
 
 
