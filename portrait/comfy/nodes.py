@@ -23,6 +23,7 @@ from portrait.comfy import analysis
 from portrait.comfy.engines import LoaderSettings, handle_for, install_unload_hooks
 from portrait.comfy.messages import user_errors
 from portrait.comfy.render import RenderRequest, render
+from portrait.comfy.schemas import fps_input, framing_inputs, guidance_inputs, node_schema
 from portrait.config import RenderConfig
 from portrait.constants import (
     COMPILE_MODES,
@@ -39,7 +40,6 @@ from portrait.constants import (
 )
 from portrait.errors import InputError
 
-CATEGORY = "portrait"
 #: ComfyUI's model folder of weights trees (``models/portrait/<name>/``; extra_model_paths.yaml may add more).
 WEIGHTS_FOLDER = "portrait"
 #: The Loader's first choice: ``$PORTRAIT_WEIGHTS``, else ``./weights`` (the CLI's ``--weights`` default).
@@ -74,20 +74,6 @@ def _weights_path(choice: str) -> str | None:
     return os.path.join(folder_paths.get_folder_paths(WEIGHTS_FOLDER)[0], choice)  # the loader names it
 
 
-def _schema(
-    node_id: str, title: str, description: str, inputs: list, outputs: list, **extra: Any
-) -> io.Schema:
-    """A node of the pack's category (the V3 API's declarative schema)."""
-    return io.Schema(
-        node_id=node_id, display_name=title, category=CATEGORY, description=description, inputs=inputs,
-        outputs=outputs, **extra,
-    )  # fmt: skip
-
-
-def _fps(tooltip: str = "frame rate of the frames") -> io.Float.Input:
-    return io.Float.Input("fps", default=25.0, min=0.1, max=240.0, step=0.1, tooltip=tooltip)
-
-
 def _cancel() -> None:
     comfy.model_management.throw_exception_if_processing_interrupted()
 
@@ -95,7 +81,7 @@ def _cancel() -> None:
 class PortraitLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return _schema(
+        return node_schema(
             "PortraitLoader",
             "Portrait Loader",
             "Load the portrait models once (kept across queue runs; freed by 'Unload models').",
@@ -131,7 +117,7 @@ class PortraitLoader(io.ComfyNode):
 class PortraitRender(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return _schema(
+        return node_schema(
             "PortraitRender",
             "Portrait Render",
             "Animate a portrait with speech and an emotion (portrait-gen's render, same output).",
@@ -139,65 +125,8 @@ class PortraitRender(io.ComfyNode):
                 Engine.Input("engine"),
                 io.Image.Input("image", tooltip="the portrait photo (the first image of a batch)"),
                 io.Audio.Input("audio", tooltip="the speech"),
-                io.String.Input(
-                    "emotion",
-                    default=_R.emotion,
-                    tooltip="NAME, NAME:INTENSITY, happy:0.6+surprised:0.4 or a timeline "
-                    "'0:neutral, 2.5:happy:0.8, 6:sad'",
-                ),
-                io.Float.Input(
-                    "intensity",
-                    default=1.0,
-                    min=0.0,
-                    max=MAX_EMOTION_STRENGTH,
-                    step=0.05,
-                    tooltip="intensity of a single emotion name",
-                ),
-                io.Float.Input(
-                    "ref_scale",
-                    default=_R.ref_scale,
-                    min=0.0,
-                    max=30.0,
-                    step=0.1,
-                    tooltip="reference-image guidance",
-                ),
-                io.Float.Input(
-                    "emo_scale",
-                    default=_R.emo_scale,
-                    min=0.0,
-                    max=30.0,
-                    step=0.1,
-                    tooltip="audio+emotion guidance",
-                ),
-                io.Int.Input("steps", default=_R.steps, min=1, max=1000),
-                io.Int.Input("seed", default=_R.seed, min=0, max=2**63 - 1),
-                io.Combo.Input(
-                    "framing",
-                    options=["auto", "full", "photo", "crop"],
-                    default=_R.framing,
-                    tooltip="auto/full: animate the face crop and paste it back into the photo; "
-                    "photo: the resized photo; crop: a square crop around the face",
-                ),
-                io.Boolean.Input(
-                    "interpolate", default=_R.interpolate, tooltip="RIFE: 25 fps instead of 12.5"
-                ),
-                io.Int.Input(
-                    "size",
-                    default=_R.size,
-                    min=64,
-                    max=4096,
-                    step=64,
-                    tooltip="short side of the generated video",
-                ),
-                io.String.Input("face_box", default="", tooltip="X,Y,W,H in pixels (empty: detect the face)"),
-                io.Int.Input("face_index", default=-1, min=-1, max=64, tooltip="which face, 0 = largest"),
-                io.Boolean.Input(
-                    "emotion_qa",
-                    default=False,
-                    tooltip="re-render with stronger emotion guidance until the emotion is seen",
-                ),
-                io.Float.Input("qa_threshold", default=_R.qa_threshold, min=0.0, max=1.0, step=0.05),
-                io.Int.Input("qa_retries", default=_R.qa_retries, min=0, max=3),
+                *guidance_inputs(),
+                *framing_inputs(),
                 Motion.Input("motion", optional=True, tooltip="from Portrait Motion Track"),
                 EmotionRef.Input(
                     "emotion_reference",
@@ -238,13 +167,13 @@ class PortraitMotionTrack(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         tracks = [NO_TRACK, *sorted(folder_paths.filter_files_extensions(_input_files(), [".json"]))]
         m = _D.motion
-        return _schema(
+        return node_schema(
             "PortraitMotionTrack",
             "Portrait Motion Track",
             "Follow the head in a driving video (or read a motion-extract track) for Render.",
             inputs=[
                 io.Image.Input("frames", optional=True, tooltip="driving video frames"),
-                _fps(),
+                fps_input(),
                 io.Combo.Input(
                     "track_file",
                     options=tracks,
@@ -292,14 +221,14 @@ class PortraitMotionTrack(io.ComfyNode):
 class PortraitEmotionFromReference(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return _schema(
+        return node_schema(
             "PortraitEmotionFromReference",
             "Portrait Emotion From Reference",
             "Take the emotion from a reference image or clip (portrait-gen --emotion-from).",
             inputs=[
                 Engine.Input("engine"),
                 io.Image.Input("frames", tooltip="a reference image, or a clip's frames"),
-                _fps(),
+                fps_input(),
                 io.Combo.Input(
                     "mode",
                     options=list(EMOTION_FROM_MODES),
@@ -327,13 +256,13 @@ class PortraitEmotionFromReference(io.ComfyNode):
 class PortraitEvaluate(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return _schema(
+        return node_schema(
             "PortraitEvaluate",
             "Portrait Evaluate",
             "portrait-gen eval of frames + audio: identity, emotion, lip sync; the QA verdict.",
             inputs=[
                 io.Image.Input("frames"),
-                _fps(),
+                fps_input(),
                 io.Audio.Input("audio", optional=True, tooltip="the speech (lip-sync proxy)"),
                 io.Image.Input("reference", optional=True, tooltip="the portrait (identity CSIM)"),
                 io.String.Input(
