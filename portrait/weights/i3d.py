@@ -9,14 +9,14 @@ result. Its sha256 was not recorded anywhere this project could check offline, s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
-from portrait.errors import WeightsError
 from portrait.files import sha256_file
 from portrait.models.i3d import InceptionI3d
-from portrait.weights.state_dicts import match_state, read_converted, read_published, write_converted
+from portrait.weights.state_dicts import load_network, match_state, read_published, write_converted
 
 I3D_FILE = "i3d_pretrained_400.pt"
 #: VideoGPT's Google Drive file (``videogpt/download.py``); common_metrics_on_video_quality has a copy too.
@@ -37,20 +37,14 @@ def convert_i3d(src: Path, dst: Path) -> str:
     return write_converted(dst, match_state(state, InceptionI3d().state_dict(), _WHAT), digest)
 
 
+def _build(state: Mapping[str, torch.Tensor]) -> InceptionI3d:
+    """The I3D that fits ``state`` (classes and width read from its tensors)."""
+    width = float(state["Conv3d_1a_7x7.conv3d.weight"].shape[0]) / 64.0
+    return InceptionI3d(num_classes=int(state["logits.conv3d.weight"].shape[0]), width=width)
+
+
 def load_i3d(
     path: Path, expected_sha256: str | None = None, device: str | torch.device = "cpu"
 ) -> InceptionI3d:
-    """Load a converted I3D (classes and width inferred from the tensors).
-
-    Raises:
-        WeightsError: missing file, hash mismatch, or tensors that do not fit the architecture.
-    """
-    state = read_converted(Path(path), expected_sha256, "I3D", _FIX).state
-    try:
-        classes = int(state["logits.conv3d.weight"].shape[0])
-        width = float(state["Conv3d_1a_7x7.conv3d.weight"].shape[0]) / 64.0
-    except KeyError as error:
-        raise WeightsError(f"{path} is not an I3D file: missing {error}") from error
-    net = InceptionI3d(num_classes=classes, width=width)
-    net.load_state_dict(match_state(state, net.state_dict(), _WHAT), strict=True)
-    return net.eval().to(device)
+    """Load a converted I3D, hash-checked when ``expected_sha256`` is given (WeightsError otherwise)."""
+    return load_network(path, expected_sha256, "I3D", _FIX, _build, device)

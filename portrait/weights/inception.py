@@ -10,16 +10,16 @@ PyTorch, Apache-2.0) is a state dict of torchvision's ``Inception3`` layout with
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
-from portrait.errors import WeightsError
 from portrait.models.inception import FIDInceptionV3
 from portrait.weights.state_dicts import (
     check_prefix,
+    load_network,
     match_state,
-    read_converted,
     read_published,
     write_converted,
 )
@@ -49,19 +49,11 @@ def convert_fid_inception(src: Path, dst: Path, *, check_release_hash: bool = Tr
     return write_converted(dst, match_state(state, reference, _WHAT, ignore=("fc.",)), digest)
 
 
-def load_fid_inception(
-    path: Path, expected_sha256: str | None = None, device: str | torch.device = "cpu"
-) -> FIDInceptionV3:
-    """Load a converted FID Inception (its width inferred from the tensors; 1.0 for the release).
+def _build(state: Mapping[str, torch.Tensor]) -> FIDInceptionV3:
+    """The FID Inception that fits ``state`` (width 1.0 for the release)."""
+    return FIDInceptionV3(width=float(state["Conv2d_1a_3x3.conv.weight"].shape[0]) / 32.0)
 
-    Raises:
-        WeightsError: missing file, hash mismatch, or tensors that do not fit the architecture.
-    """
-    state = read_converted(Path(path), expected_sha256, "FID Inception", _FIX).state
-    try:
-        width = float(state["Conv2d_1a_3x3.conv.weight"].shape[0]) / 32.0
-    except KeyError as error:
-        raise WeightsError(f"{path} is not an FID Inception file: missing {error}") from error
-    net = FIDInceptionV3(width=width)
-    net.load_state_dict(match_state(state, net.state_dict(), _WHAT), strict=True)
-    return net.eval().to(device)
+
+def load_fid_inception(path: Path, expected_sha256: str | None = None, device: str = "cpu") -> FIDInceptionV3:
+    """Load a converted FID Inception, hash-checked when ``expected_sha256`` is given (else WeightsError)."""
+    return load_network(path, expected_sha256, "FID Inception", _FIX, _build, device)

@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from safetensors import safe_open
@@ -24,6 +25,7 @@ from portrait.files import sha256_file
 
 logger = logging.getLogger(__name__)
 
+Net = TypeVar("Net", bound=torch.nn.Module)
 #: ``(name, tensor, expected) → tensor``: fixes a known layout difference of one tensor (or returns it as is).
 Adapt = Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -171,3 +173,27 @@ def provenance(path: Path, expected_sha256: str | None = None) -> dict[str, obje
         "source_sha256": metadata.get("source_sha256"),
         "verified": verified,
     }
+
+
+def load_network(
+    path: Path,
+    expected_sha256: str | None,
+    what: str,
+    fix: str,
+    build: Callable[[Mapping[str, torch.Tensor]], Net],
+    device: str | torch.device = "cpu",
+) -> Net:
+    """A network from a converted file: hash-checked (:func:`read_converted`), built by ``build(state)``
+    (which reads its sizes from the tensors), loaded strictly, in eval mode on ``device``.
+
+    Raises:
+        WeightsError: missing file (``fix`` says how to make it), hash mismatch, a tensor ``build`` needs is
+            absent, or tensors that do not fit the architecture.
+    """
+    state = read_converted(Path(path), expected_sha256, what, fix).state
+    try:
+        net = build(state)
+    except KeyError as error:
+        raise WeightsError(f"{path} is not a {what} file: missing {error}") from error
+    net.load_state_dict(match_state(state, net.state_dict(), f"{what} weights"), strict=True)
+    return net.eval().to(device)

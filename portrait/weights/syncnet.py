@@ -9,16 +9,16 @@ when one is given. The weights are never downloaded here (``portrait.weights.hub
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
-from portrait.errors import WeightsError
 from portrait.models.syncnet import SyncNet
 from portrait.weights.state_dicts import (
     check_prefix,
+    load_network,
     match_state,
-    read_converted,
     read_published,
     write_converted,
 )
@@ -62,12 +62,9 @@ def load_syncnet(
     Raises:
         WeightsError: missing file, hash mismatch, or tensors that do not fit the architecture.
     """
-    state = read_converted(Path(path), expected_sha256, "SyncNet", _FIX).state
-    try:
-        embed_dim = int(state["netfcaud.3.weight"].shape[0])
+
+    def build(state: Mapping[str, torch.Tensor]) -> SyncNet:
         width = float(state["netcnnaud.0.weight"].shape[0]) / 64.0
-    except KeyError as error:
-        raise WeightsError(f"{path} is not a SyncNet file: missing {error}") from error
-    net = SyncNet(embed_dim=embed_dim, width=width)
-    net.load_state_dict(match_state(state, net.state_dict(), _WHAT), strict=True)
-    return net.eval().to(device)
+        return SyncNet(embed_dim=int(state["netfcaud.3.weight"].shape[0]), width=width)
+
+    return load_network(path, expected_sha256, "SyncNet", _FIX, build, device)

@@ -137,29 +137,33 @@ def test_tracked_protocol_equals_syncnet_python_per_track(syncnet):
     assert sync_c["protocol"]["frames_left_out"] == left_out == 3  # frames 0, 1 and 33 have no face
 
 
-def test_fid_inception_features_and_fid_equal_pytorch_fid(tmp_path):
-    src = _published(
-        tmp_path, "inception", "pt_inception-2015-12-05-6726825d.pth", CASES["seeds"]["inception"]
+def _features_and_distance(encoder, name: str, arrays: str) -> float:
+    """The encoder's features of the fixture's two input sets, checked against the reference's (1e-4
+    relative); returns portrait's Fréchet distance between the two sets."""
+    case = CASES[name]
+    features = [encoder(random_scene(seed, case["shape"])) for seed in case["pixels_seed"]]
+    for ours, part in zip(features, "ab", strict=True):
+        np.testing.assert_allclose(ours, ARRAYS[f"{arrays}_{part}"], rtol=1e-4, atol=1e-6)
+    return frechet.frechet_distance(
+        *frechet.gaussian_stats(features[0]), *frechet.gaussian_stats(features[1])
     )
+
+
+def test_fid_inception_features_and_fid_equal_pytorch_fid(tmp_path):
+    file = "pt_inception-2015-12-05-6726825d.pth"
+    src = _published(tmp_path, "inception", file, CASES["seeds"]["inception"])
     digest = convert_fid_inception(src, tmp_path / "fid.safetensors", check_release_hash=False)
     encoder = InceptionFeatures(load_fid_inception(tmp_path / "fid.safetensors", digest), batch=4)
-    case = CASES["inception"]
-    features = [encoder(random_scene(seed, case["shape"])) for seed in case["pixels_seed"]]
-    for ours, name in zip(features, "ab", strict=True):
-        np.testing.assert_allclose(ours, ARRAYS[f"inception_features_{name}"], rtol=1e-4, atol=1e-6)
-    fid = frechet.frechet_distance(*frechet.gaussian_stats(features[0]), *frechet.gaussian_stats(features[1]))
+    fid = _features_and_distance(encoder, "inception", "inception_features")
     assert fid == pytest.approx(REF["inception"]["fid"], rel=1e-4)
 
 
 def test_i3d_logits_and_fvd_equal_videogpt(tmp_path):
     src = _published(tmp_path, "i3d", "i3d_pretrained_400.pt", CASES["seeds"]["i3d"])
-    digest = convert_i3d(src, tmp_path / "i3d.safetensors")
-    encoder = I3DFeatures(load_i3d(tmp_path / "i3d.safetensors", digest), batch=3)
-    case = CASES["i3d"]
-    logits = [encoder(random_scene(seed, case["shape"])) for seed in case["pixels_seed"]]
-    for ours, name in zip(logits, "ab", strict=True):
-        np.testing.assert_allclose(ours, ARRAYS[f"i3d_logits_{name}"], rtol=1e-4, atol=1e-6)
-    fvd = frechet.frechet_distance(*frechet.gaussian_stats(logits[0]), *frechet.gaussian_stats(logits[1]))
+    encoder = I3DFeatures(
+        load_i3d(tmp_path / "i3d.safetensors", convert_i3d(src, tmp_path / "i3d.safetensors"))
+    )
+    fvd = _features_and_distance(encoder, "i3d", "i3d_logits")
     assert fvd == pytest.approx(REF["i3d"]["fvd_float64"], rel=1e-4)
 
 
