@@ -6,8 +6,7 @@ returns complex noise for rank-deficient covariances (fewer frames than dimensio
 
 ``fd_clip`` uses a CLIP image encoder (:class:`ClipImageEncoder` wraps a transformers
 ``CLIPVisionModelWithProjection``, e.g. SVD's ViT-H/14 image encoder from the weights tree); FID and FVD
-use Inception / I3D feature extractors when the user supplies them (``EvalTools``), otherwise they are
-reported unavailable: their standard weights download from the network.
+use the extractors of :mod:`portrait.eval.features` and are pooled over a set (:mod:`portrait.eval.sets`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
-"""Lip-sync metrics: Sync-C / Sync-D with SyncNet, and an offline proxy that needs no network weights.
+"""Lip-sync metrics: SyncNet's windows and offsets (LSE-C / LSE-D, see :mod:`portrait.eval.lse` for the
+protocols), and an offline proxy that needs no network weights.
 
-**SyncNet** (as ``syncnet_python``'s ``SyncNetInstance.evaluate``): for every start frame i, five face
-crops ``i..i+4`` (25 fps) and MFCC columns ``4i..4i+19`` (100 Hz) give one video and one audio
+**SyncNet** (as ``syncnet_python``'s ``SyncNetInstance.evaluate``): the audio on the int16 scale
+(:func:`pcm16`) → MFCC (:func:`mfcc`, python_speech_features' conventions); for every start frame i, five
+face crops ``i..i+4`` (25 fps) and MFCC columns ``4i..4i+19`` (100 Hz) give one video and one audio
 embedding. For each offset δ in ``[-vshift, vshift]`` the distance is ``mean_i ‖v_i − a_{i+δ}‖`` (audio
 padded with zero embeddings). **Sync-D** = the smallest mean distance, **Sync-C** = median − smallest,
 **offset** = ``vshift − argmin`` frames.

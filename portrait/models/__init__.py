@@ -11,5 +11,7 @@
 - ``landmark_guider``: per-frame motion maps → the same residual.
 - ``interpolation``: RIFE HDv3 (``IFNet``, ``midframes``).
 - ``expression_classifier``: the mini-Xception facial-expression classifier.
-- ``syncnet``: SyncNet, behind the Sync-C / Sync-D metrics.
+- ``syncnet``: SyncNet, behind the LSE-C / LSE-D (Sync-C / Sync-D) metrics.
+- ``inception``: the FID Inception-v3 (pytorch-fid's blocks, 2048-d pool features).
+- ``i3d``: the FVD I3D (VideoGPT's Kinetics-400 ``InceptionI3d``).
 """

@@ -13,7 +13,7 @@ Two towers map to one embedding space (``embed_dim``, 1024 in the release):
   the release was trained) → 3-D convs → 512 → two linear layers → ``(B, embed_dim)``.
 
 Distances between the two embeddings are small when the lips match the sound. The module does no I/O;
-loading and hash checks live in :mod:`portrait.eval.sync`.
+loading and hash checks live in :mod:`portrait.weights.syncnet`.
 """
 
 from __future__ import annotations
