@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from portrait.constants import (
 from portrait.errors import HINT_FACE_BOX, InputError
 from portrait.preprocess.audio import load_audio
 from portrait.preprocess.detectors import FaceDetector
-from portrait.preprocess.emotion_from_reference import reference_emotion
+from portrait.preprocess.emotion_from_reference import is_audio_only, reference_emotion
 from portrait.preprocess.emotion_spec import (
     EmotionSchedule,
     check_schedule_fits,
@@ -179,35 +179,73 @@ def prepare(
     emotion_names: Iterable[str],
     *,
     expression_classifier: ExpressionClassifier | None = None,
+    check: Callable[[], None] | None = None,
 ) -> PreparedJob:
     """Check and decode every input of ``job`` once (image → face → crop, audio, emotion); no model needed.
 
     ``emotion_names``: the names of the emotion bank the job may use. ``detector`` may be None only when the
     job gives its face box. ``expression_classifier``: for ``job.emotion_from`` (default: the offline
-    ``fer`` classifier, loaded on the CPU only when needed).
+    ``fer`` classifier, loaded on the CPU only when needed). ``check``: called before each frame of a
+    reference clip or driving video is analysed; it raises to stop the work (the app's Cancel).
     """
-    check_output(job)
-    photo = load_image(job.image)
-    image, tensors = _prepare_image(job, photo, cfg, detector)
+    photo, image, tensors, samples, schedule, extra = _decode_inputs(job, cfg, detector, emotion_names)
     pre = cfg.preprocess
-    samples = load_audio(job.audio, pre.sample_rate, max_seconds=pre.max_audio_units * UNIT_SECONDS)
-    schedule, extra = _prepare_emotion(job.emotion, list(emotion_names), cfg.sampling.emotion_transition)
     emotion_info: dict[str, Any] = {}
     embedder_inputs = None
     if job.emotion_from is not None:
         schedule, emotion_info, embedder_inputs = _reference_emotion(
-            job, list(emotion_names), len(samples) / pre.sample_rate, cfg, detector, expression_classifier
-        )
+            job, list(emotion_names), len(samples) / pre.sample_rate, cfg, detector, expression_classifier,
+            check,
+        )  # fmt: skip
     check_schedule_fits(schedule, len(samples) / pre.sample_rate)
     key = image_cache_key(job, cfg)
     prepared = PreparedJob(
         job, photo, tensors, image, samples, pre.sample_rate, schedule, extra, key, emotion_info,
         embedder_inputs=embedder_inputs,
     )  # fmt: skip
-    return _with_motion(prepared, cfg, detector) if job.motion is not None else prepared
+    return _with_motion(prepared, cfg, detector, check) if job.motion is not None else prepared
 
 
-def _with_motion(prepared: PreparedJob, cfg: RenderConfig, detector: FaceDetector | None) -> PreparedJob:
+def check_job(
+    job: Job, cfg: RenderConfig, detector: FaceDetector | None, emotion_names: Iterable[str]
+) -> None:
+    """:func:`prepare`'s checks without its costly analyses (PortraitError as :func:`prepare` raises it).
+
+    A reference clip is only checked to be a readable picture or video (nothing classified), a motion
+    source to be a valid track JSON or a readable video (nothing tracked): the batch checks every line
+    so before any model loads, and its worker's :func:`prepare` analyses each clip once.
+    """
+    from portrait.motion.driving import check_motion_source
+    from portrait.preprocess.emotion_from_reference import check_reference_file, check_reference_options
+
+    *_, samples, schedule, _ = _decode_inputs(job, cfg, detector, emotion_names)
+    if job.emotion_from is None:
+        check_schedule_fits(schedule, len(samples) / cfg.preprocess.sample_rate)
+    else:
+        check_reference_options(job.emotion_from_mode, job.emotion_strength)
+        embedder = embedder_choice(job, cfg)
+        if not (embedder == "learned" and is_audio_only(Path(job.emotion_from))):
+            check_reference_file(job.emotion_from)
+    if job.motion is not None:
+        check_motion_source(job.motion)
+
+
+def _decode_inputs(
+    job: Job, cfg: RenderConfig, detector: FaceDetector | None, emotion_names: Iterable[str]
+) -> tuple[Image.Image, ImageInfo, PortraitTensors, np.ndarray, EmotionSchedule, dict[str, torch.Tensor]]:
+    """The output check, the photo (decoded, face, crop, tensors), the audio samples and the emotion."""
+    check_output(job)
+    photo = load_image(job.image)
+    image, tensors = _prepare_image(job, photo, cfg, detector)
+    pre = cfg.preprocess
+    samples = load_audio(job.audio, pre.sample_rate, max_seconds=pre.max_audio_units * UNIT_SECONDS)
+    schedule, extra = _prepare_emotion(job.emotion, list(emotion_names), cfg.sampling.emotion_transition)
+    return photo, image, tensors, samples, schedule, extra
+
+
+def _with_motion(
+    prepared: PreparedJob, cfg: RenderConfig, detector: FaceDetector | None, check: Callable[[], None] | None
+) -> PreparedJob:
     """Add the job's motion maps: the driving track retargeted onto the portrait's own working image."""
     from portrait.motion.driving import motion_for_job
     from portrait.preprocess.audio_features import SAMPLES_PER_UNIT
@@ -224,7 +262,7 @@ def _with_motion(prepared: PreparedJob, cfg: RenderConfig, detector: FaceDetecto
     motion = motion_for_job(
         job.motion, image, tensors.face_box, tensors.size, num_frames, cfg.sampling.fps,
         mode=m.retarget, gains=(m.pose_gain, m.expression_gain), mouth=m.mouth, extend=m.extend,
-        detector=detector,
+        detector=detector, check=check,
     )  # fmt: skip
     return replace(prepared, motion_maps=motion.maps, motion_info=motion.summary, motion_energy=motion.energy)
 
@@ -236,6 +274,7 @@ def _reference_emotion(
     cfg: RenderConfig,
     detector: FaceDetector | None,
     classifier: ExpressionClassifier | None,
+    check: Callable[[], None] | None = None,
 ) -> tuple[EmotionSchedule, dict[str, Any], dict[str, Any] | None]:
     """Schedule, sidecar record and learned-embedder inputs of ``--emotion-from``.
 
@@ -243,10 +282,10 @@ def _reference_emotion(
     per-frame probabilities are also its visual input and generate replaces the schedule. An audio-only
     reference is accepted only by the learned embedder (its audio branch).
     """
-    from portrait.preprocess.emotion_from_reference import _audio_only, check_strength
+    from portrait.preprocess.emotion_from_reference import check_strength
 
     embedder = embedder_choice(job, cfg)
-    if embedder == "learned" and _audio_only(Path(job.emotion_from)):
+    if embedder == "learned" and is_audio_only(Path(job.emotion_from)):
         check_strength(job.emotion_strength)
         pre = cfg.preprocess
         reference = load_audio(job.emotion_from, pre.sample_rate, pre.max_audio_units * UNIT_SECONDS)
@@ -263,16 +302,9 @@ def _reference_emotion(
 
         detector = DlibDetector()
     schedule, info = reference_emotion(
-        job.emotion_from,
-        classifier,
-        detector,
-        names,
-        duration,
-        mode=job.emotion_from_mode,
-        strength=job.emotion_strength,
-        transition=cfg.sampling.emotion_transition,
-        keep_frames=True,
-    )
+        job.emotion_from, classifier, detector, names, duration, mode=job.emotion_from_mode, check=check,
+        strength=job.emotion_strength, transition=cfg.sampling.emotion_transition, keep_frames=True,
+    )  # fmt: skip
     frames = info.pop("frames")
     info["embedder"] = embedder
     if embedder == "classifier":
@@ -342,6 +374,8 @@ def _prepare_emotion(
     path = Path(spec)
     suffix = path.suffix.lower()
     if suffix in EMOTION_PRIOR_SUFFIXES:
+        from portrait.weights.emotion_priors import load_prior_file
+
         prior = load_prior_file(path)
         return parse_emotion(CUSTOM_PRIOR, [CUSTOM_PRIOR], transition), {CUSTOM_PRIOR: prior}
     if suffix in EMOTION_TIMELINE_SUFFIXES:
@@ -351,42 +385,12 @@ def _prepare_emotion(
     return parse_emotion(spec, names, transition), {}
 
 
-def load_prior_file(path: Path) -> torch.Tensor:
-    """A custom emotion prior (1, D): safetensors holding ``mu``, or a release ``.npy`` (safe reader)."""
-    if not path.is_file():
-        raise InputError(f"emotion prior file {path} does not exist")
-    if path.suffix.lower() == ".npy":
-        from portrait.weights.emotion_priors import load_emotion_prior
-
-        prior = torch.from_numpy(load_emotion_prior(path))
-    else:
-        from safetensors.torch import load_file
-
-        try:
-            tensors = load_file(str(path))
-        except Exception as err:  # safetensors raises several types for a corrupt file
-            raise InputError(f"cannot read emotion prior {path}: {err}") from err
-        if "mu" not in tensors:
-            raise InputError(f"emotion prior {path} has no tensor 'mu'")
-        prior = tensors["mu"]
-    return prior.float().reshape(1, -1)
-
-
 def image_cache_key(job: Job, cfg: RenderConfig) -> tuple:
     """What the prepared image depends on: the file (path, size, mtime), the face choice and preprocessing."""
     stat = job.image.stat()
     pre = cfg.preprocess
     return (
-        str(job.image.resolve()),
-        stat.st_size,
-        stat.st_mtime_ns,
-        job.face_box,
-        job.face_index,
-        pre.crop,
-        pre.expand_ratio,
-        pre.min_resolution,
-        pre.face_area,
-        pre.face_selection,
-        cfg.sampling.noise_aug_strength,
-        cfg.video.full_frame,
-    )
+        str(job.image.resolve()), stat.st_size, stat.st_mtime_ns, job.face_box, job.face_index, pre.crop,
+        pre.expand_ratio, pre.min_resolution, pre.face_area, pre.face_selection,
+        cfg.sampling.noise_aug_strength, cfg.video.full_frame,
+    )  # fmt: skip

@@ -3,8 +3,9 @@
 ``portrait-batch MANIFEST --out-dir DIR [--engine local|ray] [--shard I/N] [--retries K] [--fail-fast]``
 
 1. The manifest (JSONL or CSV, see :mod:`portrait.batch.manifest`) is read whole; this process keeps its
-   static shard. Each job is checked (config overrides, input files, face, emotion) before any model
-   loads; a bad line is recorded as ``invalid`` and the others go on.
+   static shard. Each job is checked (config overrides, input files, face, emotion; a reference clip or a
+   driving video is probed, not analysed: :func:`portrait.inputs.check_job`) before any model loads; a
+   bad line (whatever its error) is recorded as ``invalid`` and the others go on.
 2. A job whose output and a readable sidecar ``<output>.json`` exist is ``skipped`` (a rerun resumes).
 3. The rest render on the local engine (one process, pipeline loaded once, jobs in order) or the Ray engine
    (:mod:`portrait.batch.ray`). One failing job is recorded and the rest continue.
@@ -299,8 +300,10 @@ class Batch:
                 job_cfg = with_values(cfg, dict(entry.values))
                 entry.output.parent.mkdir(parents=True, exist_ok=True)
                 check(to_job(entry), job_cfg)
-            except (PortraitError, OSError, ValueError, RecursionError) as err:
-                message = " ".join(str(err).split())
+            except Exception as err:  # noqa: BLE001 - a line's error (even a bug in a check) stays its own
+                if not isinstance(err, (PortraitError, OSError, ValueError)):
+                    logger.warning("line %d: unexpected error while checking it", entry.line, exc_info=err)
+                message = " ".join(str(err).split()) or type(err).__name__
                 self.record(
                     JobRecord(entry.line, "invalid", str(entry.output), 0.0, type(err).__name__, message)
                 )
@@ -310,7 +313,7 @@ class Batch:
 
     def _prechecker(self) -> tuple[RenderConfig, Callable]:
         """The batch config with an absolute weights root (and this rank's GPU), and a job checker."""
-        from portrait.inputs import prepare
+        from portrait.inputs import check_job
         from portrait.preprocess.detectors import detector_from_name
         from portrait.weights.load import check_tree, emotion_names, resolve_weights_root
 
@@ -321,9 +324,10 @@ class Batch:
             cfg = _rank_device(cfg)
         names = emotion_names(root)
         detector = detector_from_name(self.options.detector, root, yolo_sha256=cfg.preprocess.yolo_sha256)
-        # A full prepare of every job before any model loads; the result is dropped (memory stays flat in the
-        # manifest's length) and the worker prepares the job again when it renders it.
-        return cfg, lambda job, job_cfg: prepare(job, job_cfg, detector, names)
+        # Every job is checked before any model loads (photo, face, audio, emotion; a reference clip or a
+        # driving video only probed): nothing is kept (memory stays flat in the manifest's length) and the
+        # worker's prepare classifies a reference and tracks a driving video once, when it renders the job.
+        return cfg, lambda job, job_cfg: check_job(job, job_cfg, detector, names)
 
     def _run_local(self, jobs: list[ManifestJob], settings: WorkerSettings) -> None:
         shard = self.options.shard

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,10 +26,16 @@ from portrait.motion.retarget import check_motion_options, retarget_track
 from portrait.motion.track import Track, extract_track
 from portrait.motion.track_io import read_track, write_track
 from portrait.preprocess.detectors import DlibDetector, FaceDetector
+from portrait.preprocess.video import probe_video
 
 logger = logging.getLogger(__name__)
 
 MotionSource = str | Path | Track
+#: Longest part of a driving video that is tracked (seconds).
+MAX_DRIVING_SECONDS = 600.0
+#: Seconds of a driving video tracked beyond what a job uses (the neutral frame may lie there; smoothing
+#: needs a few frames past the end).
+DRIVING_MARGIN_S = 5.0
 
 
 def load_motion_source(
@@ -36,17 +43,40 @@ def load_motion_source(
     landmarker: Landmarker | None = None,
     detector: FaceDetector | None = None,
     face_index: int | None = None,
-    max_seconds: float | None = 600.0,
+    max_seconds: float | None = MAX_DRIVING_SECONDS,
+    check: Callable[[], None] | None = None,
 ) -> Track:
-    """A :class:`Track` from a ``.json`` track file, a driving video or a Track (returned as is)."""
+    """A :class:`Track` from a ``.json`` track file, a driving video or a Track (returned as is).
+
+    ``max_seconds`` and ``check`` (called before each frame; it raises to stop) apply to a video.
+    """
     if isinstance(source, Track):
         return source
     path = Path(source)
     if path.suffix.lower() == ".json":
         return read_track(path)
     return extract_track(
-        path, landmarker or DlibLandmarker(), detector or DlibDetector(), face_index, max_seconds=max_seconds
-    )
+        path, landmarker or DlibLandmarker(), detector or DlibDetector(), face_index, max_seconds=max_seconds,
+        check=check,
+    )  # fmt: skip
+
+
+def driving_seconds(num_frames: int, fps: float) -> float:
+    """Seconds of a driving video tracked for a job of ``num_frames`` at ``fps``: its length plus
+    :data:`DRIVING_MARGIN_S`, at most :data:`MAX_DRIVING_SECONDS`."""
+    return min(MAX_DRIVING_SECONDS, num_frames / fps + DRIVING_MARGIN_S)
+
+
+def check_motion_source(source: str | Path) -> None:
+    """A motion source is usable without tracking it: a track JSON is read and checked in full, a driving
+    video probed (InputError naming the problem)."""
+    path = Path(source)
+    if not path.is_file():
+        raise InputError(f"motion source {path} does not exist (a driving video or a track .json)")
+    if path.suffix.lower() == ".json":
+        read_track(path)
+    else:
+        probe_video(path)
 
 
 def _as_rgb(image: np.ndarray | Image.Image) -> np.ndarray:
@@ -139,7 +169,8 @@ def motion_for_job(
     landmarker: Landmarker | None = None,
     detector: FaceDetector | None = None,
     face_index: int | None = None,
-    max_seconds: float | None = 600.0,
+    max_seconds: float | None = None,
+    check: Callable[[], None] | None = None,
 ) -> JobMotion:
     """Motion maps for one generation job.
 
@@ -156,12 +187,13 @@ def motion_for_job(
         gains: ``(pose_gain, expression_gain)``.
         landmarker, detector: default dlib's 68-point model and dlib's HOG detector.
         face_index: which face of the driving video (0 = largest).
+        max_seconds, check: seconds of a driving video tracked (None: :func:`driving_seconds`), and the
+            per-frame ``check`` of :func:`~portrait.motion.track.extract_track` (it raises to stop).
 
     Returns:
         A :class:`JobMotion`: ``maps`` (num_frames, 3, H, W) float32 in [0, 1] (channel 2 blank for
-        ``mouth="audio"``), the retargeted ``landmarks``, their per-frame ``energy`` and ``summary``, a
-        JSON-ready dict (source, mode, gains, mouth, extend, track facts, the
-        neutral frame's time, a per-second pose summary of the retargeted landmarks).
+        ``mouth="audio"``), the retargeted ``landmarks``, their per-frame ``energy`` and ``summary`` (JSON:
+        source, mode, gains, mouth, extend, track facts, neutral frame time, per-second pose summary).
     """
     check_motion_options(mode, mouth, extend)  # before any decoding
     landmarker = landmarker or DlibLandmarker()
@@ -169,7 +201,8 @@ def motion_for_job(
     height, width = image.shape[:2]
     portrait = check_landmarks(landmarker(image, portrait_box), "portrait landmarks")
     portrait_pose = head_pose(portrait, (width, height)).as_array()
-    track = load_motion_source(source, landmarker, detector, face_index, max_seconds)
+    seconds = driving_seconds(num_frames, fps) if max_seconds is None else max_seconds
+    track = load_motion_source(source, landmarker, detector, face_index, seconds, check)
     result = retarget_track(
         track, portrait, num_frames, fps, mode, pose_gain=gains[0], expression_gain=gains[1], mouth=mouth,
         extend=extend, portrait_pose=portrait_pose,
@@ -178,8 +211,8 @@ def motion_for_job(
     working = result.landmarks * scale
     maps = render_motion_maps(working, working_size, draw_mouth=mouth == "video")
     summary = _summary(source, track, result.neutral_index, working, working_size, num_frames, fps)
-    summary.update(mode=mode, gains={"pose": float(gains[0]), "expression": float(gains[1])}, mouth=mouth)
-    summary["extend"] = extend
+    gains_record = {"pose": float(gains[0]), "expression": float(gains[1])}
+    summary.update(mode=mode, gains=gains_record, mouth=mouth, extend=extend)
     return JobMotion(maps, summary, working, head_motion_energy(working, fps))
 
 
@@ -191,7 +224,7 @@ def extract_to_files(
     face_index: int | None = None,
     landmarker: Landmarker | None = None,
     detector: FaceDetector | None = None,
-    max_seconds: float | None = 600.0,
+    max_seconds: float | None = MAX_DRIVING_SECONDS,
 ) -> Track:
     """``portrait-gen motion extract VIDEO -o OUTPUT [--plot PNG] [--face-index I]`` as one call.
 

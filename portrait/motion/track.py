@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -221,24 +221,30 @@ def extract_track(
     detect_every: int = 5,
     max_gap: float = 0.5,
     smooth: bool = True,
+    check: Callable[[], None] | None = None,
 ) -> Track:
     """Track one face through the video at ``path``, streamed (memory flat in the video's length).
+
+    Frames come at the video's own rate up to :data:`~portrait.preprocess.video.MAX_DECODE_FPS` (a
+    stream declaring more is resampled to it), so the work is at most ``max_seconds`` times that rate.
 
     Args:
         face_index: which face (0 = largest); ``None``: the largest.
         max_seconds: read at most this much of the video (``None``: all of it; a warning when cut).
         analysis_side: detect and place landmarks on frames shrunk to this longer side (the track is in
             full video pixels anyway).
+        check: called before each frame; it raises to stop the work (a cancelled request).
 
     Raises:
         InputError: not a readable video, no face in it, ``face_index`` out of range.
     """
-    from portrait.preprocess.video import iter_frames, probe_video
+    from portrait.preprocess.video import checked_frames, decode_rate, iter_frames, probe_video
 
     info = probe_video(path)
-    rate = info.fps if info.fps > 0 else 25.0
+    fps, rate = decode_rate(info)
     max_frames = math.ceil(max_seconds * rate) + 1 if max_seconds is not None else None
-    frames = iter_frames(path, max_frames=max_frames, max_side=analysis_side)
+    frames = iter_frames(path, fps=fps, max_frames=max_frames, max_side=analysis_side)
+    frames = checked_frames(frames, check)
     try:
         return track_frames(
             frames, landmarker, detector, fps=rate, size=(info.width, info.height), face_index=face_index,

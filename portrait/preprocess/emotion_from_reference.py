@@ -19,7 +19,8 @@ Nothing here loads a model; the classifier and the face detector are passed in.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,8 @@ from portrait.preprocess.emotion_spec import (
     mix_prior,
 )
 from portrait.preprocess.face_expressions import SAMPLE_FPS, ExpressionClassifier, classify_media
+from portrait.preprocess.image import load_image
+from portrait.preprocess.video import media_kind, probe_video
 
 #: Expression class → emotion-bank name (``contempt`` has no classifier class).
 LABEL_MAP: dict[str, str] = {
@@ -212,6 +215,7 @@ def reference_emotion(
     face_box: Box | None = None,
     fps: float = SAMPLE_FPS,
     keep_frames: bool = False,
+    check: Callable[[], None] | None = None,
 ) -> tuple[EmotionSchedule, dict[str, Any]]:
     """Classify the reference clip (image or video) and turn it into an emotion schedule.
 
@@ -228,6 +232,7 @@ def reference_emotion(
         fps: reference frames sampled per second.
         keep_frames: also put the per-frame results in ``info["frames"]`` (``{"t": [N], "probs": (N, C)
             float64 array}``, not JSON: the learned embedder's visual input; pop it before writing).
+        check: called before each frame is analysed; it raises to stop (a cancelled request).
 
     Returns:
         ``(schedule, info)``: ``info`` is the sidecar's ``emotion_from`` record (file, mode, strength,
@@ -237,12 +242,10 @@ def reference_emotion(
         InputError / NoFaceError: see :func:`~portrait.preprocess.face_expressions.classify_media`, plus a
         clear message for an audio-only file.
     """
-    if mode not in EMOTION_FROM_MODES:
-        raise InputError(f"--emotion-from-mode must be one of {', '.join(EMOTION_FROM_MODES)}, got {mode!r}")
-    check_strength(strength)
+    check_reference_options(mode, strength)
     path = Path(path)
     names = list(names)
-    summary = _classify_reference(path, classifier, detector, face_box, fps)
+    summary = _classify_reference(path, classifier, detector, face_box, fps, check)
     frames = summary.pop("frames")
     schedule = _reference_schedule(summary, frames, mode, names, duration, strength, transition)
     info = {
@@ -277,18 +280,34 @@ def _reference_schedule(
     )
 
 
-def _classify_reference(
-    path: Path,
-    classifier: ExpressionClassifier,
-    detector: FaceDetector | None,
-    face_box: Box | None,
-    fps: float,
-) -> dict[str, Any]:
-    """:func:`classify_media` with the per-frame results; an audio-only file gets its own message."""
+def check_reference_options(mode: str, strength: float) -> None:
+    """InputError for an unknown ``--emotion-from-mode`` or a strength outside [0, MAX_INTENSITY]."""
+    if mode not in EMOTION_FROM_MODES:
+        raise InputError(f"--emotion-from-mode must be one of {', '.join(EMOTION_FROM_MODES)}, got {mode!r}")
+    check_strength(strength)
+
+
+def check_reference_file(path: str | Path) -> None:
+    """The reference clip is a readable picture or video (decoded header, nothing classified).
+
+    Raises:
+        InputError: missing, unreadable, too large, or an audio file (its own message).
+    """
+    path = Path(path)
+    with _picture_needed(path):
+        if media_kind(path) == "image":
+            load_image(path)
+        else:
+            probe_video(path)
+
+
+@contextmanager
+def _picture_needed(path: Path) -> Iterator[None]:
+    """An InputError about an audio-only reference becomes "it has no picture"."""
     try:
-        return classify_media(path, classifier, detector, face_box=face_box, fps=fps, keep_frames=True)
+        yield
     except InputError as err:
-        if _audio_only(path):
+        if is_audio_only(path):
             raise InputError(
                 f"the emotion reference {path} has no picture (an audio file?): --emotion-from needs an "
                 "image or a video of a face"
@@ -296,10 +315,25 @@ def _classify_reference(
         raise
 
 
+def _classify_reference(
+    path: Path,
+    classifier: ExpressionClassifier,
+    detector: FaceDetector | None,
+    face_box: Box | None,
+    fps: float,
+    check: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """:func:`classify_media` with the per-frame results; an audio-only file gets its own message."""
+    with _picture_needed(path):
+        return classify_media(
+            path, classifier, detector, face_box=face_box, fps=fps, keep_frames=True, check=check
+        )
+
+
 _AUDIO_SUFFIXES = {".wav", ".mp3", ".flac", ".ogg", ".m4a", ".aac", ".opus", ".wma"}
 
 
-def _audio_only(path: Path) -> bool:
+def is_audio_only(path: Path) -> bool:
     return path.suffix.lower() in _AUDIO_SUFFIXES
 
 
@@ -310,11 +344,14 @@ def reference_prior(
     bank: Mapping[str, torch.Tensor],
     *,
     strength: float = 1.0,
+    check: Callable[[], None] | None = None,
 ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
     """The mean mixture prior of one or more reference clips (what ``emotions add`` stores).
 
     Each clip's mean probabilities give a mix (:func:`probs_to_mix`) and its prior (``mix_prior``); the
-    result is the mean of those priors.
+    result is the mean of those priors. Each clip is read as :func:`classify_media` does (pictures shrunk,
+    at most :data:`~portrait.preprocess.face_expressions.MAX_REFERENCE_SECONDS` of a video); ``check`` is
+    called before each frame.
 
     Returns:
         ``((1, D) float32 prior, [per-clip record: file, mean probabilities, top class, mix]])``.
@@ -323,7 +360,7 @@ def reference_prior(
         raise InputError("give at least one reference clip (--from CLIP)")
     priors, records = [], []
     for path in paths:
-        summary = classify_media(path, classifier, detector)
+        summary = classify_media(path, classifier, detector, check=check)
         mean = [summary["mean"][c] for c in summary["classes"]]
         mix = probs_to_mix(summary["classes"], mean, bank, strength)
         priors.append(mix_prior(mix, bank).float().reshape(1, -1))

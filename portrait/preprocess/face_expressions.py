@@ -5,7 +5,8 @@ via ``portrait.weights.expression_classifier.load_expression_classifier``; HSEmo
 wrappers can be added the same way). This module never imports ``portrait.models``: the protocol is the seam.
 
 Pipeline of :func:`classify_media`: decode (an image through Pillow, a video through
-``portrait.preprocess.video`` sampled at ``fps``), find the face in every frame (the given box, or the
+``portrait.preprocess.video`` sampled at ``fps``, at most :data:`MAX_REFERENCE_SECONDS` of it; both shrunk
+to :data:`MAX_FRAME_SIDE` before detection), find the face in every frame (the given box, or the
 largest face of a :class:`~portrait.preprocess.detectors.FaceDetector`), refuse faces smaller than
 ``min_face`` pixels, crop a square with a margin as ``fer`` does (shorter side elongated, centred, padded
 with the mean colour of the image's bottom rows where it leaves the image), resize to the classifier's
@@ -28,7 +29,7 @@ from portrait.errors import ConfigError, InputError, NoFaceError
 from portrait.preprocess.detectors import FaceDetector
 from portrait.preprocess.face import check_face_box, select_face
 from portrait.preprocess.image import load_image
-from portrait.preprocess.video import iter_frames, media_kind, output_size, probe_video
+from portrait.preprocess.video import checked_frames, iter_frames, media_kind, output_size, probe_video
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +42,11 @@ MIN_FACE_SIDE = 48
 FACE_MARGIN = 0.1
 #: Frames per second sampled from a video.
 SAMPLE_FPS = 2.0
-#: Video frames are shrunk so their longer side is at most this before detection.
+#: Pictures and video frames are shrunk so their longer side is at most this before detection.
 MAX_FRAME_SIDE = 1280
+#: Longest part of a video read for its expressions (seconds; a longer clip is cut with a warning): at
+#: :data:`SAMPLE_FPS` that is at most 121 frames through the face detector.
+MAX_REFERENCE_SECONDS = 60.0
 #: Faces classified per ``predict`` call.
 BATCH_SIZE = 32
 #: ITU-R BT.601 luma weights (what OpenCV's and Pillow's RGB→grey use).
@@ -198,13 +202,21 @@ def _check_probs(probs: np.ndarray, count: int, classifier: ExpressionClassifier
     return probs
 
 
-def _frames(path: Path, fps: float, max_frames: int | None, max_side: int) -> tuple[Iterator, float, bool]:
+def _frames(
+    path: Path, fps: float, max_frames: int | None, max_side: int, max_seconds: float | None
+) -> tuple[Iterator, float, bool]:
     """``(frames, scale, is_video)``: ``(t, RGB frame)`` pairs and the factor from file to frame pixels."""
     if media_kind(path) == "image":
-        return iter([(0.0, np.asarray(load_image(path)))]), 1.0, False
+        picture = load_image(path)
+        width = picture.width
+        size = output_size(width, picture.height, max_side)
+        if size != picture.size:  # shrunk like a video frame (an area filter) before detection
+            picture = picture.resize(size, Image.Resampling.BOX)
+        return iter([(0.0, np.asarray(picture))]), size[0] / width, False
     info = probe_video(path)
     scale = output_size(info.width, info.height, max_side)[0] / info.width
-    return iter_frames(path, fps=fps, max_frames=max_frames, max_side=max_side), scale, True
+    frames = iter_frames(path, fps=fps, max_frames=max_frames, max_side=max_side, max_seconds=max_seconds)
+    return frames, scale, True
 
 
 def _find_face(frame: np.ndarray, detector: FaceDetector | None, box: Box | None) -> Box | None:
@@ -256,6 +268,8 @@ def classify_media(
     min_face: int = MIN_FACE_SIDE,
     margin: float = FACE_MARGIN,
     keep_frames: bool = False,
+    max_seconds: float | None = MAX_REFERENCE_SECONDS,
+    check: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Classify the facial expression in an image or a video file.
 
@@ -266,11 +280,12 @@ def classify_media(
         face_box: ``(x, y, w, h)`` in the file's pixels, used for every frame instead of detection.
         fps: video frames sampled per second.
         max_frames: at most this many sampled video frames.
-        max_side: video frames are shrunk to this longer side first (face sizes are checked after it).
+        max_side: pictures and frames are shrunk to this longer side first (face sizes checked after it).
         min_face: smallest accepted face side in pixels (:data:`MIN_FACE_SIDE`).
         margin: crop margin (:func:`face_crop_box`).
         keep_frames: also return the raw per-frame results as ``"frames": {"t": [N seconds], "probs":
             (N, C) float64 array}`` (used by ``portrait.preprocess.emotion_from_reference``).
+        max_seconds, check: most seconds of a video read (None: all); run before each frame, raises to stop.
 
     Returns:
         :func:`summarize_expressions` of the classified frames (one entry at ``t = 0`` for an image).
@@ -283,18 +298,16 @@ def classify_media(
     """
     path = Path(path)
     if detector is None and face_box is None:
-        raise ConfigError(
-            "expression classification needs a face detector or a face box (--face-box X,Y,W,H)"
-        )
-    frames, scale, is_video = _frames(path, fps, max_frames, max_side)
+        raise ConfigError("classifying expressions needs a face detector or a face box (--face-box X,Y,W,H)")
+    frames, scale, is_video = _frames(path, fps, max_frames, max_side, max_seconds)
     box = None if face_box is None else tuple(float(v) * scale for v in face_box)
     if box is not None:
         check_face_size(box, min_face, path)
     skipped: dict[str, Any] = {"frames": 0, "no_face": 0, "small": []}
     find = partial(_find_face, detector=detector, box=box)
-    batches = list(_classified(frames, classifier, find, margin, min_face, skipped))
+    batches = list(_classified(checked_frames(frames, check), classifier, find, margin, min_face, skipped))
     if not batches:
-        where = f"{path} (frames shrunk to at most {max_side} px)" if is_video and scale < 1 else str(path)
+        where = f"{path} (shrunk to at most {max_side} px)" if scale < 1 else str(path)
         _raise_no_face(path, skipped, min_face, where, is_video)
     _report_skipped(path, skipped, min_face)
     times = [t for batch_times, _ in batches for t in batch_times]

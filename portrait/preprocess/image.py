@@ -46,6 +46,9 @@ IMAGE_FORMATS = ("JPEG", "PNG", "WEBP")
 MAX_ASPECT = 8.0
 #: Longest side of the working size :func:`resize_to_reference` may produce.
 MAX_WORKING_SIDE = 4096
+#: Largest accepted picture (and video frame, :mod:`portrait.preprocess.video`): pixels and pixels per side.
+MAX_PIXELS = 50_000_000
+MAX_SIDE = 16384
 
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
@@ -53,8 +56,8 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.Decompressio
 
 def load_image(
     path: Path,
-    max_pixels: int = 50_000_000,
-    max_side: int = 16384,
+    max_pixels: int = MAX_PIXELS,
+    max_side: int = MAX_SIDE,
     *,
     respect_exif: bool = True,
     composite_alpha: bool = True,

@@ -7,9 +7,16 @@ image (anything Pillow identifies) from a video.
 
 ffmpeg is locked down for untrusted files: it may open local files only (``-protocol_whitelist file``,
 so playlists and concat lists cannot reach the network or other protocols), only the container formats of
-:data:`VIDEO_FORMATS` (``-format_whitelist``), only the first video stream, and it is killed when it
-produces nothing for ``stall_timeout`` seconds. A corrupt or non-video file is an
-:class:`~portrait.errors.InputError` with one readable line.
+:data:`VIDEO_FORMATS` (``-format_whitelist``; no ``image2``, so a name such as ``%03d.png`` is never read
+as an image sequence), only the first video stream, and it is killed when it produces nothing for
+``stall_timeout`` seconds. A corrupt or non-video file is an :class:`~portrait.errors.InputError` with one
+readable line.
+
+The work of a decode is bounded before it starts: frames larger than the image caps
+(:data:`~portrait.preprocess.image.MAX_PIXELS`, :data:`~portrait.preprocess.image.MAX_SIDE`) are refused at
+the probe and by the decoder itself (``-max_pixels``, also for a stream that grows mid-way), the decoder
+runs :data:`DECODE_THREADS` threads, frames come at most :data:`MAX_DECODE_FPS` per second (ffmpeg's
+``fps`` filter when the stream declares more) and ``max_seconds`` caps the length read.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -27,10 +34,12 @@ from PIL import Image, UnidentifiedImageError
 
 from portrait.errors import FFmpegError, InputError
 from portrait.ffmpeg import FFmpegProcess, ffmpeg_binary, locked_input, parse_duration, run_ffmpeg
+from portrait.preprocess.image import MAX_PIXELS, MAX_SIDE
 
 logger = logging.getLogger(__name__)
 
-#: Demuxers ffmpeg may use (``-format_whitelist``): common video containers, raw streams and image2.
+#: Demuxers ffmpeg may use (``-format_whitelist``): common video containers, raw streams and single
+#: pictures (``*_pipe``; never ``image2``, which expands ``%d`` patterns into other files).
 VIDEO_FORMATS = (
     "mov,mp4,m4a,3gp,3g2,mj2",
     "matroska,webm",
@@ -46,13 +55,21 @@ VIDEO_FORMATS = (
     "ogg",
     "gif",
     "mjpeg",
-    "image2",
+    "png_pipe",
+    "jpeg_pipe",
+    "webp_pipe",
     "nut",
     "ivf",
     "yuv4mpegpipe",
 )
 #: Seconds a probe may take.
 PROBE_TIMEOUT_S = 30.0
+#: Decoder threads of one video read (ffmpeg's default, one per core, multiplies its frame buffers).
+DECODE_THREADS = 2
+#: Most frames per second a read delivers: a stream declaring more goes through ``fps=MAX_DECODE_FPS``.
+MAX_DECODE_FPS = 30.0
+#: Rate assumed for a stream that declares none.
+DEFAULT_FPS = 25.0
 #: Lines of the frame reader's stderr searched for the reason of a failure.
 _STDERR_LINES = 40
 #: Pillow formats that identify but are really video streams (raw MPEG-1/2 starts like an MPEG "image").
@@ -129,8 +146,8 @@ def probe_video(path: str | Path, timeout: float = PROBE_TIMEOUT_S) -> VideoInfo
     """Size, rate and duration of the first video stream of ``path``.
 
     Raises:
-        InputError: missing/empty file, not a readable video (one line naming ffmpeg's reason), or no
-            video stream.
+        InputError: missing/empty file, not a readable video (one line naming ffmpeg's reason), no video
+            stream, or frames over the image caps.
         FFmpegError: ffmpeg is missing or did not answer within ``timeout`` seconds.
     """
     path = Path(path)
@@ -144,6 +161,11 @@ def probe_video(path: str | Path, timeout: float = PROBE_TIMEOUT_S) -> VideoInfo
         raise InputError(f"{path} is not a readable video: {_last_error_line(stderr)}")
     if info.width <= 0 or info.height <= 0:
         raise InputError(f"{path} reports an empty frame size {info.width}x{info.height}")
+    if max(info.width, info.height) > MAX_SIDE or info.width * info.height > MAX_PIXELS:
+        raise InputError(
+            f"video {path} is too large ({info.width}x{info.height} frames; limits: {MAX_SIDE} px per side, "
+            f"{MAX_PIXELS} pixels); downscale it first"
+        )
     return info
 
 
@@ -164,6 +186,7 @@ def _frame_command(
     flags = "area" if size[0] < info.width else "bicubic"
     filters.append(f"scale={size[0]}:{size[1]}:flags={flags}")
     command = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-loglevel", "error"]
+    command += ["-threads", str(DECODE_THREADS), "-max_pixels", str(MAX_PIXELS)]
     command += locked_input(path, VIDEO_FORMATS)
     command += ["-map", "0:v:0", "-an", "-sn", "-dn", "-vf", ",".join(filters)]
     if max_frames is not None:
@@ -177,6 +200,7 @@ def iter_frames(
     max_frames: int | None = None,
     max_side: int | None = None,
     *,
+    max_seconds: float | None = None,
     stall_timeout: float = 60.0,
 ) -> Iterator[tuple[float, np.ndarray]]:
     """Decode ``path`` frame by frame: yields ``(t, frame)`` with ``frame`` (H, W, 3) uint8 RGB.
@@ -184,25 +208,33 @@ def iter_frames(
     One frame is in memory at a time; stopping the iteration early kills ffmpeg.
 
     Args:
-        path: a video file (or any file of :data:`VIDEO_FORMATS`, e.g. a still image through image2).
-        fps: resample to this rate with ffmpeg's ``fps`` filter (drops/duplicates frames); ``None`` keeps
-            every decoded frame.
+        path: a video file (or any file of :data:`VIDEO_FORMATS`, e.g. a single PNG or JPEG picture).
+        fps: resample to this rate with ffmpeg's ``fps`` filter (drops/duplicates frames), at most
+            :data:`MAX_DECODE_FPS`; ``None`` keeps every decoded frame of a stream declaring up to
+            :data:`MAX_DECODE_FPS` (a faster one is resampled to it, see :func:`decode_rate`).
         max_frames: stop after this many frames (``None``: all).
         max_side: shrink frames so their longer side is at most this (area filter); ``None``: full size.
+        max_seconds: read at most this many seconds (a warning names a longer file); ``None``: all.
         stall_timeout: kill ffmpeg and raise when no frame arrives for this many seconds.
 
-    Timestamps are ``i / rate`` seconds from the first frame, with ``rate`` = ``fps`` or the stream's
-    average rate (a constant-rate assumption: variable-rate clips get evenly spaced times).
+    Timestamps are ``i / rate`` seconds from the first frame (:func:`decode_rate`; a constant-rate
+    assumption: variable-rate clips get evenly spaced times).
 
     Raises:
-        InputError: missing, corrupt or non-video file; decoding failed; no frame decoded.
+        InputError: missing, corrupt or non-video file, frames over the image caps; decoding failed; no
+            frame decoded.
         FFmpegError: ffmpeg missing, or it stalled for ``stall_timeout`` seconds.
     """
     path = Path(path)
     _check_frame_request(fps, max_frames)
     info = probe_video(path)
     width, height = output_size(info.width, info.height, max_side)
-    rate = fps if fps is not None else (info.fps if info.fps > 0 else 25.0)
+    fps, rate = decode_rate(info, fps)
+    if max_seconds is not None:
+        limit = math.ceil(max_seconds * rate) + 1
+        max_frames = limit if max_frames is None else min(max_frames, limit)
+        if info.duration > max_seconds:
+            logger.warning("%s lasts %.1f s: only its first %g s are read", path, info.duration, max_seconds)
     command = _frame_command(path, info, fps, max_frames, (width, height))
     count = 0
     with FFmpegProcess(command, stdout=True, stall_timeout=stall_timeout) as ffmpeg:
@@ -217,6 +249,43 @@ def iter_frames(
         raise InputError(f"could not decode video {path}: {_last_error_line(stderr)}")
     if count == 0:
         raise InputError(f"no video frame could be decoded from {path}")
+
+
+def decode_rate(info: VideoInfo, fps: float | None = None) -> tuple[float | None, float]:
+    """``(fps filter rate or None, rate of the delivered frames)`` of a read of a stream like ``info``.
+
+    A requested ``fps`` is capped at :data:`MAX_DECODE_FPS`. Without one the stream's declared rate is
+    kept (no filter: the frames are exactly the decoded ones) up to :data:`MAX_DECODE_FPS`; a stream that
+    declares more (a crafted 1000 fps, a browser recording's ``1k tbr``, a 60 fps phone clip) is
+    resampled to :data:`MAX_DECODE_FPS`. An unknown rate counts as :data:`DEFAULT_FPS`.
+    """
+    if fps is not None:
+        rate = min(float(fps), MAX_DECODE_FPS)
+        return rate, rate
+    declared = info.fps if info.fps > 0 else DEFAULT_FPS
+    if declared > MAX_DECODE_FPS:
+        return MAX_DECODE_FPS, MAX_DECODE_FPS
+    return None, declared
+
+
+def checked_frames(
+    frames: Iterator[tuple[float, np.ndarray]], check: Callable[[], None] | None
+) -> Iterator[tuple[float, np.ndarray]]:
+    """``frames`` with ``check()`` called before each one (it raises to stop, e.g. a cancelled request).
+
+    Closing the result closes ``frames`` (and so stops its ffmpeg).
+    """
+    if check is None:
+        yield from frames
+        return
+    try:
+        for item in frames:
+            check()
+            yield item
+    finally:
+        close = getattr(frames, "close", None)
+        if close is not None:
+            close()
 
 
 def _check_frame_request(fps: float | None, max_frames: int | None) -> None:

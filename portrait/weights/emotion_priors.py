@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from portrait.errors import WeightsError
+from portrait.errors import InputError, WeightsError
 from portrait.weights.release import RELEASE_DIR
 
 logger = logging.getLogger(__name__)
@@ -192,3 +193,22 @@ def load_emotion_priors(folder: Path, names: Iterable[str], dim: int) -> dict[st
             raise WeightsError(f"{path}: prior has {mu.shape[1]} values, the emotion model expects {dim}")
         priors[name] = (mu, path)
     return priors
+
+
+def load_prior_file(path: Path) -> torch.Tensor:
+    """A custom emotion prior (1, D): safetensors holding ``mu``, or a release ``.npy`` (safe reader)."""
+    if not path.is_file():
+        raise InputError(f"emotion prior file {path} does not exist")
+    if path.suffix.lower() == ".npy":
+        prior = torch.from_numpy(load_emotion_prior(path))
+    else:
+        from safetensors.torch import load_file
+
+        try:
+            tensors = load_file(str(path))
+        except Exception as err:  # safetensors raises several types for a corrupt file
+            raise InputError(f"cannot read emotion prior {path}: {err}") from err
+        if "mu" not in tensors:
+            raise InputError(f"emotion prior {path} has no tensor 'mu'")
+        prior = tensors["mu"]
+    return prior.float().reshape(1, -1)
