@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -46,6 +45,7 @@ from portrait.constants import (
     RETARGET_MODES,
 )
 from portrait.errors import InputError
+from portrait.preprocess.json_input import loads_bounded
 
 __all__ = [
     "OVERRIDE_KEYS",
@@ -85,6 +85,8 @@ MAX_QA_RETRIES = 5
 KNOWN_KEYS: tuple[str, ...] = _JOB_KEYS + tuple(OVERRIDE_KEYS) + QA_KEYS + EMOTION_FROM_KEYS
 #: Deepest JSON nesting a manifest line may have (a real job line has 2).
 MAX_JSON_DEPTH = 8
+#: Most JSON values one manifest line may hold (a real job line has a few dozen).
+MAX_LINE_VALUES = 10_000
 
 
 @dataclass(frozen=True)
@@ -192,44 +194,16 @@ def _jsonl_rows(text: str) -> list[tuple[int, dict[str, Any] | LineError]]:
         stripped = raw.strip()
         if not stripped or stripped.startswith("#"):
             continue
-        if _json_depth(stripped) > MAX_JSON_DEPTH:
-            rows.append((number, LineError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")))
-            continue
         try:
-            row = json.loads(stripped)
-        except json.JSONDecodeError as err:
-            rows.append((number, LineError(f"not valid JSON: {err.msg} at column {err.colno}")))
-            continue
-        except RecursionError:
-            rows.append((number, LineError("JSON nested too deeply")))
+            row = loads_bounded(stripped, "line", max_depth=MAX_JSON_DEPTH, max_values=MAX_LINE_VALUES)
+        except InputError as err:
+            rows.append((number, LineError(str(err))))
             continue
         if not isinstance(row, dict):
             rows.append((number, LineError(f"must be a JSON object, got {type(row).__name__}")))
             continue
         rows.append((number, {k: v for k, v in row.items() if v is not None}))
     return rows
-
-
-def _json_depth(text: str) -> int:
-    """Deepest ``[``/``{`` nesting of a JSON text (brackets inside strings are not counted)."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char in "]}":
-            depth -= 1
-    return deepest
 
 
 def _csv_rows(text: str, path: Path) -> list[tuple[int, dict[str, Any] | LineError]]:

@@ -85,6 +85,9 @@ def head_pose(points: np.ndarray, size: tuple[int, int], model: np.ndarray | Non
         points: (68, 2) landmarks in pixels of an image of ``size = (w, h)``.
         size: image size; the camera has focal length ``max(w, h)`` and its centre in the middle.
         model: (68, 3) 3D face (default :func:`generic_face_3d`).
+
+    Raises:
+        InputError: no pose fits (degenerate points, or the face would be behind the camera).
     """
     cv2 = importlib.import_module("cv2")
     model = generic_face_3d() if model is None else model
@@ -93,9 +96,12 @@ def head_pose(points: np.ndarray, size: tuple[int, int], model: np.ndarray | Non
     camera = np.array([[focal, 0, w / 2], [0, focal, h / 2], [0, 0, 1]], dtype=np.float64)
     object_points = np.ascontiguousarray(model[RIGID])
     image_points = np.ascontiguousarray(np.asarray(points, dtype=np.float64)[RIGID])
-    ok, rvec, tvec = cv2.solvePnP(object_points, image_points, camera, None, flags=cv2.SOLVEPNP_ITERATIVE)
-    if not ok or tvec[2, 0] <= 0:
-        raise InputError("head pose could not be estimated from these landmarks")
+    try:
+        ok, rvec, tvec = cv2.solvePnP(object_points, image_points, camera, None, flags=cv2.SOLVEPNP_ITERATIVE)
+    except cv2.error:  # degenerate points (all equal, on a line): OpenCV asserts instead of failing
+        ok, tvec = False, np.zeros((3, 1))
+    if not ok or not np.isfinite(tvec).all() or tvec[2, 0] <= 0:
+        raise InputError("head pose could not be estimated from these landmarks (degenerate points)")
     rotation, _ = cv2.Rodrigues(rvec)
     projected, _ = cv2.projectPoints(object_points, rvec, tvec, camera, None)
     error = float(np.sqrt(np.mean(np.sum((projected[:, 0] - image_points) ** 2, axis=1))))
