@@ -1,7 +1,9 @@
 """Files written safely: atomic, durable replaces; owned work folders and their sweep; file digests.
 
 * :func:`durable_replace` renames a finished temporary file over its target so a crash leaves either the
-  old or the whole new file; :func:`write_json_atomic` writes JSON that way (``<name>.partial`` first).
+  old or the whole new file; :func:`write_json_atomic` writes JSON that way (``<name>.partial`` first);
+  :func:`write_bytes_durable` writes bytes through a unique temporary name, exclusively when asked (an
+  existing file is never replaced); :func:`exclusive_lock` serialises writers of one tree.
 * :func:`partial_path` and :func:`sidecar_path` name the files next to an output: ``<stem>.partial.mp4``
   while it is written, ``<output>.json`` (the sidecar) once it is done.
 * :func:`owned_prefix` names a work folder after the process that owns it; :func:`owner_state` reads the
@@ -11,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -18,7 +21,8 @@ import os
 import re
 import shutil
 import socket
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +30,14 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "durable_replace",
+    "exclusive_lock",
     "owned_prefix",
     "owner_state",
     "partial_path",
     "sha256_file",
     "sidecar_path",
     "sweep_dead_owners",
+    "write_bytes_durable",
     "write_json_atomic",
 ]
 
@@ -116,6 +122,50 @@ def write_json_atomic(
         partial.unlink(missing_ok=True)
         raise
     _fsync_folder(path.parent)
+
+
+def write_bytes_durable(path: str | Path, data: bytes, *, exclusive: bool = False) -> None:
+    """Write ``data`` to ``path`` through a unique temporary file, fsynced, then the folder fsynced.
+
+    ``exclusive``: the file is put in place with a hard link, which fails when ``path`` exists (an existing
+    file is never replaced, even by a concurrent writer); otherwise it is renamed over ``path``. On any
+    error (a full disk, ``FileExistsError``) the temporary file is removed, ``path`` is untouched and the
+    error re-raised.
+    """
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        if exclusive:
+            os.link(temporary, path)
+        else:
+            os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+    _fsync_folder(path.parent)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock (``flock``) on the file ``path`` (created if needed) for the block.
+
+    Writers of the same tree that take the same lock run one after the other; readers are not blocked.
+    Where ``fcntl`` does not exist (Windows) the block runs unlocked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(path, "a+b") as stream:
+        fcntl.flock(stream.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(stream.fileno(), fcntl.LOCK_UN)
 
 
 # --------------------------------------------------------------------------------------------------------

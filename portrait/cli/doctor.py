@@ -46,11 +46,15 @@ class Check:
 
 
 def _guard(name: str, check: Callable[[], Check]) -> Check:
-    """Run one check; a PortraitError or a broken install becomes a failed check, not a traceback."""
+    """Run one check; any error (a PortraitError, a broken install, a corrupt file whose reader raises its
+    own error type) becomes a failed check that names it, never a traceback."""
     try:
         return check()
-    except (PortraitError, ImportError, OSError, ValueError, KeyError, RuntimeError) as err:
-        return Check(name, False, " ".join(str(err).split()) or type(err).__name__)
+    except Exception as err:  # noqa: BLE001 - the doctor reports every failure as a line
+        detail = " ".join(str(err).split()) or "no message"
+        if not isinstance(err, PortraitError):
+            detail = f"{type(err).__name__}: {detail}"
+        return Check(name, False, detail)
 
 
 def _check_ffmpeg() -> Check:
@@ -96,9 +100,15 @@ def _check_manifest(root: Path) -> Check:
 
 
 def _check_emotions(root: Path) -> Check:
+    from portrait.layout import EMOTIONS_DIR
     from portrait.weights.load import load_emotion_bank
 
-    bank = load_emotion_bank(root)
+    bank = load_emotion_bank(root)  # an unreadable custom prior is left out (a release one raises)
+    files = sorted(p.stem for p in (root / EMOTIONS_DIR).glob("*.safetensors"))
+    skipped = [name for name in files if name not in bank]
+    if skipped:
+        detail = f"{len(bank)} usable; unreadable custom emotion(s) left out: {', '.join(skipped)} "
+        return Check("emotion priors", False, detail + "(remove and add them again)", required=False)
     return Check("emotion priors", True, f"{len(bank)}: {', '.join(bank)}")
 
 

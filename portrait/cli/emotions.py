@@ -56,9 +56,9 @@ def run_emotions(args: argparse.Namespace) -> int:
         from portrait.preprocess.detectors import DlibDetector
         from portrait.preprocess.emotion_from_reference import reference_prior
         from portrait.weights.expression_classifier import load_expression_classifier
-        from portrait.weights.load import load_emotion_bank
+        from portrait.weights.load import emotion_names, load_emotion_bank
 
-        custom.check_emotion_name(args.name)
+        custom.check_new_name(args.name, emotion_names(root), overwrite=args.overwrite)  # before any work
         prior, records = reference_prior(
             args.sources,
             load_expression_classifier(),

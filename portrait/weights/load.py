@@ -104,7 +104,12 @@ def verify_manifest(root: Path) -> list[str]:
     manifest_path = root / MANIFEST_FILE
     if not manifest_path.is_file():
         raise WeightsError(f"{manifest_path} is missing; {_FIX}")
-    files = json.loads(manifest_path.read_text())["files"]
+    try:
+        files = json.loads(manifest_path.read_text())["files"]
+        if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+            raise TypeError("'files' is not a map of file names to digests")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        raise WeightsError(f"{manifest_path} is not a readable weights manifest ({err}); {_FIX}") from err
     bad = []
     for rel, digest in sorted(files.items()):
         path = root / rel
@@ -204,15 +209,48 @@ def emotion_names(root: Path) -> list[str]:
     return sorted(p.stem for p in (root / EMOTIONS_DIR).glob("*.safetensors")) or list(RELEASE_EMOTIONS)
 
 
-def load_emotion_bank(root: Path) -> dict[str, torch.Tensor]:
-    """All priors of ``root/emotions``: name → (1, D) float32 tensor."""
-    folder = root / EMOTIONS_DIR
-    bank = {}
-    for path in sorted(folder.glob("*.safetensors")):
+def _read_prior(path: Path) -> torch.Tensor:
+    """The (1, D) float32 prior ``mu`` of one bank file (WeightsError: unreadable, no ``mu``, not finite)."""
+    try:
         tensors = load_file(str(path))
-        if EMOTION_PRIOR_KEY not in tensors:
-            raise WeightsError(f"{path} has no tensor {EMOTION_PRIOR_KEY!r}; {_FIX}")
-        bank[path.stem] = tensors[EMOTION_PRIOR_KEY].float().reshape(1, -1)
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types for a corrupt file
+        raise WeightsError(
+            f"{path} is not a readable safetensors file ({' '.join(str(err).split())})"
+        ) from err
+    if EMOTION_PRIOR_KEY not in tensors:
+        raise WeightsError(f"{path} has no tensor {EMOTION_PRIOR_KEY!r}")
+    prior = tensors[EMOTION_PRIOR_KEY].float().reshape(1, -1)
+    if prior.shape[-1] == 0 or not torch.isfinite(prior).all():
+        raise WeightsError(f"{path}: its prior is empty or not finite")
+    return prior
+
+
+def load_emotion_bank(root: Path) -> dict[str, torch.Tensor]:
+    """All priors of ``root/emotions``: name → (1, D) float32 tensor.
+
+    A release prior (:data:`~portrait.layout.RELEASE_EMOTIONS`) that cannot be read is a
+    :class:`WeightsError`; a custom one that cannot be read, or whose size differs from the release
+    priors', is left out with a warning (one bad ``emotions add`` never stops every render).
+    """
+    folder = root / EMOTIONS_DIR
+    read: dict[str, torch.Tensor] = {}  # in file order, as before
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            read[path.stem] = _read_prior(path)
+        except WeightsError as err:
+            if path.stem in RELEASE_EMOTIONS:
+                raise WeightsError(f"{err}; {_FIX}") from err
+            logger.warning("custom emotion %r left out: %s (remove or re-add it)", path.stem, err)
+    sizes = {p.shape[-1] for n, p in read.items() if n in RELEASE_EMOTIONS} or {
+        p.shape[-1] for p in read.values()
+    }
+    bank = {}
+    for name, prior in read.items():
+        if name in RELEASE_EMOTIONS or (len(sizes) == 1 and prior.shape[-1] in sizes):
+            bank[name] = prior
+        else:
+            logger.warning("custom emotion %r left out: its prior has %d values, the bank's have %s",
+                           name, prior.shape[-1], sorted(sizes))  # fmt: skip
     if not bank:
         raise WeightsError(f"no emotion priors in {folder}; {_FIX}")
     return bank
