@@ -84,34 +84,51 @@ def save_emotion(
 ) -> list[str]:
     """Add bank entry ``name`` computed from the uploaded ``clip`` to the server's weights tree.
 
-    The prior is the clip's mean mixture over the bank (``emotion_reference.reference_prior``), written with
-    ``weights.bank.add_emotion`` and added to the loaded bank, so renders and :meth:`Studio.emotion_names`
-    see it at once. Returns the bank's names afterwards.
+    Only when the operator enabled it (``studio.save_emotions``: ``--allow-save-emotion``, which needs
+    ``--auth``), and while the bank holds fewer than ``studio.max_custom_emotions`` custom entries. The prior
+    is the clip's mean mixture over the bank (``emotion_reference.reference_prior``), written with
+    ``weights.emotion_bank.add_emotion`` and added to the loaded bank, so renders and
+    :meth:`Studio.emotion_names` see it at once. Returns the bank's names afterwards.
 
     Raises:
-        InputError: no clip, an invalid name, a release name or one that exists (the page never overwrites),
-        or a clip without a usable face.
+        InputError: saving is off, the cap is reached, no clip, an invalid name, a release name, a case
+        variant of an entry or one that exists (the page never overwrites), or a clip without a usable face.
     """
-    from portrait.layout import RELEASE_EMOTIONS
     from portrait.preprocess.emotion_from_reference import reference_prior
-    from portrait.weights.emotion_bank import add_emotion, check_emotion_name
+    from portrait.weights.emotion_bank import add_emotion
 
+    if not studio.save_emotions:
+        raise InputError(
+            "saving emotions is off on this server (the operator enables it with --allow-save-emotion and "
+            "--auth); the reference still sets the emotion of a render"
+        )
     name = (name or "").strip()
-    check_emotion_name(name)
-    if name in RELEASE_EMOTIONS:
-        raise InputError(f"{name!r} is a release emotion and cannot be replaced; choose another name")
+    engine = studio.engine()
+    _check_room(studio, name, engine.bank)
     path = reference_clip(clip)
     if path is None:
         raise InputError("no reference clip given; upload a picture or a video with a face first")
-    engine = studio.engine()
-    if name in engine.bank:
-        raise InputError(f"emotion {name!r} already exists; choose another name (the page never overwrites)")
     prior, records = reference_prior([path], studio.expression_classifier(), engine.detector, engine.bank,
                                      strength=_strength(strength))  # fmt: skip
     with _SAVE_LOCK:
-        if name in engine.bank:  # saved by another visitor meanwhile
-            raise InputError(f"emotion {name!r} already exists; choose another name")
+        _check_room(studio, name, engine.bank)  # another visitor may have saved meanwhile
         add_emotion(engine.weights_root, name, prior)
         engine.bank[name] = prior.to(next(iter(engine.bank.values())).dtype)
     logger.info("saved emotion %r from a reference clip (top class %s)", name, records[0]["top"])
     return studio.emotion_names()
+
+
+def _check_room(studio: Studio, name: str, bank: dict[str, Any]) -> None:
+    """InputError unless ``name`` is a valid new name and the bank has room for one more custom entry."""
+    from portrait.layout import RELEASE_EMOTIONS
+    from portrait.weights.emotion_bank import check_new_name
+
+    check_new_name(name, [entry for entry in bank if entry != name])  # invalid, release, case variant
+    if name in bank:
+        raise InputError(f"emotion {name!r} already exists; choose another name (the page never overwrites)")
+    custom = [entry for entry in bank if entry not in RELEASE_EMOTIONS]
+    if len(custom) >= studio.max_custom_emotions:
+        raise InputError(
+            f"the emotion bank already holds {len(custom)} custom emotions, the most this server allows; "
+            "ask the operator to remove some (`portrait-gen emotions remove NAME`)"
+        )

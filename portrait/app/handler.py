@@ -6,7 +6,10 @@ heavy (torch, the engine) is imported before the first render or :func:`run_app`
 
 Safety: results live in a private (0700) temporary :class:`Workspace` that is pruned as it fills and
 removed at exit; audio is capped at ``--max-seconds``; text emotion specs are parsed (never read as file
-paths); uploads are capped by the launcher (``--max-file-size``) and images by ``load_image``'s pixel cap.
+paths); uploads are capped by the launcher (``--max-file-size``) and images by ``load_image``'s pixel cap;
+reference clips and driving videos are read within the library's bounds, and Cancel also stops their
+analysis; "Save as emotion" writes into the weights tree only when the operator enabled it
+(``save_emotions``, which the launcher allows only with ``--auth``), up to ``max_custom_emotions`` entries.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ DEFAULT_PORT = 7860
 DEFAULT_MAX_SECONDS = 60.0
 DEFAULT_MAX_FILE_SIZE = "25mb"
 DEFAULT_QUEUE_SIZE = 16
+#: Most custom emotions "Save as emotion" may leave in the bank (when the operator enables it).
+DEFAULT_MAX_CUSTOM_EMOTIONS = 20
 #: Environment variable read for ``--auth`` when the flag is absent (keeps the password out of ``ps``).
 AUTH_ENV = "PORTRAIT_APP_AUTH"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -72,11 +77,15 @@ class Studio:
         detector: str = "auto",
         max_seconds: float = DEFAULT_MAX_SECONDS,
         workspace: Workspace | None = None,
+        save_emotions: bool = False,
+        max_custom_emotions: int = DEFAULT_MAX_CUSTOM_EMOTIONS,
     ):
         units = min(cfg.preprocess.max_audio_units, math.ceil(max_seconds / UNIT_SECONDS))
         self.cfg = with_values(cfg, {"preprocess.max_audio_units": units})
         self.max_seconds = units * UNIT_SECONDS
         self.detector = detector
+        self.save_emotions = save_emotions  # "Save as emotion" writes into the weights tree (off by default)
+        self.max_custom_emotions = max_custom_emotions
         self.workspace = workspace if workspace is not None else Workspace()
         self._engine: Engine | None = None
         self._load_lock = threading.Lock()
@@ -84,6 +93,7 @@ class Studio:
         self._running: str | None = None
         self._cancelled: set[str] = set()
         self._waiting: set[str] = set()  # sessions whose request waits for the render lock
+        self._preparing: set[str] = set()  # sessions whose inputs are being decoded and analysed
         self._evaluate: Any = None  # emotion-QA evaluator (its face tools load on the first QA request)
         self._expression: Any = None  # expression classifier of "Emotion from a reference" (loaded on use)
 
@@ -157,7 +167,13 @@ class Studio:
         settings = None if qa is None else QASettings(**qa)  # up to 1 + retries renders, the best kept
         job, cfg = self.job(request, self.workspace.new_run() / "portrait.mp4")
         classifier = self.expression_classifier() if job.emotion_from is not None else None
-        prepared = prepare(job, cfg, engine.detector, engine.bank, expression_classifier=classifier)
+        if session is not None:
+            self._preparing.add(session)  # a Cancel now stops the reference / driving-video analysis
+        try:
+            prepared = prepare(job, cfg, engine.detector, engine.bank, expression_classifier=classifier,
+                               check=self._session_check(session))  # fmt: skip
+        finally:
+            self._preparing.discard(session or "")
         report(0.02, "waiting for the previous render" if self._render_lock.locked() else "rendering")
         if session is not None:
             self._waiting.add(session)  # a Cancel while waiting is kept and stops it before it renders
@@ -189,12 +205,25 @@ class Studio:
         return AppResult(result.output, public_sidecar(result.sidecar), preview, panel)
 
     def cancel(self, session: str | None) -> bool:
-        """Ask ``session``'s render to stop (at its next sampling step, or before it starts when it is
-        still waiting for the previous render)."""
-        if session is None or (self._running != session and session not in self._waiting):
+        """Ask ``session``'s request to stop: at the next frame of its reference clip or driving video while
+        its inputs are analysed, before it starts while it waits for the previous render, or at its next
+        sampling step."""
+        active = self._preparing | self._waiting | {self._running}
+        if session is None or session not in active:
             return False
         self._cancelled.add(session)
         return True
+
+    def _session_check(self, session: str | None) -> Callable[[], None] | None:
+        """The check ``prepare`` calls before each analysed frame: raises Cancelled once ``session`` is."""
+        if session is None:
+            return None
+
+        def check() -> None:
+            if session in self._cancelled:
+                raise Cancelled("the request was cancelled")
+
+        return check
 
     def _check_cancelled(self) -> None:
         if self._running is not None and self._running in self._cancelled:

@@ -18,6 +18,7 @@ from typing import Any
 from portrait.app.handler import (
     AUTH_ENV,
     DEFAULT_HOST,
+    DEFAULT_MAX_CUSTOM_EMOTIONS,
     DEFAULT_MAX_FILE_SIZE,
     DEFAULT_MAX_SECONDS,
     DEFAULT_PORT,
@@ -76,6 +77,14 @@ def add_app_arguments(parser: argparse.ArgumentParser) -> None:
     net.add_argument("--max-file-size", default=DEFAULT_MAX_FILE_SIZE, help="largest upload (default 25mb)")
     net.add_argument("--max-seconds", type=float, default=DEFAULT_MAX_SECONDS, help="longest audio (60)")
     net.add_argument("--queue-size", type=int, default=DEFAULT_QUEUE_SIZE, help="most waiting requests (16)")
+    net.add_argument(
+        "--allow-save-emotion", action="store_true",
+        help="offer 'Save as emotion', which writes visitors' emotions into the weights tree (needs --auth)",
+    )  # fmt: skip
+    net.add_argument(
+        "--max-custom-emotions", type=int, default=DEFAULT_MAX_CUSTOM_EMOTIONS, metavar="N",
+        help=f"most custom emotions 'Save as emotion' may leave in the bank ({DEFAULT_MAX_CUSTOM_EMOTIONS})",
+    )  # fmt: skip
     add_runtime_arguments(parser.add_argument_group("runtime"))
 
 
@@ -92,6 +101,15 @@ def run_app(args: argparse.Namespace, serve: Serve | None = None) -> int:
     if args.max_seconds <= 0:
         raise ConfigError(f"--max-seconds must be > 0, got {args.max_seconds}")
     auth = parse_auth(args.auth or os.environ.get(AUTH_ENV))
+    save = bool(getattr(args, "allow_save_emotion", False))
+    if save and auth is None:
+        raise ConfigError(
+            "--allow-save-emotion lets visitors write into the weights tree: it needs --auth USER:PASS (or "
+            f"${AUTH_ENV})"
+        )
+    max_custom = getattr(args, "max_custom_emotions", DEFAULT_MAX_CUSTOM_EMOTIONS)
+    if max_custom < 0:
+        raise ConfigError(f"--max-custom-emotions must be >= 0, got {max_custom}")
     options = LaunchOptions(args.host, args.port, bool(args.share), auth, args.max_file_size, args.queue_size)
     for warning in exposure_warnings(options):
         logger.warning(warning)
@@ -104,7 +122,8 @@ def run_app(args: argparse.Namespace, serve: Serve | None = None) -> int:
     from portrait.weights.load import resolve_weights_root
 
     ensure_weights(resolve_weights_root(cfg.runtime.weights), offline=cfg.runtime.offline or None)
-    studio = Studio(cfg, detector=args.detector, max_seconds=args.max_seconds, workspace=workspace)
+    studio = Studio(cfg, detector=args.detector, max_seconds=args.max_seconds, workspace=workspace,
+                    save_emotions=save, max_custom_emotions=max_custom)  # fmt: skip
     studio.engine()
     if threading.current_thread() is threading.main_thread():  # SIGTERM closes like Ctrl-C (then atexit)
         signal.signal(signal.SIGTERM, signal.default_int_handler)

@@ -65,8 +65,14 @@ MOTION_ACCORDION = (
 REFERENCE_ACCORDION = (
     "Emotion from a reference",
     "The emotion follows the facial expression in this picture or video (it overrides every other emotion "
-    "control). *Save as emotion* adds it to the emotion list under a new name. See docs/emotion.md.",
+    "control; a video's first minute is read). See docs/emotion.md.",
     ("emotion_from", "Reference picture or video", REFERENCE_SUFFIXES),
+)
+#: Added to the reference accordion's help when the operator allows "Save as emotion".
+SAVE_HELP = " *Save as emotion* adds it to the emotion list under a new name."
+#: What a visitor reads when a request fails on an unexpected error (the traceback goes to the log).
+INTERNAL_ERROR = (
+    "the request failed on an internal error (the server's log has the details); try other inputs"
 )
 #: Defaults of the QA widgets (those of portrait.eval.qa.QASettings, not imported here: it loads torch).
 QA_THRESHOLD, QA_RETRIES = 0.5, 2
@@ -164,17 +170,20 @@ def _motion_inputs(gr: Any, studio: Studio) -> dict[str, Any]:
 
 
 def _reference_inputs(gr: Any, studio: Studio) -> dict[str, Any]:
-    """The "Emotion from a reference" accordion: a picture/video upload, mean or timeline, strength, and
-    "Save as emotion" (``save_name``, ``save``, ``save_status``; not parameters of ``/generate``)."""
+    """The "Emotion from a reference" accordion: a picture/video upload, mean or timeline, strength, and,
+    only when the operator allows it (``studio.save_emotions``), "Save as emotion" (``save_name``,
+    ``save``, ``save_status``; not parameters of ``/generate``)."""
     w: dict[str, Any] = {}
-    with _upload_accordion(gr, w, *REFERENCE_ACCORDION):
+    title, text, upload = REFERENCE_ACCORDION
+    with _upload_accordion(gr, w, title, text + (SAVE_HELP if studio.save_emotions else ""), upload):
         with gr.Row():
             w["emotion_from_mode"] = gr.Radio(REFERENCE_MODES, value="mean", label="Mode")
             w["emotion_strength"] = gr.Slider(0, 2, value=1, step=0.05, label="Emotion strength")
-        with gr.Row():
-            w["save_name"] = gr.Textbox(label="New emotion name", placeholder="e.g. smirk")
-            w["save"] = gr.Button("Save as emotion")
-        w["save_status"] = gr.Markdown()
+        if studio.save_emotions:
+            with gr.Row():
+                w["save_name"] = gr.Textbox(label="New emotion name", placeholder="e.g. smirk")
+                w["save"] = gr.Button("Save as emotion")
+            w["save_status"] = gr.Markdown()
     return w
 
 
@@ -217,6 +226,9 @@ def _generate_event(gr: Any, studio: Studio) -> Callable[..., tuple[str, Any, An
             out = studio.run(values, lambda f, what: progress(f, desc=what), session)
         except PortraitError as err:
             raise gr.Error(studio.message(err, values), print_exception=False) from None
+        except Exception:  # noqa: BLE001 - a bug: logged for the operator, one line for the visitor
+            logger.exception("the request failed unexpectedly")
+            raise gr.Error(INTERNAL_ERROR, print_exception=False) from None
         return str(out.video), out.preview, out.info, str(out.sidecar)
 
     return generate
@@ -266,9 +278,10 @@ def build_demo(studio: Studio, options: LaunchOptions | None = None) -> Any:
         inputs = [widgets[name] for name in INPUT_NAMES]
         event = run.click(_generate_event(gr, studio), inputs, outputs, api_name="generate")
         stop.click(cancel, None, None, cancels=[event], api_name=False)
-        save_inputs = [widgets[name] for name in ("save_name", "emotion_from", "emotion_strength")]
-        save_outputs = [widgets["emotion"], widgets["save_status"]]
-        widgets["save"].click(_save_event(gr, studio), save_inputs, save_outputs, api_name=False)
+        if "save" in widgets:  # only when the operator allows writing into the weights tree
+            save_inputs = [widgets[name] for name in ("save_name", "emotion_from", "emotion_strength")]
+            save_outputs = [widgets["emotion"], widgets["save_status"]]
+            widgets["save"].click(_save_event(gr, studio), save_inputs, save_outputs, api_name=False)
         _examples(gr, studio, widgets)
         gr.Markdown('API: `gradio_client` endpoint `/generate` (see README, "Web demo").')
     return demo

@@ -46,12 +46,13 @@ def test_reference_fields_are_checked(tmp_path):
 
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory) -> Studio:
-    """A studio on its own tiny weights tree ("Save as emotion" writes into it)."""
+    """A studio on its own tiny weights tree whose operator allows "Save as emotion" (it writes there)."""
     from portrait.testing.trees import write_tiny_weights
 
     root = write_tiny_weights(tmp_path_factory.mktemp("emo") / "w", layout="portrait", seed=0)
     cfg = load_config(values={"runtime.weights": str(root), "sampling.steps": 1})
-    return Studio(cfg, detector="dlib", max_seconds=3.0, workspace=Workspace(tmp_path_factory.mktemp("app")))
+    workspace = Workspace(tmp_path_factory.mktemp("app"))
+    return Studio(cfg, detector="dlib", max_seconds=3.0, workspace=workspace, save_emotions=True)
 
 
 @pytest.fixture(scope="module")
