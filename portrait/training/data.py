@@ -5,7 +5,12 @@ Sources (:func:`find_sources`):
 * MEAD: ``SPEAKER/video/front/EMOTION/level_N/NNN.mp4`` (any prefix above ``SPEAKER``);
 * CREMA-D: ``1001_DFA_ANG_HI.flv`` (speaker, sentence, emotion code, level LO/MD/HI/XX);
 * RAVDESS: ``01-01-05-02-01-01-12.mp4`` (modality, channel, emotion 01-08, intensity 01/02, ..., actor);
-* a CSV file ``path,emotion,intensity,speaker`` (paths relative to the CSV; intensity 1-3 or empty).
+* a CSV file ``path,emotion,intensity,speaker`` (paths relative to the CSV, inside its folder; intensity
+  1-3 or empty; UTF-8 with or without a BOM, UTF-16 with a BOM, else Windows-1252 with a warning).
+
+Every video stays inside the dataset (its resolved path, so a symlink pointing elsewhere is skipped with a
+warning, and a CSV path leaving the CSV's folder is refused), and ids are unique: two paths that map to
+one cache id are refused naming both. A problem of a CSV row is an :class:`InputError` naming its line.
 
 The cache (:class:`Cache`) is a folder of one safetensors shard per video (``shards/<id>.safetensors``),
 one JSON record per skipped video (``bad/<id>.json``) and ``index.json``, rebuilt from those files.
@@ -13,9 +18,12 @@ one JSON record per skipped video (``bad/<id>.json``) and ``index.json``, rebuil
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
+import io
 import json
+import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -23,6 +31,8 @@ from pathlib import Path
 
 from portrait.errors import InputError, WeightsError
 from portrait.layout import MANIFEST_FILE
+
+logger = logging.getLogger(__name__)
 
 #: Video file suffixes a source folder is searched for.
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".flv", ".webm")
@@ -44,6 +54,13 @@ ALIASES = {"disgust": "disgusted", "surprise": "surprised", "fearful": "fear", "
 _CREMA_RE = re.compile(r"^(\d{4})_([A-Z]{3})_([A-Z]{3})_([A-Z]{2})$")
 _RAVDESS_RE = re.compile(r"^(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)$")
 _LEVEL_RE = re.compile(r"^level_(\d)$")
+#: A cache id: a file-name part of letters, digits, ``_``, ``.`` and ``-`` (never a path).
+_ID_RE = re.compile(r"(?!\.+$)[A-Za-z0-9_.-]{1,200}")
+#: Longest id kept as is; a longer one is shortened and made unique with a digest of the path.
+MAX_ID_LENGTH = 160
+#: Largest labels CSV read (bytes).
+MAX_CSV_BYTES = 64 * 1024 * 1024
+CSV_COLUMNS = ("path", "emotion", "intensity", "speaker")
 
 
 @dataclass(frozen=True)
@@ -65,7 +82,17 @@ class Source:
 
 def _source_id(rel: Path) -> str:
     text = rel.with_suffix("").as_posix()
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", text.replace("/", "__"))
+    ident = re.sub(r"[^A-Za-z0-9_.-]", "_", text.replace("/", "__"))
+    if len(ident) > MAX_ID_LENGTH:  # a file name must stay under the file system's 255 bytes
+        ident = f"{ident[: MAX_ID_LENGTH - 17]}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+    return ident
+
+
+def check_id(ident: object, where: str) -> str:
+    """``ident`` when it is a valid cache id (:data:`_ID_RE`), else InputError naming ``where``."""
+    if not isinstance(ident, str) or not _ID_RE.fullmatch(ident):
+        raise InputError(f"{where}: invalid cache id (letters, digits, '_', '.', '-' only, not a path)")
+    return ident
 
 
 def label_from_path(rel: Path) -> tuple[str, str, int] | None:
@@ -84,20 +111,92 @@ def label_from_path(rel: Path) -> tuple[str, str, int] | None:
     return None
 
 
+def _csv_text(path: Path) -> str:
+    """The CSV's text: UTF-8 (BOM dropped), UTF-16 with a BOM, else Windows-1252 (warned); InputError naming
+    the line of the first byte none of them decodes."""
+    with path.open("rb") as stream:
+        raw = stream.read(MAX_CSV_BYTES + 1)
+    if len(raw) > MAX_CSV_BYTES:
+        raise InputError(f"{path} is larger than {MAX_CSV_BYTES} bytes")
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        encodings = ("utf-16",)
+    else:
+        encodings = ("utf-8-sig", "cp1252")
+    for encoding in encodings:
+        try:
+            text = raw.decode(encoding)
+        except UnicodeDecodeError as err:
+            failed = err
+            continue
+        if encoding == "cp1252":
+            line = raw[: failed.start].count(b"\n") + 1
+            logger.warning("%s is not UTF-8 (line %d): read as Windows-1252", path, line)
+        return text
+    line = raw[: failed.start].count(b"\n") + 1
+    raise InputError(
+        f"{path}:{line}: cannot decode byte {failed.start} as {' or '.join(encodings)}; save as UTF-8"
+    )
+
+
+def _csv_row(path: Path, line: int, row: dict[str, str], root: Path) -> Source:
+    """One CSV row as a :class:`Source` (InputError ``path:line: ...`` for a bad row)."""
+    where = f"{path}:{line}"
+    rel, emotion, speaker = (row[key].strip() for key in ("path", "emotion", "speaker"))
+    if not rel or not emotion or not speaker:
+        raise InputError(f"{where}: path, emotion and speaker must not be empty")
+    level = (row.get("intensity") or "").strip() or "2"
+    if level not in ("1", "2", "3"):
+        raise InputError(f"{where}: intensity must be 1, 2 or 3 (or empty), got {level!r}")
+    if any(ord(char) < 32 for char in rel):
+        raise InputError(f"{where}: the path contains a control character")
+    try:
+        video = (root / rel).resolve()
+    except (OSError, RuntimeError) as err:  # a symlink loop, a name the system refuses
+        raise InputError(f"{where}: cannot resolve {rel!r} ({type(err).__name__})") from None
+    if not video.is_relative_to(root):
+        raise InputError(f"{where}: {rel} is outside the dataset folder {root} (the CSV's folder)")
+    return Source(video, _source_id(video.relative_to(root)), speaker, emotion.lower(), int(level))
+
+
 def _from_csv(path: Path) -> list[Source]:
-    sources = []
-    with path.open(newline="") as handle:
-        for row_no, row in enumerate(csv.DictReader(handle), start=2):
-            try:
-                rel, emotion, speaker = row["path"], row["emotion"], row["speaker"]
-            except KeyError as err:
-                raise InputError(f"{path}: the CSV needs columns path,emotion,intensity,speaker") from err
-            level_text = (row.get("intensity") or "").strip() or "2"
-            if not level_text.isdigit() or not 1 <= int(level_text) <= 3:
-                raise InputError(f"{path}:{row_no}: intensity must be 1, 2 or 3, got {level_text!r}")
-            video = (path.parent / rel).resolve()
-            sources.append(Source(video, _source_id(Path(rel)), speaker, emotion.lower(), int(level_text)))
-    return sources
+    root = path.parent.resolve()
+    reader = csv.reader(io.StringIO(_csv_text(path)))
+    try:
+        header = [name.strip().lower() for name in next(reader)]
+    except (StopIteration, csv.Error) as err:
+        raise InputError(f"{path}:1: no CSV header ({err or 'empty file'})") from None
+    if not {"path", "emotion", "speaker"} <= set(header) or len(set(header)) != len(header):
+        raise InputError(
+            f"{path}:1: the CSV needs the columns {','.join(CSV_COLUMNS)} (intensity may be empty)"
+        )
+    sources, end = [], reader.line_num
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as err:
+            raise InputError(f"{path}:{end + 1}: bad CSV ({err})") from None
+        line, end = end + 1, reader.line_num
+        if not any(cell.strip() for cell in cells):
+            continue
+        if len(cells) != len(header):
+            raise InputError(f"{path}:{line}: has {len(cells)} cells; the header has {len(header)}")
+        sources.append((line, _csv_row(path, line, dict(zip(header, cells, strict=True)), root)))
+    return _unique(sources, path)
+
+
+def _unique(sources: list[tuple[int | str, Source]], where: Path) -> list[Source]:
+    """The sources, refusing two that map to one cache id (each named by its line or path)."""
+    seen: dict[str, int | str] = {}
+    for place, source in sources:
+        if source.id in seen:
+            raise InputError(
+                f"{where}: {seen[source.id]} and {place} map to the same cache id {source.id!r} (the same "
+                "video twice, or names that differ only in characters replaced by '_'); keep one or rename"
+            )
+        seen[source.id] = place
+    return [source for _, source in sources]
 
 
 def find_sources(src: Path) -> list[Source]:
@@ -110,12 +209,17 @@ def find_sources(src: Path) -> list[Source]:
     if src.is_file() and src.suffix.lower() == ".csv":
         sources = _from_csv(src)
     elif src.is_dir():
-        sources = []
+        found, root = [], src.resolve()
         for path in sorted(p for p in src.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES):
             rel = path.relative_to(src)
             label = label_from_path(rel)
-            if label is not None:
-                sources.append(Source(path, _source_id(rel), *label))
+            if label is None:
+                continue
+            if not path.resolve().is_relative_to(root):
+                logger.warning("skipping %s: it links to a file outside the dataset %s", path, src)
+                continue
+            found.append((str(rel), Source(path, _source_id(rel), *label)))
+        sources = _unique(found, src)
     else:
         raise InputError(f"training source {src} is neither a folder nor a .csv file")
     if not sources:
@@ -192,10 +296,17 @@ class Cache:
             raise InputError(
                 f"{self.root} is not a training cache ({INDEX_FILE} missing); run `train prepare`"
             )
-        self.index = json.loads(path.read_text())
-        if self.index.get("format") != CACHE_FORMAT:
-            raise InputError(f"{path} is not a {CACHE_FORMAT} index")
-        self.entries = [Entry(**e) for e in self.index["entries"]]
+        try:
+            self.index = json.loads(path.read_text())
+            if self.index.get("format") != CACHE_FORMAT:
+                raise InputError(f"{path} is not a {CACHE_FORMAT} index")
+            self.entries = [Entry(**e) for e in self.index["entries"]]
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
+            raise InputError(
+                f"{path} is not a readable {CACHE_FORMAT} index ({type(err).__name__})"
+            ) from None
+        for number, entry in enumerate(self.entries):
+            check_id(entry.id, f"{path} entry {number}")
         if not self.entries:
             raise InputError(f"the cache {self.root} holds no usable video (see {BAD_DIR}/)")
 

@@ -18,6 +18,7 @@ import errno
 import json
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -86,8 +87,32 @@ class Extractors:
     classifier: Any  # ExpressionClassifier
 
 
-def _frames(source: Source, settings: PrepareSettings) -> list[np.ndarray]:
-    return [frame for _, frame in iter_frames(source.path, fps=settings.fps, max_frames=settings.max_frames)]
+def _cropped_frames(
+    source: Source, ex: Extractors, settings: PrepareSettings
+) -> tuple[Any, list[Image.Image]]:
+    """``(tensors of the first crop, every frame's crop at the working size)``, decoded one frame at a time.
+
+    The face of the first frame sets the crop of all (the inference crop rule); each frame is cropped and
+    resized as it arrives, so memory holds working-size crops, never the video's full-size frames.
+    """
+    frames = iter_frames(source.path, fps=settings.fps, max_frames=settings.max_frames)
+    try:
+        _, first = next(frames)
+        faces = ex.detector.detect(first[:, :, ::-1].copy())
+        face = select_face(faces, "largest", None, source=str(source.path))
+        crop = reference_crop_box(face.box, first.shape[1], first.shape[0], settings.expand_ratio)
+        image = crop_image(Image.fromarray(first), crop)
+        box = (face.box[0] - crop[0], face.box[1] - crop[1], face.box[2], face.box[3])
+        tensors = prepare_portrait(image, box, settings.size, settings.face_area)
+        del first
+
+        def fit(im: Image.Image) -> Image.Image:
+            return im if im.size == tensors.size else im.resize(tensors.size, Image.LANCZOS)
+
+        resized = [fit(image)] + [fit(crop_image(Image.fromarray(frame), crop)) for _, frame in frames]
+    finally:
+        frames.close()
+    return tensors, resized
 
 
 @torch.no_grad()
@@ -115,16 +140,8 @@ def extract_video(source: Source, ex: Extractors, settings: PrepareSettings) -> 
     Raises:
         InputError: unreadable video, no face, no or silent audio (the caller records and skips it).
     """
-    frames = _frames(source, settings)
-    first = frames[0]
-    faces = ex.detector.detect(first[:, :, ::-1].copy())
-    face = select_face(faces, "largest", None, source=str(source.path))
-    crop = reference_crop_box(face.box, first.shape[1], first.shape[0], settings.expand_ratio)
-    images = [crop_image(Image.fromarray(f), crop) for f in frames]
-    box = (face.box[0] - crop[0], face.box[1] - crop[1], face.box[2], face.box[3])
-    tensors = prepare_portrait(images[0], box, settings.size, settings.face_area)
+    tensors, resized = _cropped_frames(source, ex, settings)
     size = tensors.size
-    resized = [im if im.size == size else im.resize(size, Image.LANCZOS) for im in images]
 
     samples = load_audio(source.path, 16000, max_seconds=settings.max_frames / settings.fps + 30)
     feats = audio_features(samples, ex.feature_extractor, 10000, 2)
@@ -166,8 +183,17 @@ def extract_video(source: Source, ex: Extractors, settings: PrepareSettings) -> 
     }
 
 
+#: How safetensors (Rust) reports an OS error it met while writing: ``I/O error: No space left on device
+#: (os error 28) at path ...`` (``Os { code: 28, ... }`` in its debug form).
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)|Os \{ code: (\d+)")
+
+
 def write_shard(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Write a safetensors shard atomically: temporary name, fsync, rename; no partial file remains."""
+    """Write a safetensors shard atomically: temporary name, fsync, rename; no partial file remains.
+
+    Raises:
+        InputError: the shard could not be written (out of disk space says so), nothing partial kept.
+    """
     from safetensors.torch import save_file
 
     tmp = path.with_name(f".{path.name}.tmp")
@@ -176,12 +202,17 @@ def write_shard(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str
         with tmp.open("rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except OSError as err:
+    except Exception as err:  # noqa: BLE001 - OSError, or safetensors' own error wrapping one
         tmp.unlink(missing_ok=True)
-        why = "out of disk space: free some" if err.errno == errno.ENOSPC else "fix the cause"
+        code = getattr(err, "errno", None)
+        if code is None and (match := _RUST_OS_ERROR.search(str(err))):
+            code = int(match.group(1) or match.group(2))
+        if code is None:
+            raise
+        why = "out of disk space: free some" if code == errno.ENOSPC else "fix the cause"
         raise InputError(
-            f"cannot write the cache shard {path}: {err}; no partial shard was kept ({why} and rerun "
-            "the same command: the cache resumes)"
+            f"cannot write the cache shard {path}: {os.strerror(code)}; no partial shard was kept ({why} "
+            "and rerun the same command: the cache resumes)"
         ) from err
 
 
@@ -257,7 +288,7 @@ def prepare_cache(
             continue
         try:
             tensors = extract_video(source, extractors, settings)
-        except PortraitError as err:  # no face / no audio / unreadable: recorded, skipped
+        except (PortraitError, OSError) as err:  # no face / no audio / unreadable: recorded, skipped
             kind = "no_face" if isinstance(err, NoFaceError) else "unusable"
             logger.warning("skipping %s: %s", source.path, err)
             write_json_atomic(record, {"id": source.id, "path": str(source.path), "reason": kind,
