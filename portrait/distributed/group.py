@@ -18,6 +18,7 @@ that kills them.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 from collections.abc import Mapping
@@ -53,27 +54,42 @@ class Launch:
     launcher: str  # "torchrun" or "srun"
 
 
-def _int(env: Mapping[str, str], name: str) -> int:
+#: Largest world size and collective timeout accepted from the environment (beyond: a typo, not a launch).
+MAX_WORLD_SIZE = 65536
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
+
+
+def _int(env: Mapping[str, str], name: str, default: int | None = None, maximum: int = MAX_WORLD_SIZE) -> int:
+    """``env[name]`` as an integer in ``[0, maximum]`` (``default`` when unset or empty, if given)."""
+    text = env.get(name, "")
+    if not text.strip():
+        if default is None:
+            raise DistributedError(f"{name} is not set but the launch needs it")
+        return default
     try:
-        return int(env[name])
-    except KeyError as err:
-        raise DistributedError(f"{name} is not set but the launch needs it") from err
-    except ValueError as err:
-        raise DistributedError(f"{name}={env[name]!r} is not an integer") from err
+        value = int(text.strip())
+    except ValueError:
+        raise DistributedError(f"{name}={text[:40]!r} is not an integer") from None
+    if not 0 <= value <= maximum:
+        raise DistributedError(f"{name}={value} must be between 0 and {maximum}")
+    return value
 
 
 def launch_from_env(env: Mapping[str, str] | None = None) -> Launch | None:
-    """The multi-process launch described by ``env`` (default ``os.environ``); None for a single process."""
+    """The multi-process launch described by ``env`` (default ``os.environ``); None for a single process.
+
+    Raises:
+        DistributedError: a launch variable is not an integer or out of range, or the rank is outside the
+            world (one error line, never a traceback).
+    """
     env = os.environ if env is None else env
-    if int(env.get("WORLD_SIZE", "1") or 1) > 1:
-        launch = Launch(
-            _int(env, "RANK"), _int(env, "WORLD_SIZE"), int(env.get("LOCAL_RANK", "0")), "torchrun"
-        )
-    elif int(env.get("SLURM_STEP_NUM_TASKS", "1") or 1) > 1:  # set by srun for a job step, not by sbatch
+    if _int(env, "WORLD_SIZE", 1) > 1:
+        launch = Launch(_int(env, "RANK"), _int(env, "WORLD_SIZE"), _int(env, "LOCAL_RANK", 0), "torchrun")
+    elif _int(env, "SLURM_STEP_NUM_TASKS", 1) > 1:  # set by srun for a job step, not by sbatch
         launch = Launch(
             _int(env, "SLURM_PROCID"),
             _int(env, "SLURM_STEP_NUM_TASKS"),
-            int(env.get("SLURM_LOCALID", "0")),
+            _int(env, "SLURM_LOCALID", 0),
             "srun",
         )
     else:
@@ -84,7 +100,7 @@ def launch_from_env(env: Mapping[str, str] | None = None) -> Launch | None:
 
 
 def timeout_from_env(env: Mapping[str, str] | None = None) -> float:
-    """``$PORTRAIT_DIST_TIMEOUT`` in seconds (> 0), else :data:`DEFAULT_TIMEOUT_S`."""
+    """``$PORTRAIT_DIST_TIMEOUT`` in seconds (finite, > 0, at most a week), else :data:`DEFAULT_TIMEOUT_S`."""
     env = os.environ if env is None else env
     text = env.get(TIMEOUT_ENV)
     if not text:
@@ -93,8 +109,10 @@ def timeout_from_env(env: Mapping[str, str] | None = None) -> float:
         value = float(text)
     except ValueError:
         value = -1.0
-    if value <= 0:
-        raise DistributedError(f"{TIMEOUT_ENV}={text!r} must be a positive number of seconds")
+    if not (math.isfinite(value) and 0 < value <= MAX_TIMEOUT_S):
+        raise DistributedError(
+            f"{TIMEOUT_ENV}={text[:40]!r} must be a number of seconds above 0 and at most {MAX_TIMEOUT_S:g}"
+        )
     return value
 
 
