@@ -360,9 +360,8 @@ def download_eval_weights(
     fetch: FetchFn = fetch_url,
     progress: bool = True,
 ) -> dict[str, str]:
-    """Fetch the evaluation networks' published files (resumable, into ``<staging>-eval``), check their
-    digests, install them into ``root`` (:func:`~portrait.weights.eval_weights.install_eval_weights`); returns
-    ``{path in the tree: sha256}``. Raises WeightsError: offline (with the by-hand steps), a wrong digest."""
+    """Fetch the evaluation networks' files (resumable, into ``<staging>-eval``), check and install them
+    (:mod:`~portrait.weights.eval_weights`); ``{path in tree: sha256}``. WeightsError: offline, bad digest."""
     root = Path(root).expanduser()
     src = staging_dir(root, cache_dir).with_name(staging_dir(root, cache_dir).name + "-eval")
     wanted = [eval_weight(name) for name in names] if names is not None else list(EVAL_WEIGHTS)
