@@ -48,7 +48,7 @@ OPTIONS = (
     ("--lse-min-track", "N",
      "a face track needs more than N detections (syncnet_python: 100, i.e. 4 s; lower it for short clips, "
      "which the protocol records)", {"type": int, "default": 100}),
-    ("--device", "DEVICE", "where the networks run (cpu, cuda, cuda:1, ...)",
+    ("--device", "DEVICE", "where the networks run (cpu, cuda, cuda:1, auto, ...)",
      {"type": str, "default": "cpu"}),
     ("--clip-dir", "DIR",
      "transformers CLIP vision model folder for fd_clip (e.g. WEIGHTS/image_encoder)", {}),
@@ -196,6 +196,16 @@ def run_eval(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
     return EXIT_OK
 
 
+def _device(name: str) -> str:
+    """``--device`` checked (CUDA present when asked for; ``auto`` picks it when it is)."""
+    from portrait.engine import resolve_device
+
+    try:
+        return str(resolve_device(name))
+    except RuntimeError as error:
+        raise InputError(f"--device {name!r} is not a device: {error}") from error
+
+
 def _evaluate_all(args: argparse.Namespace, gts: Sequence[Path | None]) -> list[dict[str, Any]]:
     """The JSON result of every video (paired with its ground truth), then the set's; one set of tools."""
     from portrait.eval.evaluate import BANK_NAMES
@@ -207,12 +217,13 @@ def _evaluate_all(args: argparse.Namespace, gts: Sequence[Path | None]) -> list[
     from portrait.weights.load import resolve_weights_root
 
     schedule = parse_emotion(args.emotion, BANK_NAMES) if args.emotion is not None else None
+    device = _device(args.device)
     lse = LSESettings(args.lse_protocol, TrackRules(min_track=args.lse_min_track))
     wanted = (("syncnet", args.syncnet), ("fid_inception", args.fid), ("i3d", args.fvd))
     require = [name for name, asked in wanted if asked]
     tools = default_tools(
         resolve_weights_root(args.weights), syncnet_path=args.syncnet, syncnet_sha256=args.syncnet_sha256,
-        clip_dir=args.clip_dir, device=args.device, inception_path=args.inception, i3d_path=args.i3d, lse=lse,
+        clip_dir=args.clip_dir, device=device, inception_path=args.inception, i3d_path=args.i3d, lse=lse,
         require=require,
     )  # fmt: skip
     return evaluate_set(

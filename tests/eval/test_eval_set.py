@@ -124,3 +124,5 @@ def test_missing_weights_and_missing_ground_truth_are_one_error_line(inputs, tmp
     assert "portrait-gen download --eval" in err[0] and "pt_inception-2015-12-05-6726825d.pth" in err[0]
     assert main(["eval", str(inputs["a"]), "--fvd"]) == 1
     assert "--gt" in capsys.readouterr().err
+    assert main(["eval", str(inputs["a"]), "--device", "bogus"]) == 1
+    assert capsys.readouterr().err.startswith("error: --device 'bogus' is not a device")
