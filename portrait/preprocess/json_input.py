@@ -81,7 +81,7 @@ def loads_bounded(data: bytes | str, what: str, *, max_depth: int, max_values: i
     if depth > max_depth:
         raise InputError(f"{what}: JSON nested deeper than {max_depth} levels")
     if values > max_values:
-        raise InputError(f"{what}: about {values} JSON values, more than the {max_values} allowed")
+        raise InputError(f"{what}: up to {values} JSON values, more than the {max_values} allowed")
     try:
         text = raw.decode("utf-8") if isinstance(data, bytes | bytearray) else data
         return json.loads(text, parse_constant=_reject_constant, parse_int=_bounded_int)
