@@ -75,7 +75,7 @@ def _check_inputs(args: argparse.Namespace) -> list[Path | None]:
     """Fail fast on missing files; returns the ground truth paired with each video."""
     for video in args.videos:
         if not video.is_file():
-            raise InputError(f"video {video} does not exist", hint="give the path of an existing video file")
+            raise InputError(f"video {video} does not exist: give the path of an existing video file")
     files = (
         (args.reference, "reference image"), (args.audio, "audio"), (args.syncnet, "SyncNet"),
         (args.inception, "FID Inception"), (args.i3d, "I3D"),
@@ -97,8 +97,8 @@ def _check_inputs(args: argparse.Namespace) -> list[Path | None]:
         return gts * len(args.videos)
     if len(gts) != len(args.videos):
         raise InputError(
-            f"--gt gives {len(gts)} videos for {len(args.videos)} evaluated ones",
-            hint="give one ground-truth video for all, or exactly one per video",
+            f"--gt gives {len(gts)} videos for {len(args.videos)} evaluated ones: give one ground-truth video "
+            "for all, or exactly one per video"
         )
     return list(gts)
 
