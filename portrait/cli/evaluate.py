@@ -97,7 +97,7 @@ def _check_inputs(args: argparse.Namespace) -> list[Path | None]:
         return gts * len(args.videos)
     if len(gts) != len(args.videos):
         raise InputError(
-            f"--gt gives {len(gts)} videos for {len(args.videos)} evaluated ones: give one ground-truth video "
+            f"--gt gives {len(gts)} videos for {len(args.videos)} evaluated ones: give one ground truth "
             "for all, or exactly one per video"
         )
     return list(gts)
