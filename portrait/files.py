@@ -140,12 +140,24 @@ def write_bytes_durable(path: str | Path, data: bytes, *, exclusive: bool = Fals
             stream.flush()
             os.fsync(stream.fileno())
         if exclusive:
-            os.link(temporary, path)
+            _link_exclusive(temporary, path)
         else:
             os.replace(temporary, path)
     finally:
         Path(temporary).unlink(missing_ok=True)
     _fsync_folder(path.parent)
+
+
+def _link_exclusive(source: str, target: Path) -> None:
+    """Put ``source`` at ``target`` unless ``target`` exists (``FileExistsError``): a hard link, or where
+    the file system has none, an exclusively created placeholder replaced by a rename."""
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here (FAT, some network shares)
+        os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        os.replace(source, target)
 
 
 @contextlib.contextmanager

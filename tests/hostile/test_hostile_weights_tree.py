@@ -167,3 +167,21 @@ def test_names_that_would_squat_are_refused(tree: Path) -> None:
     with pytest.raises(InputError, match="only in case"):
         add_emotion(tree, "Calm", _prior(tree), overwrite=True)
     assert sorted(p.stem for p in (tree / "emotions").glob("*.safetensors")).count("calm") == 1
+
+
+def test_exclusive_writes_never_replace_a_file_even_without_hard_links(tmp_path: Path, monkeypatch) -> None:
+    from portrait.files import write_bytes_durable
+
+    target = tmp_path / "prior.safetensors"
+    write_bytes_durable(target, b"first", exclusive=True)
+    with pytest.raises(FileExistsError):
+        write_bytes_durable(target, b"second", exclusive=True)
+    monkeypatch.setattr(
+        os, "link", lambda *a: (_ for _ in ()).throw(PermissionError(errno.EPERM, "no links"))
+    )
+    other = tmp_path / "other.safetensors"
+    write_bytes_durable(other, b"third", exclusive=True)  # FAT, some network shares: no hard links
+    with pytest.raises(FileExistsError):
+        write_bytes_durable(other, b"fourth", exclusive=True)
+    assert (target.read_bytes(), other.read_bytes()) == (b"first", b"third")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.safetensors", "prior.safetensors"]
