@@ -1,10 +1,17 @@
-"""Configurations of every component at the project's tiny test sizes (seconds on a CPU)."""
+"""Configurations of every component at the project's tiny test sizes (seconds on a CPU).
+
+:class:`TreeConfigs` groups one configuration per component; :func:`tree_configs` gives them at the tiny
+sizes (here) or at the release's true sizes (:mod:`portrait.testing.real_configs`).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 LAYOUTS = ("portrait", "dice-talk")
+#: ``tiny``: the test sizes (a tree of ~10 MB); ``real``: the release's true sizes (a tree of ~12 GB).
+SIZES = ("tiny", "real")
 PRIOR_DIM = 256
 PRIOR_STD = 0.85
 
@@ -134,3 +141,64 @@ TINY_CLASSIFIER_SHAPES: dict[str, tuple[int, ...]] = {
     "classifier.fc3.weight": (22, 6),
     "classifier.fc3.bias": (22,),
 }
+
+
+@dataclass(frozen=True)
+class TreeConfigs:
+    """Constructor arguments of every component of a random tree at one size.
+
+    ``image_encoder`` and ``audio_encoder`` are ``CLIPVisionConfig`` / ``WhisperConfig`` arguments; the
+    others are the keyword arguments of the component's class (the UNet's without the adapter arguments,
+    so the same dict builds diffusers' SVD UNet).
+    """
+
+    unet: dict[str, Any]
+    vae: dict[str, Any]
+    image_encoder: dict[str, Any]
+    audio_encoder: dict[str, Any]
+    audio_projector: dict[str, Any]
+    emotion_model: dict[str, Any]
+    pose_guider: dict[str, Any]
+    interpolation: dict[str, Any]
+    emotion_classifier: dict[str, Any]
+
+
+def tiny_configs() -> TreeConfigs:
+    """Every component at the tiny test sizes."""
+    return TreeConfigs(
+        unet=tiny_unet_config(),
+        vae=tiny_vae_config(),
+        image_encoder=tiny_clip_config(),
+        audio_encoder=tiny_whisper_config(),
+        audio_projector=tiny_audio_projector_config(),
+        emotion_model=tiny_emotion_config(),
+        pose_guider=tiny_pose_guider_config(),
+        interpolation={"channels": 8},
+        emotion_classifier={"in_channels": 40, "hidden_dims": [8, 6], "num_classes": 22},
+    )
+
+
+def tree_configs(size: str) -> TreeConfigs:
+    """The configurations at ``size`` (one of :data:`SIZES`).
+
+    Raises:
+        ValueError: unknown size.
+    """
+    if size == "tiny":
+        return tiny_configs()
+    if size == "real":
+        from portrait.testing.real_configs import real_configs
+
+        return real_configs()
+    raise ValueError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
+
+
+def classifier_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Key → shape of the ``classifier.*`` tensors of ``emo_model.pth`` for a classifier ``config``."""
+    first, second = config["hidden_dims"]
+    dims = [config["in_channels"], first, second, config["num_classes"]]
+    shapes: dict[str, tuple[int, ...]] = {}
+    for index in range(3):
+        shapes[f"classifier.fc{index + 1}.weight"] = (dims[index + 1], dims[index])
+        shapes[f"classifier.fc{index + 1}.bias"] = (dims[index + 1],)
+    return shapes

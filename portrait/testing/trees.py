@@ -1,8 +1,10 @@
-"""Tiny seeded random weight trees for tests: every component at the project's tiny sizes.
+"""Seeded random weight trees for tests and rehearsals: every component at the tiny or the true sizes.
 
-:func:`write_tiny_weights` writes either our own layout (``layout="portrait"``, see :mod:`portrait.layout`)
+:func:`write_weights` writes either our own layout (``layout="portrait"``, see :mod:`portrait.layout`)
 or the DICE-Talk research release layout (``layout="dice-talk"``, compat §8) that
-:func:`portrait.weights.convert.convert_dice_talk` converts. Both layouts hold the *same* random values:
+:func:`portrait.weights.convert.convert_dice_talk` converts, at the tiny test sizes (``size="tiny"``,
+:func:`write_tiny_weights`) or at the release's true sizes (``size="real"``, about 12 GB; see
+:mod:`portrait.testing.real_configs`). Both layouts hold the *same* random values:
 
 * the adapters (AudioProjector, EmotionModel, PoseGuider) and the trained UNet (``unet.pth``) are float32;
 * the VAE and the CLIP image encoder are drawn in float32 and rounded through float16, so the release
@@ -14,14 +16,17 @@ or the DICE-Talk research release layout (``layout="dice-talk"``, compat §8) th
 
 Every parameter is redrawn from a generator seeded with ``seed`` and the component name, including the
 zero-initialised ones (PoseGuider ``conv_out``), with fan-in scaling so activations stay O(1). The same seed
-gives byte-identical safetensors files.
+gives byte-identical safetensors files. Components are built on the meta device and written one at a time
+(:mod:`portrait.testing.components`): writing holds at most one component in memory.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
-import zlib
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,58 +35,25 @@ import torch
 from torch import nn
 
 from portrait.layout import EMOTION_PRIOR_KEY, EMOTIONS_DIR, RELEASE_EMOTIONS
+from portrait.testing.components import (
+    _generator,
+    classifier_tensors,
+    parameter_bytes,
+    random_component,
+    randomize_,
+)
 from portrait.testing.configs import (
     LAYOUTS,
     PRIOR_DIM,
     PRIOR_STD,
-    TINY_CLASSIFIER_SHAPES,
+    SIZES,
+    TreeConfigs,
     svd_xt_scheduler_config,
-    tiny_audio_projector_config,
-    tiny_clip_config,
-    tiny_emotion_config,
     tiny_pose_guider_config,
-    tiny_unet_config,
-    tiny_vae_config,
-    tiny_whisper_config,
+    tree_configs,
 )
 
 logger = logging.getLogger(__name__)
-
-
-def _generator(seed: int, name: str) -> torch.Generator:
-    """A CPU generator seeded from ``seed`` and a stable hash of ``name`` (independent streams)."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
-
-
-def _random_like(name: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
-    """A float32 random tensor for parameter ``name``: fan-in scaled weights, near-1 scales, small biases."""
-    noise = torch.randn(shape, generator=gen, dtype=torch.float32)
-    if len(shape) >= 2:
-        fan_in = int(np.prod(shape[1:]))
-        return noise / fan_in**0.5
-    if name.endswith("bias"):
-        return 0.1 * noise
-    return 1.0 + 0.1 * noise  # norm scales, mix factors, class embeddings
-
-
-@torch.no_grad()
-def randomize_(module: nn.Module, seed: int, name: str, fp16_values: bool = False) -> nn.Module:
-    """Redraw every floating parameter of ``module`` in place (deterministic in ``seed`` and ``name``).
-
-    Args:
-        module: any module; buffers are left alone.
-        seed: base seed.
-        name: component name mixed into the seed.
-        fp16_values: round the values through float16 (they stay float32 tensors).
-    """
-    gen = _generator(seed, name)
-    for pname, param in module.named_parameters():
-        if param.is_floating_point():
-            value = _random_like(pname, tuple(param.shape), gen)
-            if fp16_values:
-                value = value.half().float()
-            param.copy_(value)
-    return module
 
 
 def emotion_priors(seed: int, dim: int = PRIOR_DIM) -> dict[str, np.ndarray]:
@@ -95,44 +67,16 @@ def emotion_priors(seed: int, dim: int = PRIOR_DIM) -> dict[str, np.ndarray]:
     return priors
 
 
-def _build_models(seed: int) -> dict[str, Any]:
-    """Every tiny component with seeded random weights (shared by both layouts)."""
-    from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, WhisperConfig, WhisperModel
-
-    from portrait.models.audio import AudioProjector
-    from portrait.models.emotion_model import EmotionModel
-    from portrait.models.interpolation import IFNet
-    from portrait.models.pose_guider import PoseGuider
-    from portrait.models.unet import PortraitUNet
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # construction-time init is overwritten, but keep the global RNG untouched
-        models = {
-            "unet": randomize_(PortraitUNet(**tiny_unet_config()), seed, "unet"),
-            "svd_unet": randomize_(UNetSpatioTemporalConditionModel(**tiny_unet_config()), seed, "svd_unet"),
-            "vae": randomize_(
-                AutoencoderKLTemporalDecoder(**tiny_vae_config()), seed, "vae", fp16_values=True
-            ),
-            "image_encoder": randomize_(
-                CLIPVisionModelWithProjection(CLIPVisionConfig(**tiny_clip_config())),
-                seed,
-                "image_encoder",
-                fp16_values=True,
-            ),
-            "audio_encoder": randomize_(
-                WhisperModel(WhisperConfig(**tiny_whisper_config())), seed, "audio_encoder"
-            ),
-            "audio_projector": randomize_(
-                AudioProjector(**tiny_audio_projector_config()), seed, "audio_projector"
-            ),
-            "emotion_model": randomize_(EmotionModel(**tiny_emotion_config()), seed, "emotion_model"),
-            "pose_guider": randomize_(PoseGuider(**tiny_pose_guider_config()), seed, "pose_guider"),
-            "interpolation": randomize_(IFNet(channels=8), seed, "interpolation"),
-        }
-    for model in models.values():
-        model.eval()
-    return models
+def _write_component(name: str, configs: TreeConfigs, seed: int, write: Callable[[nn.Module], None]) -> None:
+    """Build one random component, ``write(component)`` it and free it before returning (the caller never
+    holds it: the next component is built without this one in memory)."""
+    started = time.perf_counter()
+    model = random_component(name, configs, seed)
+    size = parameter_bytes(model)
+    write(model)
+    del model
+    gc.collect()
+    logger.info("wrote %s (%.2f GB float32) in %.1f s", name, size / 1e9, time.perf_counter() - started)
 
 
 def _feature_extractor():
@@ -141,29 +85,31 @@ def _feature_extractor():
     return WhisperFeatureExtractor(feature_size=80)
 
 
-def _write_emotion_classifier(root: Path, seed: int) -> None:
-    """The optional ``emotion_classifier/`` holding the tiny release tensors (what the converter keeps)."""
+def _write_emotion_classifier(root: Path, configs: TreeConfigs, seed: int) -> None:
+    """The optional ``emotion_classifier/``: the release's classifier tensors (what the converter keeps)."""
     from portrait.models.emotion_classifier import EmotionClassifier
 
-    tensors = {k.removeprefix("classifier."): v for k, v in _classifier_tensors(seed).items()}
-    config = {"in_channels": 40, "hidden_dims": [8, 6], "num_classes": 22}  # TINY_CLASSIFIER_SHAPES
-    with torch.random.fork_rng(devices=[]):
+    config = configs.emotion_classifier
+    tensors = {k.removeprefix("classifier."): v for k, v in classifier_tensors(config, seed).items()}
+    with torch.device("meta"):
         model = EmotionClassifier(**config)
-    model.load_state_dict(tensors, strict=True)
+    model.load_state_dict(tensors, strict=True, assign=True)
     model.save_pretrained(root / "emotion_classifier", safe_serialization=True)
 
 
-def _write_portrait(root: Path, models: dict[str, Any], priors: dict[str, np.ndarray], seed: int = 0) -> None:
+def _write_portrait(root: Path, configs: TreeConfigs, priors: dict[str, np.ndarray], seed: int) -> None:
     from diffusers import EulerDiscreteScheduler
     from safetensors.torch import save_file
 
     from portrait.weights.manifest import write_manifest
 
     for name in ("unet", "vae", "audio_projector", "emotion_model", "pose_guider", "interpolation"):
-        models[name].save_pretrained(root / name, safe_serialization=True)
+        _write_component(
+            name, configs, seed, lambda m, d=root / name: m.save_pretrained(d, safe_serialization=True)
+        )
     for name in ("image_encoder", "audio_encoder"):
-        models[name].save_pretrained(root / name)
-    _write_emotion_classifier(root, seed)
+        _write_component(name, configs, seed, lambda m, d=root / name: m.save_pretrained(d))
+    _write_emotion_classifier(root, configs, seed)
     _feature_extractor().save_pretrained(root / "audio_encoder")
     EulerDiscreteScheduler.from_config(svd_xt_scheduler_config()).save_pretrained(root / "scheduler")
     (root / EMOTIONS_DIR).mkdir()
@@ -172,45 +118,51 @@ def _write_portrait(root: Path, models: dict[str, Any], priors: dict[str, np.nda
     write_manifest(root)
 
 
-def _classifier_tensors(seed: int) -> dict[str, torch.Tensor]:
-    gen = _generator(seed, "classifier")
-    return {k: _random_like(k, shape, gen) for k, shape in TINY_CLASSIFIER_SHAPES.items()}
+def _write_release_checkpoints(release: Path, configs: TreeConfigs, seed: int) -> None:
+    """``DICE-Talk/{unet,pose_guider,audio_linear,emo_model}.pth`` and ``RIFE/flownet.pkl`` (float32)."""
+    release.mkdir()
+    for name, file in (("unet", "unet"), ("pose_guider", "pose_guider"), ("audio_projector", "audio_linear")):
+        _write_component(
+            name, configs, seed, lambda m, f=release / f"{file}.pth": torch.save(m.state_dict(), f)
+        )
+    classifier = classifier_tensors(configs.emotion_classifier, seed)
+    _write_component(
+        "emotion_model", configs, seed,
+        lambda m: torch.save({**m.state_dict(), **classifier}, release / "emo_model.pth"),
+    )  # fmt: skip
+    rife = release.parent / "RIFE"
+    rife.mkdir()  # the release pickles RIFE with a DataParallel "module." prefix (compat §7.1)
+    _write_component(
+        "interpolation", configs, seed,
+        lambda m: torch.save({f"module.{k}": v for k, v in m.state_dict().items()}, rife / "flownet.pkl"),
+    )  # fmt: skip
 
 
-def _write_dice_talk(root: Path, models: dict[str, Any], priors: dict[str, np.ndarray], seed: int) -> None:
+def _save_whisper_tiny(encoder: nn.Module, folder: Path) -> None:
+    """``encoder`` (a WhisperModel) saved as the public whisper-tiny checkpoint: a
+    WhisperForConditionalGeneration (``model.`` key prefix) whose output projection is the tied embedding."""
     from transformers import WhisperForConditionalGeneration
 
-    release = root / "DICE-Talk"
-    release.mkdir()
-    torch.save(models["unet"].state_dict(), release / "unet.pth")
-    torch.save(models["pose_guider"].state_dict(), release / "pose_guider.pth")
-    torch.save(models["audio_projector"].state_dict(), release / "audio_linear.pth")
-    torch.save(
-        {**models["emotion_model"].state_dict(), **_classifier_tensors(seed)}, release / "emo_model.pth"
-    )
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        whisper = WhisperForConditionalGeneration(encoder.config)
+    whisper.model = encoder
+    whisper.proj_out.weight = encoder.decoder.embed_tokens.weight
+    whisper.save_pretrained(folder)
 
-    (root / "RIFE").mkdir()  # the release pickles RIFE with a DataParallel "module." prefix (compat §7.1)
-    torch.save(
-        {f"module.{k}": v for k, v in models["interpolation"].state_dict().items()},
-        root / "RIFE" / "flownet.pkl",
-    )
 
+def _write_dice_talk(root: Path, configs: TreeConfigs, priors: dict[str, np.ndarray], seed: int) -> None:
+    _write_release_checkpoints(root / "DICE-Talk", configs, seed)
     svd = root / "stable-video-diffusion-img2vid-xt"
-    models["svd_unet"].half().save_pretrained(svd / "unet", variant="fp16")
-    models["vae"].half().save_pretrained(svd / "vae", variant="fp16")
-    models["image_encoder"].half().save_pretrained(svd / "image_encoder", variant="fp16")
+    for name, folder in (("svd_unet", "unet"), ("vae", "vae"), ("image_encoder", "image_encoder")):
+        _write_component(
+            name, configs, seed, lambda m, d=svd / folder: m.half().save_pretrained(d, variant="fp16")
+        )
     (svd / "scheduler").mkdir(parents=True)
     (svd / "scheduler" / "scheduler_config.json").write_text(
         json.dumps(svd_xt_scheduler_config(), indent=2) + "\n"
     )
-
-    # The public whisper-tiny checkpoint is a WhisperForConditionalGeneration ("model." key prefix).
-    with torch.random.fork_rng(devices=[]):  # its construction-time init is overwritten just below
-        whisper = WhisperForConditionalGeneration(models["audio_encoder"].config)
-    whisper.model.load_state_dict(models["audio_encoder"].state_dict())
-    whisper.save_pretrained(root / "whisper-tiny")
+    _write_component("audio_encoder", configs, seed, lambda m: _save_whisper_tiny(m, root / "whisper-tiny"))
     _feature_extractor().save_pretrained(root / "whisper-tiny")
-
     emo_dir = root / "examples" / "emo"
     emo_dir.mkdir(parents=True)
     for name, mu in priors.items():
@@ -258,8 +210,8 @@ def write_tiny_emotion_embedder(root: Path, seed: int = 0) -> Path:
     return folder
 
 
-def write_tiny_weights(root: Path, layout: str = "portrait", seed: int = 0) -> Path:
-    """Write a complete tiny random weights tree.
+def write_weights(root: Path, layout: str = "portrait", seed: int = 0, size: str = "tiny") -> Path:
+    """Write a complete random weights tree, one component at a time.
 
     Args:
         root: folder to write into; created if missing, must be empty.
@@ -267,24 +219,33 @@ def write_tiny_weights(root: Path, layout: str = "portrait", seed: int = 0) -> P
             ``"dice-talk"`` (``DICE-Talk/*.pth``, ``stable-video-diffusion-img2vid-xt/``, ``whisper-tiny/``,
             ``examples/emo/*.npy``: the release layout, compat §8).
         seed: weights and priors are a pure function of it.
+        size: ``"tiny"`` (the test sizes, ~10 MB) or ``"real"`` (the release's true sizes: ~12 GB of
+            files in the DICE-Talk layout; about 7 GB of memory at the peak, the float32 UNet).
 
     Returns:
         ``root``.
 
     Raises:
-        ValueError: unknown layout or non-empty ``root``.
+        ValueError: unknown layout or size, or a non-empty ``root``.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
     root = Path(root)
     if root.exists() and any(root.iterdir()):
-        raise ValueError(f"{root} is not empty; write the tiny weights into a new folder")
+        raise ValueError(f"{root} is not empty; write the weights into a new folder")
     root.mkdir(parents=True, exist_ok=True)
-    models = _build_models(seed)
+    configs = tree_configs(size)
     priors = emotion_priors(seed)
     if layout == "portrait":
-        _write_portrait(root, models, priors, seed)
+        _write_portrait(root, configs, priors, seed)
     else:
-        _write_dice_talk(root, models, priors, seed)
-    logger.info("wrote tiny %s weights (seed %d) to %s", layout, seed, root)
+        _write_dice_talk(root, configs, priors, seed)
+    logger.info("wrote %s %s weights (seed %d) to %s", size, layout, seed, root)
     return root
+
+
+def write_tiny_weights(root: Path, layout: str = "portrait", seed: int = 0) -> Path:
+    """Write a complete tiny random weights tree (:func:`write_weights` at the tiny test sizes)."""
+    return write_weights(root, layout, seed, size="tiny")

@@ -12,7 +12,7 @@ import logging
 import re
 import shutil
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,25 +58,35 @@ class ComponentReport:
     notes: list[str] = field(default_factory=list)
 
 
+def commonest_dtype(tensors: Iterable[torch.Tensor]) -> torch.dtype:
+    """The commonest floating dtype of ``tensors`` (float32 when none is floating)."""
+    counts = Counter(t.dtype for t in tensors if t.is_floating_point())
+    return counts.most_common(1)[0][0] if counts else torch.float32
+
+
 def save_tensors(
-    out: Path, name: str, tensors: rel.StateDict, rep: ComponentReport, dtype: str, ref=()
+    out: Path,
+    name: str,
+    tensors: rel.StateDict,
+    rep: ComponentReport,
+    dtype: str,
+    keep: torch.dtype | None = None,
 ) -> None:
     """Cast the floating tensors and write ``out/<weights file of component name>``.
 
-    ``dtype="keep"`` takes the commonest floating dtype of ``ref`` (default: of ``tensors``).
+    ``dtype="keep"`` writes ``keep`` (default: the commonest floating dtype of ``tensors``). ``tensors`` is
+    consumed: each entry is replaced by its cast copy as that is made, so a cast holds the source and one
+    cast tensor at a time, not two copies of the component (the caller must hold no other reference).
     """
-    target = DTYPES[dtype]
-    if target is None:
-        counts = Counter(t.dtype for t in (list(ref) or tensors.values()) if t.is_floating_point())
-        target = counts.most_common(1)[0][0] if counts else torch.float32
-    written, storages = {}, set()
-    for key, value in tensors.items():
+    target = DTYPES[dtype] or keep or commonest_dtype(tensors.values())
+    storages = set()
+    for key in list(tensors):
+        value = tensors[key]
         value = (value.to(target) if value.is_floating_point() else value).contiguous()
         if value.untyped_storage().data_ptr() in storages:  # safetensors refuses shared memory
             value = value.clone()
         storages.add(value.untyped_storage().data_ptr())
-        written[key] = value
-    tensors = written
+        tensors[key] = value
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, out / component(name).weights_file, metadata={"format": "pt"})
     rep.tensors, rep.dtype = len(tensors), str(target).removeprefix("torch.")
@@ -119,6 +129,8 @@ def convert_unet(src: Path, out: Path, dtype: str) -> ComponentReport:
         origin[key] = f"{match['attn']}.to_{match['kv']}.weight"
     base, _ = rel.read_tensors(base_file, sorted(set(origin.values())))
     tensors = {**{k: base[o] for k, o in origin.items()}, **overlay}
+    keep = commonest_dtype(overlay.values())
+    del base, overlay  # save_tensors frees each source tensor as it casts it
     rep.filled = {
         k: f"copy of the SVD base {o}" if k in ip_keys else "kept from the SVD base"
         for k, o in origin.items()
@@ -130,7 +142,7 @@ def convert_unet(src: Path, out: Path, dtype: str) -> ComponentReport:
             pth, len(missing_ip), len(origin) - len(missing_ip), min(origin), base_file,
         )  # fmt: skip
     model.save_config(out)
-    save_tensors(out, "unet", tensors, rep, dtype, ref=overlay.values())
+    save_tensors(out, "unet", tensors, rep, dtype, keep=keep)
     return rep
 
 

@@ -474,7 +474,8 @@ def test_shape_inference_recovers_the_release_sizes_on_meta_tensors() -> None:
 def test_the_release_classifier_is_kept_as_an_optional_component(converted) -> None:
     from portrait.layout import OPTIONAL_COMPONENTS
     from portrait.models.emotion_classifier import EmotionClassifier
-    from portrait.testing.trees import _classifier_tensors
+    from portrait.testing.components import classifier_tensors
+    from portrait.testing.configs import tiny_configs
     from portrait.weights.load import load_component
 
     dst, report = converted
@@ -484,7 +485,8 @@ def test_the_release_classifier_is_kept_as_an_optional_component(converted) -> N
     assert isinstance(model, EmotionClassifier)
     config = model.config
     assert (config.in_channels, tuple(config.hidden_dims), config.num_classes) == (40, (8, 6), 22)
-    source = {k.removeprefix("classifier."): v for k, v in _classifier_tensors(0).items()}
+    tensors = classifier_tensors(tiny_configs().emotion_classifier, seed=0)
+    source = {k.removeprefix("classifier."): v for k, v in tensors.items()}
     _assert_state_equal(model.state_dict(), source)
     features = torch.randn(3, 40, 4, 4)
     pooled = features.mean((2, 3))
@@ -495,3 +497,20 @@ def test_the_release_classifier_is_kept_as_an_optional_component(converted) -> N
     assert torch.equal(model.float()(features), model.float()(pooled))
     with pytest.raises(ValueError, match=r"features must be \(B, 40"):
         model(torch.randn(2, 39))
+
+
+def test_a_cast_conversion_frees_each_source_tensor_as_it_goes(tmp_path: Path) -> None:
+    """``save_tensors`` replaces each entry by its cast copy: the float32 sources are freed one by one, so
+    converting a float32 unet.pth to float16 holds the file's tensors and one copy, not both whole (that
+    peaked at 1.53× the 6.5 GB checkpoint at the true size)."""
+    import weakref
+
+    from portrait.weights.convert_components import ComponentReport, save_tensors
+
+    tensors = {f"w{i}": torch.randn(64, 64) for i in range(4)}
+    sources = [weakref.ref(t) for t in tensors.values()]
+    first = tensors["w0"].clone()
+    save_tensors(tmp_path / "out", "pose_guider", tensors, ComponentReport("pose_guider"), "fp16")
+    assert all(ref() is None for ref in sources)  # no source survives its cast
+    written = load_file(tmp_path / "out" / "diffusion_pytorch_model.safetensors")
+    assert written["w0"].dtype == torch.float16 and torch.equal(written["w0"], first.half())
