@@ -12,6 +12,7 @@ import importlib
 import json
 import logging
 import os
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +178,32 @@ def check_state_dict(
         raise WeightsError(f"{weights_path} does not match its config: {'; '.join(problems)}")
 
 
+#: safetensors' dtype names of the floating dtypes a tree may store.
+_FILE_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
+
+
+def read_state(
+    weights_path: Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file on ``device``, floating ones in ``dtype``, read one at a time.
+
+    Memory: a file already in ``dtype`` is mapped on the CPU (no copy: its pages are shared with the page
+    cache); otherwise each tensor is read into its own buffer (``pread``), cast and dropped before the next,
+    so a cast load holds the loaded model plus one tensor, not the file and the model.
+    """
+    device = torch.device(device)
+    with safe_open(str(weights_path), framework="pt") as handle:
+        stored = {handle.get_slice(k).get_dtype() for k in handle.keys()}
+    cast = any(_FILE_DTYPES.get(name, dtype) != dtype for name in stored)
+    backend = "mmap" if device.type == "cpu" and not cast else "pread"
+    state = {}
+    with safe_open(str(weights_path), framework="pt", device=str(device), backend=backend) as handle:
+        for key in handle.keys():
+            value = handle.get_tensor(key)
+            state[key] = value.to(dtype) if value.is_floating_point() else value
+    return state
+
+
 def load_component(
     name: str, root: Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
 ) -> Any:
@@ -195,9 +222,7 @@ def load_component(
         cls = _model_class(comp)
         loaded = cls.from_pretrained(folder, dtype=dtype, device_map=str(torch.device(device)))
         return loaded.eval()
-    state = load_file(str(weights_path), device=str(torch.device(device)))
-    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-    model.load_state_dict(state, strict=True, assign=True)
+    model.load_state_dict(read_state(weights_path, device, dtype), strict=True, assign=True)
     leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if leftover:
         raise WeightsError(f"{weights_path} left tensors uninitialised: {', '.join(leftover[:8])}")
@@ -261,11 +286,14 @@ def load_pipeline(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     with_audio_encoder: bool = True,
+    skip: Collection[str] = (),
 ):
     """Build a :class:`~portrait.pipeline.PortraitPipeline` from a weights tree.
 
     The UNet, VAE, image encoder and pose guider are loaded in ``dtype``; the audio encoder, audio
-    projector and emotion model in float32 (compat §11).
+    projector and emotion model in float32 (compat §11). Components named in ``skip`` (or the audio
+    encoder without ``with_audio_encoder``) are not loaded and left ``None``: for a caller that uses the
+    others only (training from a cache of their outputs), a pipeline that cannot render.
     """
     from portrait.pipeline import PortraitPipeline
 
@@ -273,7 +301,8 @@ def load_pipeline(
     check_tree(root)
     parts = {}
     for comp in COMPONENTS:
-        if comp.name == "audio_encoder" and not with_audio_encoder:
+        if comp.name in skip or (comp.name == "audio_encoder" and not with_audio_encoder):
+            parts[comp.name] = None
             continue
         part_dtype = torch.float32 if comp.name in FP32_COMPONENTS else dtype
         logger.info("loading %s from %s", comp.name, root / comp.name)
