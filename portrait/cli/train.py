@@ -40,7 +40,10 @@ def _trainer_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 1e-4)")
     parser.add_argument("--seed", type=int, default=None, help="seed of every draw (default 0)")
     parser.add_argument("--grad-accum", type=int, default=None, help="micro-batches per step (default 1)")
-    parser.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None)
+    parser.add_argument(
+        "--mixed-precision", choices=("auto", "no", "bf16", "fp16"), default=None,
+        help="default auto: bf16 on a CUDA device that has it, else no",
+    )  # fmt: skip
     parser.add_argument("--checkpoint-every", type=int, default=None, metavar="N", help="default 500")
     parser.add_argument("--validate-every", type=int, default=None, metavar="N", help="0: at the end only")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="recipe option")

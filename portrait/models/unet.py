@@ -30,7 +30,7 @@ from diffusers.models.unets.unet_spatio_temporal_condition import (
     UNetSpatioTemporalConditionOutput,
 )
 
-from portrait.models.attention import AdapterContext, adapter_processors
+from portrait.models.attention import AdapterContext, CompactTemporalContext, adapter_processors
 
 
 class AdapterTransformer(TransformerSpatioTemporalModel):
@@ -68,16 +68,14 @@ class AdapterTransformer(TransformerSpatioTemporalModel):
         frame_emb = self.time_pos_embed(self.time_proj(positions).to(dtype=hidden_states.dtype))[:, None, :]
 
         pairs = zip(self.transformer_blocks, self.temporal_transformer_blocks, strict=False)
+        checkpoint = torch.is_grad_enabled() and self.gradient_checkpointing
         for block, temporal_block in pairs:
-            hidden_states = block(
-                hidden_states, encoder_hidden_states=spatial_context, cross_attention_kwargs=spatial_kwargs
-            )
-            mixed = temporal_block(
-                hidden_states + frame_emb, num_frames=num_frames, encoder_hidden_states=time_context
-            )
-            hidden_states = self.time_mixer(
-                x_spatial=hidden_states, x_temporal=mixed, image_only_indicator=image_only_indicator
-            )
+            args = (block, temporal_block, hidden_states, frame_emb, num_frames, spatial_context,
+                    spatial_kwargs, time_context, image_only_indicator)  # fmt: skip
+            if checkpoint:  # recompute the pair in the backward pass instead of keeping its activations
+                hidden_states = self._gradient_checkpointing_func(self._block_pair, *args)
+            else:
+                hidden_states = self._block_pair(*args)
 
         hidden_states = self.proj_out(hidden_states)
         hidden_states = hidden_states.reshape(batch_frames, height, width, channels).permute(0, 3, 1, 2)
@@ -85,6 +83,26 @@ class AdapterTransformer(TransformerSpatioTemporalModel):
         if not return_dict:
             return (output,)
         return TransformerTemporalModelOutput(sample=output)
+
+    def _block_pair(
+        self, block: torch.nn.Module, temporal_block: torch.nn.Module, hidden_states: torch.Tensor,
+        frame_emb: torch.Tensor, num_frames: int, spatial_context: tuple, spatial_kwargs: dict,
+        time_context: tuple | CompactTemporalContext, image_only_indicator: torch.Tensor,
+    ) -> torch.Tensor:  # fmt: skip
+        """One spatial block, its temporal block and their mix: (B·F, h·w, C) → (B·F, h·w, C).
+
+        Under ``enable_gradient_checkpointing()`` a training forward keeps only each pair's input and
+        recomputes the pair in the backward pass (diffusers' own forward checkpoints the spatial block alone).
+        """
+        hidden_states = block(
+            hidden_states, encoder_hidden_states=spatial_context, cross_attention_kwargs=spatial_kwargs
+        )
+        mixed = temporal_block(
+            hidden_states + frame_emb, num_frames=num_frames, encoder_hidden_states=time_context
+        )
+        return self.time_mixer(
+            x_spatial=hidden_states, x_temporal=mixed, image_only_indicator=image_only_indicator
+        )
 
 
 class PortraitUNet(UNetSpatioTemporalConditionModel):

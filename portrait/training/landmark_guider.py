@@ -82,7 +82,8 @@ class MotionRecipe(CachedRecipe):
         if options.get("lora"):
             raise InputError("LoRA fine-tuning of the UNet is not implemented (peft is not installed here)")
         super().__init__(cache, weights_root, options)
-        self.pipe = load_pipeline(weights_root, with_audio_encoder=False)
+        # the cache holds the encoders' outputs: no audio encoder, VAE or CLIP in memory (3 GB at fp32)
+        self.pipe = load_pipeline(weights_root, skip=("audio_encoder", "vae", "image_encoder"))
         for module in self.pipe.components.values():
             if isinstance(module, nn.Module):
                 module.requires_grad_(False).eval()
@@ -162,6 +163,7 @@ class MotionRecipe(CachedRecipe):
             adapter_tokens=(audio, emotion),
             face_mask=mask,
             pose_features=features,
+            compact_temporal_context=True,  # no h·w copies of the context and its K/V (GBs at 512²)
         ).sample
         denoised = x_sigma / (sig**2 + 1) - sig * v.float() / (sig**2 + 1) ** 0.5
         size = tuple(mask.shape[-1:-3:-1])

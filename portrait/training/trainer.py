@@ -37,14 +37,19 @@ LOG_FILE = "log.jsonl"
 PLOT_FILE = "loss.png"
 CHECKPOINTS_DIR = "checkpoints"
 #: Fields that may change between a run and its resumption.
-RESUMABLE_FIELDS = ("steps", "checkpoint_every", "validate_every", "log_every")
+RESUMABLE_FIELDS = ("steps", "checkpoint_every", "validate_every", "log_every", "gradient_checkpointing")
+#: ``mixed_precision`` values; "auto" is bf16 where the device has it.
+MIXED_PRECISIONS = ("auto", "no", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Hyper-parameters of a run (``--config`` YAML/JSON keys, overridden by flags).
 
-    ``mixed_precision``: "no", "bf16" or "fp16". ``options``: recipe-specific settings (see each recipe).
+    ``mixed_precision``: "auto" (bf16 on a CUDA device that has it, else "no"), "no", "bf16" or "fp16".
+    ``gradient_checkpointing``: recompute the frozen UNet's activations in the backward pass instead of
+    keeping them (the recipes that run the UNet; on by default: at 512² the kept activations do not fit a
+    GPU). ``options``: recipe-specific settings (see each recipe).
     """
 
     steps: int = 1000
@@ -54,12 +59,12 @@ class TrainConfig:
     warmup_steps: int = 0
     grad_accum: int = 1
     grad_clip: float = 1.0
-    mixed_precision: str = "no"
+    mixed_precision: str = "auto"
     seed: int = 0
     checkpoint_every: int = 500
     validate_every: int = 0
     log_every: int = 1
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = True
     options: dict[str, Any] = field(default_factory=dict)
 
     def hyper(self) -> dict[str, Any]:
@@ -89,6 +94,13 @@ class Recipe(Protocol):
 
     def export(self, model: nn.Module, out: Path) -> Path:
         """Write ``out/<component>/`` (config.json + safetensors); returns the folder."""
+
+
+def resolve_mixed_precision(name: str) -> str:
+    """``"auto"`` → ``"bf16"`` on a CUDA device with bfloat16, else ``"no"``; other names unchanged."""
+    if name != "auto":
+        return name
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -253,8 +265,10 @@ class _Run:
 
 
 def _check_config(cfg: TrainConfig) -> None:
-    if cfg.mixed_precision not in ("no", "bf16", "fp16"):
-        raise InputError(f"mixed_precision must be no, bf16 or fp16, got {cfg.mixed_precision!r}")
+    if cfg.mixed_precision not in MIXED_PRECISIONS:
+        raise InputError(
+            f"mixed_precision must be {', '.join(MIXED_PRECISIONS)}, got {cfg.mixed_precision!r}"
+        )
     for name in ("steps", "batch_size", "grad_accum", "checkpoint_every"):
         if getattr(cfg, name) < 1:
             raise InputError(f"{name} must be >= 1, got {getattr(cfg, name)}")
@@ -264,7 +278,7 @@ def _prepare(recipe: Recipe, cfg: TrainConfig, out: Path) -> _Run:
     """Accelerator, AdamW over the trainable parameters, the warm-up schedule, all prepared."""
     from accelerate import Accelerator
 
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision))
     recipe.to(accelerator.device)
     model = recipe.model
     params = [p for p in model.parameters() if p.requires_grad]
