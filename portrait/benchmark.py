@@ -1,8 +1,9 @@
 """End-to-end speed and memory benchmark on random weights (no download): ``scripts/benchmark.py``.
 
-Builds the pipeline at the real DICE-Talk sizes (meta-device construction, then random weights materialised
-straight on the device) or at the tiny test sizes, wraps it in an :class:`~portrait.engine.Engine` and
-renders N seconds of a synthetic speech file and portrait through the product's own path
+Builds the pipeline at the real DICE-Talk sizes or at the tiny test sizes (the configurations of
+:mod:`portrait.testing.configs`; meta-device construction, then random weights materialised straight on the
+device), wraps it in an :class:`~portrait.engine.Engine` and renders N seconds of a synthetic speech file and
+portrait through the product's own path
 (:func:`portrait.inputs.prepare`, then :func:`portrait.rendering.render_job`: identity and audio encoding,
 sampling, VAE decode, frame interpolation, H.264 encode + mux); the stage times are the sidecar's. One JSON
 line per run. ``--compare`` runs the plain eager path (the reference's call shapes) and the optimised
@@ -49,79 +50,26 @@ BASELINE = Variant("baseline")
 OPTIMISED = Variant("optimised", compile="blocks", window_batch=2, fast_attention=True)
 
 
-def _random_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Deterministic small random weights (norm scales 1, biases 0): activations stay O(1)."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    with torch.no_grad():
-        for name, param in module.named_parameters():
-            values = torch.randn(param.shape, generator=gen) * 0.02
-            if name.endswith("weight") and param.ndim == 1:
-                values = torch.ones(param.shape)
-            elif name.endswith("bias"):
-                values = torch.zeros(param.shape)
-            param.copy_(values)
-    return module
+def build_pipeline(tiny: bool, device: torch.device, dtype: torch.dtype, seed: int = 0) -> PortraitPipeline:
+    """A pipeline with seeded random weights at the tiny or the real (SVD-XT / DICE-Talk) sizes.
 
+    The configurations are :func:`portrait.testing.configs.tree_configs`' (the same as the random trees');
+    each component is built on the meta device and its random weights materialised straight on ``device``.
+    """
+    from diffusers import EulerDiscreteScheduler
 
-def _materialise(
-    module: torch.nn.Module, device: torch.device, dtype: torch.dtype, seed: int
-) -> torch.nn.Module:
-    module = module.to_empty(device=device)
-    for buffer_name, buffer in module.named_buffers():  # non-persistent buffers (e.g. position ids)
-        if "position_ids" in buffer_name:
-            buffer.copy_(torch.arange(buffer.shape[-1], device=device).expand_as(buffer))
-    return torch.nn.Module.to(
-        _random_(module, seed), dtype
-    ).eval()  # plain cast: no diffusers fp32-module warning
+    from portrait.testing.components import random_component
+    from portrait.testing.configs import svd_xt_scheduler_config, tree_configs
 
-
-def build_pipeline(tiny: bool, device: torch.device, dtype: torch.dtype) -> PortraitPipeline:
-    """A pipeline with random weights at the tiny or the real (SVD-XT / DICE-Talk) sizes."""
-    from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, WhisperConfig, WhisperModel
-
-    from portrait.models.audio import AudioProjector
-    from portrait.models.emotion_model import EmotionModel
-    from portrait.models.interpolation import IFNet
-    from portrait.models.pose_guider import PoseGuider
-    from portrait.models.unet import PortraitUNet
-    from portrait.testing import configs as t
-
-    if tiny:
-        configs = dict(
-            unet=t.tiny_unet_config(), vae=t.tiny_vae_config(), clip=t.tiny_clip_config(),
-            whisper=t.tiny_whisper_config(), audio=t.tiny_audio_projector_config(),
-            emotion=t.tiny_emotion_config(),
-            pose=t.tiny_pose_guider_config(), rife=dict(channels=8),
-        )  # fmt: skip
-    else:
-        configs = dict(
-            unet={}, vae={}, audio={}, emotion={}, pose={}, rife={},
-            clip=dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
-                      patch_size=14, image_size=224, projection_dim=1024, hidden_act="gelu"),
-            whisper=dict(d_model=384, encoder_layers=4, decoder_layers=4, encoder_attention_heads=6,
-                         decoder_attention_heads=6, encoder_ffn_dim=1536, decoder_ffn_dim=1536,
-                         num_mel_bins=80),
-        )  # fmt: skip
-    with torch.device("meta"):
-        parts = dict(
-            unet=PortraitUNet(**configs["unet"]),
-            vae=AutoencoderKLTemporalDecoder(**configs["vae"]),
-            image_encoder=CLIPVisionModelWithProjection(CLIPVisionConfig(**configs["clip"])),
-            audio_encoder=WhisperModel(WhisperConfig(**configs["whisper"])),
-            audio_projector=AudioProjector(**configs["audio"]),
-            emotion_model=EmotionModel(**configs["emotion"]),
-            pose_guider=PoseGuider(**configs["pose"]),
-        )
-        rife = IFNet(**configs["rife"])
-    for i, (name, module) in enumerate(parts.items()):
-        parts[name] = _materialise(
-            module, device, torch.float32 if name in FP32_COMPONENTS else dtype, seed=i
-        )
-    pipe = PortraitPipeline(
-        scheduler=EulerDiscreteScheduler.from_config(t.svd_xt_scheduler_config()), **parts
-    )
-    pipe.interpolator = _materialise(rife, device, torch.float32, seed=99)
+    configs = tree_configs("tiny" if tiny else "real")
+    parts = {}
+    for name in ("unet", "vae", "image_encoder", "audio_encoder", "audio_projector", "emotion_model",
+                 "pose_guider"):  # fmt: skip
+        module = random_component(name, configs, seed, device)
+        # a plain cast (no diffusers fp32-module warning)
+        parts[name] = torch.nn.Module.to(module, torch.float32 if name in FP32_COMPONENTS else dtype)
+    pipe = PortraitPipeline(scheduler=EulerDiscreteScheduler.from_config(svd_xt_scheduler_config()), **parts)
+    pipe.interpolator = random_component("interpolation", configs, seed, device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -188,18 +136,27 @@ def _read_frames(folder: Path) -> np.ndarray:
 
 
 def run_once(
-    pipe: PortraitPipeline, variant: Variant, args: argparse.Namespace, seed: int = 7
+    pipe: PortraitPipeline,
+    variant: Variant,
+    args: argparse.Namespace,
+    device: torch.device,
+    seed: int = 7,
+    apply_options: bool = True,
 ) -> dict[str, Any]:
-    """One end-to-end render; returns the metrics dict and the frames (uint8, CPU) under ``_frames``."""
-    device = pipe.unet.device
+    """One end-to-end render on ``device`` (where the pipeline runs; with an offload tier its models start
+    on the CPU); returns the metrics dict and the frames (uint8, CPU) under ``_frames``.
+
+    ``apply_options``: apply the variant's offload tier and compile mode first (once per pipeline).
+    """
     times: dict[str, float] = {}
     calls = {"n": 0}
     hook = pipe.unet.register_forward_pre_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with _timed(device)(times, "compile_and_first_call"):
-        apply_runtime_options(pipe, variant.offload, variant.compile, device)
-        if variant.compile != "off":
+        if apply_options:
+            apply_runtime_options(pipe, variant.offload, variant.compile, device)
+        if apply_options and variant.compile != "off":
             window_call(pipe, args.size)  # compilation happens on the first call
     calls["n"] = 0
     engine = bench_engine(pipe, device)
@@ -297,6 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--decode-chunk", type=int, default=10)
     parser.add_argument("--no-interpolate", dest="interpolate", action="store_false")
     parser.add_argument("--no-flops", action="store_true", help="skip counting FLOPs (one extra UNet call)")
+    parser.add_argument(
+        "--repeat", type=int, default=1,
+        help="render the (optimised) run N times, options applied once: later runs are warm (no compiling)",
+    )  # fmt: skip
     return parser
 
 
@@ -312,21 +273,26 @@ def run_benchmark(argv: list[str] | None = None) -> list[dict[str, Any]]:
         args.compile = "off" if args.tiny else OPTIMISED.compile
     device = torch.device(args.device)
     dtype = resolve_dtype(args.dtype, device)
+    offload = args.offload if device.type == "cuda" else "none"  # as the engine: offload tiers are CUDA's
     started = time.perf_counter()
     pipe = build_pipeline(args.tiny, device, dtype)
+    if offload != "none":  # an offloaded pipeline starts on the CPU; its peak GPU memory is the tier's own
+        pipe.to("cpu")
+        torch.cuda.empty_cache()
     load_seconds = round(time.perf_counter() - started, 3)
     args.flops_per_call = None if args.no_flops else count_flops_per_window(pipe, args.size)
     args.keep_frames = args.compare
-    optimised = Variant("optimised", args.compile, args.window_batch, True, args.offload)
+    optimised = Variant("optimised", args.compile, args.window_batch, True, offload)
     runs = [BASELINE] if args.baseline else [BASELINE, optimised] if args.compare else [optimised]
+    runs += runs[-1:] * (args.repeat - 1)
     results = []
-    for variant in runs:
-        result = run_once(pipe, variant, args)
+    for index, variant in enumerate(runs):
+        result = run_once(pipe, variant, args, device, apply_options=variant not in runs[:index])
         result["load_seconds"] = load_seconds
         results.append(result)
     records = [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]
     if args.compare:
-        base, opt = results
+        base, opt = results[:2]
         summary = {
             "speedup": round(base["seconds_per_video_second"] / opt["seconds_per_video_second"], 3),
             "sampling_speedup": round(
