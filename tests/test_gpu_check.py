@@ -39,8 +39,8 @@ def test_tiny_dry_run_runs_every_kind_of_stage_and_reports_each(tmp_path: Path) 
     lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
     assert (out / "results.jsonl").read_text().splitlines() == result.stdout.strip().splitlines()
     stages = [r["stage"] for r in lines]
-    assert stages == ["compile_cold", "benchmark", "vram_none", "write", "convert", "load", "render",
-                      "cache_64", "train_motion_64", "train_embedder", "summary"]  # fmt: skip
+    assert stages == ["benchmark", "vram_none", "write", "convert", "load", "render", "cache_64",
+                      "train_motion_64", "train_embedder", "compile_cold", "summary"]  # fmt: skip
     for record in lines[:-1]:
         assert record["ok"], record
         assert record["seconds"] > 0 and record["peak_rss_mib"] > 100  # torch alone is more
@@ -82,26 +82,23 @@ def _plan(*argv: str) -> list[str]:
     return [p.label for p in make_plan(build_parser().parse_args(["--out", "/tmp/x", *argv]))]
 
 
-def test_the_plan_puts_the_cuda_stages_first_and_honours_reuse_and_skip() -> None:
+def test_the_plan_orders_the_cuda_stages_by_cost_and_honours_reuse_and_skip() -> None:
     cpu = ["write", "convert", "load", "render", "cache_64", "train_motion_64", "train_embedder"]
     assert _plan("--device", "cpu") == cpu
-    gpu = [
-        "compile_cold",
-        "compile_warm",
-        "benchmark",
-        "vram_none",
-        "vram_model",
-        "vram_sequential",
-        "long_clip",
-    ]
-    assert _plan("--device", "cuda") == [*gpu, *cpu[:4], "cache_512", "train_motion_512", "train_embedder"]
+    first = ["benchmark", "vram_none", "vram_model", "long_clip"]  # no tree needed, the main figures
+    tree = ["write", "load", "render", "cache_512", "train_motion_512", "train_embedder"]  # no convert
+    last = ["vram_sequential", "compile_cold", "compile_warm"]  # minutes each
+    assert _plan("--device", "cuda") == [*first, *tree, *last]
+    cuda = make_plan(build_parser().parse_args(["--out", "/tmp/x", "--device", "cuda"]))
+    assert {p.label: p.spec for p in cuda}["write"].layout == "portrait"
+    assert {p.label: p.spec for p in cuda}["benchmark"].compile == "off"
+    assert _plan("--device", "cuda", "--release", "/r")[4:6] == ["convert", "load"]
     assert _plan("--device", "cpu", "--release", "/r")[:2] == ["convert", "load"]
     assert _plan("--device", "cpu", "--weights", "/w", "--train-sizes", "64,128", "--skip", "render") == [
         "load", "cache_64", "train_motion_64", "cache_128", "train_motion_128", "train_embedder"
     ]  # fmt: skip
-    spec = make_plan(build_parser().parse_args(["--out", "/tmp/x", "--device", "cpu", "--gpu-stages"]))[
-        0
-    ].spec
+    args = build_parser().parse_args(["--out", "/tmp/x", "--device", "cpu", "--gpu-stages"])
+    spec = make_plan(args)[0].spec
     assert (spec.bench_size, spec.bench_steps, spec.bench_seconds, spec.compile) == (64, 1, 1.0, "off")
 
 
@@ -147,3 +144,12 @@ def test_gpu_targets() -> None:
     assert [t["met"] for t in judge(tier, {}, real=True, device="cuda")] == [False]  # 12 GB = 11.18 GiB
     warm = {"stage": "compile_warm", "ok": True, "compile_seconds": 12.0}
     assert [t["met"] for t in judge(warm, {}, real=True, device="cuda")] == [False]
+
+
+def test_the_write_stage_writes_our_tree_straight_when_asked(tmp_path: Path) -> None:
+    from portrait.rehearsal.stages import Spec, write
+
+    spec = Spec("cpu", True, str(tmp_path), str(tmp_path / "r"), str(tmp_path / "w"), layout="portrait")
+    figures = write(spec)
+    assert (tmp_path / "w" / "manifest.json").is_file() and not (tmp_path / "r").exists()
+    assert figures["largest_file"] == "unet/diffusion_pytorch_model.safetensors"

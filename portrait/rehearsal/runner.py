@@ -81,25 +81,35 @@ def _device(name: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _gpu_plan(args: argparse.Namespace, spec: Spec, cuda: bool) -> list[Planned]:
+def _gpu_plans(args: argparse.Namespace, spec: Spec, cuda: bool) -> tuple[list[Planned], list[Planned]]:
+    """The CUDA stages to run before the tree stages (speed and memory of a render: they build their own
+    random pipeline, no tree needed) and after them (the slow ones: sequential offload and compiling,
+    which took minutes cold before). The benchmark does not compile: the compile stages time that."""
     mode = args.compile if cuda else "off"  # a dry run does not compile
     cache_dir = Path(spec.work) / "compile-cache"
     env = {
         "TORCHINDUCTOR_CACHE_DIR": str(cache_dir / "inductor"),
         "TRITON_CACHE_DIR": str(cache_dir / "triton"),
     }
-    plan = [Planned(f"compile_{t}", "compile", spec.with_values(compile=mode), env) for t in ("cold", "warm")]
-    plan.append(Planned("benchmark", "benchmark", spec.with_values(compile=mode), env))
-    plan += [
-        Planned(f"vram_{tier}", "vram", spec.with_values(offload=tier))
-        for tier in ("none", "model", "sequential")
+    first = [
+        Planned("benchmark", "benchmark", spec.with_values(compile="off")),
+        Planned("vram_none", "vram", spec.with_values(offload="none")),
+        Planned("vram_model", "vram", spec.with_values(offload="model")),
+        Planned("long_clip", "vram", spec.with_values(bench_seconds=args.long_seconds)),
     ]
-    plan.append(Planned("long_clip", "vram", spec.with_values(bench_seconds=args.long_seconds)))
-    return plan
+    last = [Planned("vram_sequential", "vram", spec.with_values(offload="sequential"))]
+    last += [
+        Planned(f"compile_{t}", "compile", spec.with_values(compile=mode), env) for t in ("cold", "warm")
+    ]
+    return first, last
 
 
 def make_plan(args: argparse.Namespace) -> list[Planned]:
-    """The stages in order (CUDA stages first: they need no tree), without the ``--skip`` ones."""
+    """The stages in order, without the ``--skip`` ones.
+
+    On CUDA the tree is written straight in our layout (converting is a host-memory figure, measured on
+    a CPU) unless ``--release`` names a DICE-Talk folder to convert.
+    """
     device = _device(args.device)
     cuda = device.startswith("cuda")
     work = (args.work or args.out / "work").resolve()
@@ -112,8 +122,10 @@ def make_plan(args: argparse.Namespace) -> list[Planned]:
     )  # fmt: skip
     if not cuda and args.gpu_stages:  # the dry run renders the benchmark at the render's small settings
         spec = spec.with_values(bench_size=args.size, bench_steps=args.steps, bench_seconds=args.seconds)
-    plan = _gpu_plan(args, spec, cuda) if cuda or args.gpu_stages else []
-    if args.weights is None:
+    plan, last = _gpu_plans(args, spec, cuda) if cuda or args.gpu_stages else ([], [])
+    if args.weights is None and args.release is None and cuda:
+        plan.append(Planned("write", "write", spec.with_values(layout="portrait")))
+    elif args.weights is None:
         plan += [Planned("write", "write", spec)] if args.release is None else []
         plan.append(Planned("convert", "convert", spec))
     plan += [Planned("load", "load", spec), Planned("render", "render", spec)]
@@ -123,6 +135,7 @@ def make_plan(args: argparse.Namespace) -> list[Planned]:
         sized = spec.with_values(train_size=size)
         plan += [Planned(f"cache_{size}", "cache", sized), Planned(f"train_motion_{size}", "train", sized)]
     plan.append(Planned("train_embedder", "train", spec.with_values(recipe="embedder", train_size=sizes[0])))
+    plan += last
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     return [p for p in plan if p.label not in skip]
 

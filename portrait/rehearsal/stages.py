@@ -34,8 +34,9 @@ class StageError(PortraitError):
 class Spec:
     """What a stage needs (one JSON object on the child's command line).
 
-    ``tiny``: the test sizes instead of the release's; ``size``/``steps``/``seconds``: the render;
-    ``train_size``/``recipe``: a training stage; ``bench_*``/``offload``/``compile``: the CUDA stages.
+    ``tiny``: the test sizes instead of the release's; ``layout``: what ``write`` writes (the DICE-Talk
+    release into ``release``, or our tree straight into ``weights``); ``size``/``steps``/``seconds``: the
+    render; ``train_size``/``recipe``: a training stage; ``bench_*``/``offload``/``compile``: the CUDA stages.
     """
 
     device: str
@@ -43,6 +44,7 @@ class Spec:
     work: str
     release: str
     weights: str
+    layout: str = "dice-talk"
     size: int = 64
     steps: int = 1
     seconds: float = 1.0
@@ -84,10 +86,11 @@ def cuda_bf16(device: str) -> bool:
 
 # ------------------------------------------------------------------------------------------ the stages
 def write(spec: Spec) -> dict[str, Any]:
-    """A seeded random release in the DICE-Talk layout (one component in memory at a time)."""
+    """A seeded random release in ``spec.layout`` (one component in memory at a time)."""
     from portrait.testing.trees import write_weights
 
-    root = write_weights(Path(spec.release), layout="dice-talk", seed=0, size="tiny" if spec.tiny else "real")
+    folder = Path(spec.release if spec.layout == "dice-talk" else spec.weights)
+    root = write_weights(folder, layout=spec.layout, seed=0, size="tiny" if spec.tiny else "real")
     files = file_sizes(root)
     largest = max(files, key=files.__getitem__)
     return {
