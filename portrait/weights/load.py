@@ -187,9 +187,9 @@ def read_state(
 ) -> dict[str, torch.Tensor]:
     """Every tensor of a safetensors file on ``device``, floating ones in ``dtype``, read one at a time.
 
-    Memory: a file already in ``dtype`` is mapped on the CPU (no copy: its pages are shared with the page
-    cache); otherwise each tensor is read into its own buffer (``pread``), cast and dropped before the next,
-    so a cast load holds the loaded model plus one tensor, not the file and the model.
+    Memory: a file already in ``dtype`` loaded on the CPU is mapped (no copy: its pages are shared with the
+    page cache); otherwise each tensor is read into its own host buffer (``pread``), cast, moved to
+    ``device`` and dropped before the next, so the host holds one tensor, not the file and the model.
     """
     device = torch.device(device)
     with safe_open(str(weights_path), framework="pt") as handle:
@@ -197,10 +197,10 @@ def read_state(
     cast = any(_FILE_DTYPES.get(name, dtype) != dtype for name in stored)
     backend = "mmap" if device.type == "cpu" and not cast else "pread"
     state = {}
-    with safe_open(str(weights_path), framework="pt", device=str(device), backend=backend) as handle:
+    with safe_open(str(weights_path), framework="pt", backend=backend) as handle:
         for key in handle.keys():
             value = handle.get_tensor(key)
-            state[key] = value.to(dtype) if value.is_floating_point() else value
+            state[key] = value.to(device, dtype) if value.is_floating_point() else value.to(device)
     return state
 
 
