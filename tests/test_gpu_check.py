@@ -153,3 +153,13 @@ def test_the_write_stage_writes_our_tree_straight_when_asked(tmp_path: Path) -> 
     figures = write(spec)
     assert (tmp_path / "w" / "manifest.json").is_file() and not (tmp_path / "r").exists()
     assert figures["largest_file"] == "unet/diffusion_pytorch_model.safetensors"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["--size", "100"], "multiples of 64"), (["--train-sizes", "64,96"], "multiples of 64")],
+)
+def test_usage_errors_are_one_line_before_any_stage(tmp_path: Path, argv: list[str], message: str) -> None:
+    result = _script("--device", "cpu", "--out", str(tmp_path / "gc"), *argv)
+    assert result.returncode == 2 and message in result.stderr and result.stdout == ""
+    assert not (tmp_path / "gc").exists()

@@ -81,6 +81,21 @@ def _device(name: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage errors before any stage starts (exit 2 with one line)."""
+    import torch
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available here (use --device cpu)")
+    sizes = [
+        args.size,
+        args.bench_size,
+        *(int(s) for s in (args.train_sizes or "64").split(",") if s.strip()),
+    ]
+    if any(size < 64 or size % 64 for size in sizes):
+        parser.error(f"sizes must be multiples of 64 (--size, --bench-size, --train-sizes), got {sizes}")
+
+
 def _gpu_plans(args: argparse.Namespace, spec: Spec, cuda: bool) -> tuple[list[Planned], list[Planned]]:
     """The CUDA stages to run before the tree stages (speed and memory of a render: they build their own
     random pipeline, no tree needed) and after them (the slow ones: sequential offload and compiling,
@@ -215,7 +230,9 @@ def _summary(records: dict[str, dict[str, Any]], skipped: list[str], seconds: fl
 
 def run(argv: list[str] | None = None) -> int:
     """Run the rehearsal described by ``argv``; exit code 0 when every stage ran (targets are reported)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_args(parser, args)
     args.out.mkdir(parents=True, exist_ok=True)
     plan = make_plan(args)
     if any(p.kind == "compile" for p in plan):  # the cold compile starts from empty caches
