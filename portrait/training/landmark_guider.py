@@ -50,6 +50,18 @@ DEFAULTS = {
 FIXED_SIGMAS = (0.3, 1.0, 3.0)
 
 
+def edm_preconditioning(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(c_in, c_skip, c_out, c_noise)`` of SVD's v-prediction at noise level ``sigma`` (any shape).
+
+    The sampler's convention, which the loss must share (``tests/training/test_learning.py`` checks it
+    against ``sampling.scale_model_input``, ``sampling.euler_step`` and the scheduler's timesteps): the UNet
+    sees ``c_in·x_σ`` at time ``c_noise``, and ``D = c_skip·x_σ + c_out·v``, with
+    ``c_in = 1/√(σ²+1)``, ``c_skip = 1/(σ²+1)``, ``c_out = −σ/√(σ²+1)``, ``c_noise = ¼·ln σ``.
+    """
+    c_in = 1 / (sigma**2 + 1) ** 0.5
+    return c_in, c_in**2, -sigma * c_in, 0.25 * torch.log(sigma)
+
+
 def region_weights(
     landmarks: torch.Tensor, image_size: tuple[int, int], latent_size: tuple[int, int]
 ) -> torch.Tensor:
@@ -143,21 +155,24 @@ class MotionRecipe(CachedRecipe):
             maps[:, 2] = 0
         mask = data["face_mask"].float().div(255).to(dev)[None, None]  # (1, 1, H, W)
         channels = pipe.pose_guider.config.conditioning_channels
-        pose = pipe.pose_guider(mask.expand(1, channels, -1, -1))[:, None]
-        features = pose + model(maps.to(dev))[None]  # (1, F, C0, h, w)
+        features = pipe.pose_guider(mask.expand(1, channels, -1, -1))[:, None]  # (1, 1, C0, h, w)
+        unet, guider = self.networks(model)
+        if guider is not None:
+            features = features + guider(maps.to(dev))[None]  # (1, F, C0, h, w)
 
         sig = torch.tensor(sigma, dtype=torch.float32)
+        c_in, c_skip, c_out, c_noise = edm_preconditioning(sig)
         eps = torch.randn(x0.shape, generator=noise_gen).to(dev)
         x_sigma = x0 + sig * eps
-        model_input = torch.cat([x_sigma / (sig**2 + 1) ** 0.5, cond], dim=2)
+        model_input = torch.cat([c_in * x_sigma, cond], dim=2)
         time_ids = torch.tensor(
             [[self.opts["fps"], self.opts["motion_bucket_id"], self.opts["motion_bucket_id_exp"]]],
             dtype=torch.float32,
             device=dev,
         )
-        v = pipe.unet(
+        v = unet(
             model_input,
-            0.25 * torch.log(sig).to(dev),
+            c_noise.to(dev),
             encoder_hidden_states=clip,
             added_time_ids=time_ids,
             adapter_tokens=(audio, emotion),
@@ -165,10 +180,14 @@ class MotionRecipe(CachedRecipe):
             pose_features=features,
             compact_temporal_context=True,  # no h·w copies of the context and its K/V (GBs at 512²)
         ).sample
-        denoised = x_sigma / (sig**2 + 1) - sig * v.float() / (sig**2 + 1) ** 0.5
+        denoised = c_skip * x_sigma + c_out * v.float()
         size = tuple(mask.shape[-1:-3:-1])
         weights = region_weights(data["landmarks"][idx].float(), size, tuple(x0.shape[-1:-3:-1])).to(dev)
-        return (1 + sig**2) / sig**2 * (weights[None] * (denoised - x0) ** 2).mean()
+        return (weights[None] * (denoised - x0) ** 2).mean() / c_out**2  # EDM weight (σ²+1)/σ²
+
+    def networks(self, model: nn.Module) -> tuple[nn.Module, nn.Module | None]:
+        """``(unet, landmark guider)`` of a loss call: the frozen release UNet and the guider being trained."""
+        return self.pipe.unet, model
 
     # ------------------------------------------------------------------------------------ recipe API
     def loss(self, model: nn.Module, batch_size: int, generator: torch.Generator) -> torch.Tensor:

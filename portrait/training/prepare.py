@@ -37,7 +37,7 @@ from portrait.motion.track import track_frames
 from portrait.preprocess.audio import load_audio
 from portrait.preprocess.audio_features import audio_features
 from portrait.preprocess.face import crop_image, reference_crop_box, select_face
-from portrait.preprocess.face_expressions import crop_face
+from portrait.preprocess.face_expressions import classify_media
 from portrait.preprocess.image import prepare_portrait, to_tensor
 from portrait.preprocess.video import iter_frames
 from portrait.training.data import (
@@ -122,10 +122,17 @@ def _vae_latents(vae, pixels: torch.Tensor, chunk: int = 8) -> torch.Tensor:
     return torch.cat(parts).float().cpu() * LATENT_SCALE
 
 
-def _box_of(points: np.ndarray) -> tuple[float, float, float, float]:
-    x1, y1 = points.min(0)
-    x2, y2 = points.max(0)
-    return float(x1), float(y1), float(x2 - x1), float(y2 - y1)
+def _expressions(source: Source, ex: Extractors, settings: PrepareSettings, count: int) -> np.ndarray:
+    """(count, C) expression probabilities of the first ``count`` frames, read as a render's
+    ``--emotion-from`` reads them (``classify_media``: the detector's largest face in each decoded frame,
+    cropped with its margin), so the embedder trains on what it is fed at render time. A frame without a
+    usable face takes the nearest classified frame's probabilities."""
+    summary = classify_media(
+        source.path, ex.classifier, ex.detector, fps=settings.fps, max_frames=count, keep_frames=True
+    )
+    index = np.rint(np.asarray(summary["frames"]["t"]) * settings.fps)
+    nearest = np.abs(np.arange(count)[:, None] - index[None]).argmin(1)
+    return np.asarray(summary["frames"]["probs"], dtype=np.float32)[nearest]
 
 
 @torch.no_grad()
@@ -166,10 +173,7 @@ def extract_video(source: Source, ex: Extractors, settings: PrepareSettings) -> 
     )  # fmt: skip
     landmarks = np.asarray(track.landmarks[:count], dtype=np.float32)
     maps = render_motion_maps(landmarks, size)
-    crops = np.stack(
-        [crop_face(a, _box_of(p), ex.classifier.input_size) for a, p in zip(arrays, landmarks, strict=True)]
-    )
-    expression = np.asarray(ex.classifier.predict(crops), dtype=np.float32)
+    expression = _expressions(source, ex, settings, count)
     store = torch_dtype(settings.store_dtype)
     return {
         "latents": latents.to(store),
