@@ -186,7 +186,7 @@ class MotionRecipe(CachedRecipe):
         return (weights[None] * (denoised - x0) ** 2).mean() / c_out**2  # EDM weight (σ²+1)/σ²
 
     def networks(self, model: nn.Module) -> tuple[nn.Module, nn.Module | None]:
-        """``(unet, landmark guider)`` of a loss call: the frozen release UNet and the guider being trained."""
+        """``(unet, landmark guider)`` of a loss call: the frozen UNet and the guider being trained."""
         return self.pipe.unet, model
 
     # ------------------------------------------------------------------------------------ recipe API
