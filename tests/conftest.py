@@ -22,13 +22,15 @@ else:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip tests marked ``gpu`` when no CUDA device is available."""
-    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
-    if not gpu_items or (torch is not None and torch.cuda.is_available()):
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU")
-    for item in gpu_items:
-        item.add_marker(skip)
+    """Skip tests marked ``gpu`` when no CUDA device is available, and tests marked ``slow`` unless asked
+    for (``PORTRAIT_SLOW_TESTS=1`` or ``-m slow``): CI runs their fast variants."""
+    no_gpu = torch is None or not torch.cuda.is_available()
+    run_slow = os.environ.get("PORTRAIT_SLOW_TESTS") == "1" or "slow" in (config.getoption("-m") or "")
+    for item in items:
+        if no_gpu and item.get_closest_marker("gpu") is not None:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+        if not run_slow and item.get_closest_marker("slow") is not None:
+            item.add_marker(pytest.mark.skip(reason="slow: run with PORTRAIT_SLOW_TESTS=1 or -m slow"))
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@
 - ``emotion_embedder``: recipe ``train embedder``; ``landmark_guider``: recipe ``train motion``.
 - ``validate``: the validation render of ``train motion --validate-render``.
 - ``install``: add a trained component to a weights tree.
+- ``learning_check``: training shown to learn on a synthetic task, end to end (``scripts/learning_check.py``).
 
 See docs/training.md.
 """
