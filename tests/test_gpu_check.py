@@ -109,10 +109,21 @@ def test_a_deadline_skips_the_stages_it_leaves_no_time_for(tmp_path: Path) -> No
 
 
 def test_the_parent_measures_each_childs_own_peak_memory(tmp_path: Path) -> None:
-    grow = "b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096])"
+    # this test's own process (pytest, often > 1 GB) must not count: ru_maxrss would have carried it over
+    ballast = bytearray(600 * 2**20)
+    ballast[:: 2**12] = b"x" * len(ballast[:: 2**12])
+    grow = "import time; b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(1)"
     proc = subprocess.Popen([sys.executable, "-c", grow])
     code, peak_mib, timed_out = _wait(proc, timeout=60)
-    assert (code, timed_out) == (0, False) and 300 < peak_mib < 500
+    del ballast
+    assert (code, timed_out) == (0, False) and peak_mib is not None and 300 < peak_mib < 500
+    own = grow.replace(
+        "time.sleep(1)", "from portrait.rehearsal.memory import vm_hwm_mib; print(vm_hwm_mib())"
+    )
+    report = subprocess.run(
+        [sys.executable, "-c", own], capture_output=True, text=True, check=True, cwd=SCRIPT.parents[1]
+    )
+    assert 300 < float(report.stdout) < 500
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     code, _, timed_out = _wait(proc, timeout=0.5)
     assert timed_out and code != 0

@@ -1,7 +1,8 @@
 """One stage in this process: ``python -m portrait.rehearsal.child KIND SPEC_JSON RESULT_JSON``.
 
 Writes the stage's figures to ``RESULT_JSON`` (with the process's peak GPU memory on CUDA) and exits 0, or
-writes ``{"error": ...}`` and exits 1. Its peak host memory is measured by the parent (``wait4``).
+writes ``{"error": ...}`` and exits 1. Its peak host memory (``VmHWM``) goes in ``RESULT_JSON`` too; the
+parent also polls it, for a child killed before it can write.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ def _peak_vram_mib() -> float | None:
 
 
 def main(argv: list[str]) -> int:
+    from portrait.rehearsal.memory import vm_hwm_mib
     from portrait.rehearsal.stages import Spec, run_stage
 
     kind, spec_text, result_path = argv
@@ -32,6 +34,7 @@ def main(argv: list[str]) -> int:
         traceback.print_exc()
         result, code = {"error": f"{type(err).__name__}: {' '.join(str(err).split())[:500]}"}, 1
     result["peak_vram_mib"] = _peak_vram_mib()
+    result["peak_rss_mib"] = vm_hwm_mib()
     Path(result_path).write_text(json.dumps(result, default=str) + "\n")
     return code
 

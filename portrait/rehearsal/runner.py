@@ -1,7 +1,12 @@
 """``scripts/gpu_check.py``: plan the stages, run each in its own process, measure it, judge the targets.
 
-Every stage runs as ``python -m portrait.rehearsal.child`` so its peak host memory (``wait4``'s
-``ru_maxrss``) and on CUDA its peak GPU memory are its own. One JSON line per stage goes to stdout and to
+Every stage runs as ``python -m portrait.rehearsal.child`` so its peak host memory and on CUDA its peak GPU
+memory are its own: the child reports its ``VmHWM`` (the high-water mark of its own address space, which
+starts empty at ``exec``) and the parent polls the same figure while it runs, for a child that dies before
+it can report. ``wait4``'s ``ru_maxrss`` is not used: Linux carries the spawning process's high-water mark
+across ``fork``/``exec`` into it, so a child of a 1.7 GB pytest process "peaked" at 1.7 GB.
+
+One JSON line per stage goes to stdout and to
 ``OUT/results.jsonl`` (``stage``, ``ok``, ``seconds``, ``peak_rss_mib``, ``peak_vram_mib`` on CUDA, the
 stage's figures and ``targets``), then a ``summary`` line; each stage's log is ``OUT/logs/<stage>.log``.
 """
@@ -20,11 +25,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from portrait.rehearsal.memory import vm_hwm_mib
 from portrait.rehearsal.stages import Spec
 from portrait.rehearsal.targets import judge
 
 #: Seconds a stopped child gets between SIGTERM and SIGKILL.
 _GRACE = 10.0
+_POLL = 0.05  # seconds between polls of a running child's VmHWM
 
 
 @dataclass(frozen=True)
@@ -162,22 +169,24 @@ def _child_env(extra: dict[str, str]) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **extra}
 
 
-def _wait(proc: subprocess.Popen, timeout: float) -> tuple[int, float, bool]:
-    """Reap ``proc`` with ``wait4``: (exit code, peak RSS in MiB, timed out); kills it after ``timeout``."""
-    deadline, timed_out = time.monotonic() + timeout, False
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
+def _wait(proc: subprocess.Popen, timeout: float) -> tuple[int, float | None, bool]:
+    """Reap ``proc``: (exit code, peak RSS in MiB polled from ``VmHWM``, timed out); kill it at ``timeout``.
+
+    The polled peak can miss growth in the last ``_POLL`` seconds before the child exits; the stage child's
+    own report (exact) takes precedence in :func:`run_planned`.
+    """
+    deadline, timed_out, peak = time.monotonic() + timeout, False, None
+    while proc.poll() is None:
+        seen = vm_hwm_mib(proc.pid)
+        peak = seen if peak is None or (seen is not None and seen > peak) else peak
         if time.monotonic() > deadline and not timed_out:
             timed_out = True
             proc.send_signal(signal.SIGTERM)
             deadline = time.monotonic() + _GRACE
         elif timed_out and time.monotonic() > deadline:
             proc.kill()
-        time.sleep(0.2)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, round(usage.ru_maxrss / 1024, 1), timed_out  # ru_maxrss: KiB on Linux
+        time.sleep(_POLL)
+    return proc.returncode, peak, timed_out
 
 
 def run_planned(stage: Planned, out: Path, timeout: float) -> dict[str, Any]:
@@ -198,14 +207,15 @@ def run_planned(stage: Planned, out: Path, timeout: float) -> dict[str, Any]:
     started = time.perf_counter()
     with (logs / f"{stage.label}.log").open("w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_child_env(stage.env))
-        code, peak_rss, timed_out = _wait(proc, timeout)
+        code, polled_rss, timed_out = _wait(proc, timeout)
     record: dict[str, Any] = {
         "stage": stage.label,
         "ok": code == 0,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    record["peak_rss_mib"] = peak_rss
     figures = json.loads(result_path.read_text()) if result_path.is_file() else {}
+    reported = figures.pop("peak_rss_mib", None)
+    record["peak_rss_mib"] = max((m for m in (reported, polled_rss) if m is not None), default=None)
     if timed_out:
         figures["error"] = f"stopped after {timeout:.0f} s (--stage-timeout or --deadline)"
     elif code and "error" not in figures:
