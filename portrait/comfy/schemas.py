@@ -31,6 +31,10 @@ def fps_input(tooltip: str = "frame rate of the frames") -> io.Float.Input:
     return io.Float.Input("fps", default=25.0, min=0.1, max=240.0, step=0.1, tooltip=tooltip)
 
 
+def _guidance_scale(name: str, default: float, tooltip: str) -> io.Float.Input:
+    return io.Float.Input(name, default=default, min=0.0, max=30.0, step=0.1, tooltip=tooltip)
+
+
 def guidance_inputs() -> list:
     """Portrait Render's emotion, guidance, steps and seed widgets (the CLI's defaults)."""
     return [
@@ -48,22 +52,8 @@ def guidance_inputs() -> list:
             step=0.05,
             tooltip="intensity of a single emotion name",
         ),
-        io.Float.Input(
-            "ref_scale",
-            default=_R.ref_scale,
-            min=0.0,
-            max=30.0,
-            step=0.1,
-            tooltip="reference-image guidance",
-        ),
-        io.Float.Input(
-            "emo_scale",
-            default=_R.emo_scale,
-            min=0.0,
-            max=30.0,
-            step=0.1,
-            tooltip="audio+emotion guidance",
-        ),
+        _guidance_scale("ref_scale", _R.ref_scale, "reference-image guidance"),
+        _guidance_scale("emo_scale", _R.emo_scale, "audio+emotion guidance"),
         io.Int.Input("steps", default=_R.steps, min=1, max=1000),
         io.Int.Input("seed", default=_R.seed, min=0, max=2**63 - 1),
     ]
