@@ -21,5 +21,10 @@ except ModuleNotFoundError:  # a source checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from portrait.rehearsal.runner import run
 
+
+def _print_line(line: str) -> None:
+    print(line, flush=True)
+
+
 if __name__ == "__main__":
-    sys.exit(run(sys.argv[1:]))
+    sys.exit(run(sys.argv[1:], report=_print_line))

@@ -99,7 +99,7 @@ def test_print_detector() -> None:
 
 
 #: The only subpackages allowed to print: the entry points own the terminal.
-MAY_PRINT = ("cli", "batch", "app", "rehearsal")  # command-line layers: their output is stdout
+MAY_PRINT = ("cli", "batch", "app")
 
 
 def test_library_does_not_print() -> None:

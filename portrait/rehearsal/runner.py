@@ -6,7 +6,7 @@ starts empty at ``exec``) and the parent polls the same figure while it runs, fo
 it can report. ``wait4``'s ``ru_maxrss`` is not used: Linux carries the spawning process's high-water mark
 across ``fork``/``exec`` into it, so a child of a 1.7 GB pytest process "peaked" at 1.7 GB.
 
-One JSON line per stage goes to stdout and to
+One JSON line per stage goes to the caller (the script prints it) and to
 ``OUT/results.jsonl`` (``stage``, ``ok``, ``seconds``, ``peak_rss_mib``, ``peak_vram_mib`` on CUDA, the
 stage's figures and ``targets``), then a ``summary`` line; each stage's log is ``OUT/logs/<stage>.log``.
 """
@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -223,9 +224,10 @@ def run_planned(stage: Planned, out: Path, timeout: float) -> dict[str, Any]:
     return {**record, **figures}
 
 
-def _emit(record: dict[str, Any], handle) -> None:
+def _emit(record: dict[str, Any], handle, report: Callable[[str], None] | None) -> None:
     line = json.dumps(record, default=str)
-    print(line, flush=True)
+    if report is not None:
+        report(line)
     handle.write(line + "\n")
     handle.flush()
 
@@ -238,8 +240,11 @@ def _summary(records: dict[str, dict[str, Any]], skipped: list[str], seconds: fl
             "real_size": real, "failed": failed, "skipped": skipped, "targets_missed": missed}  # fmt: skip
 
 
-def run(argv: list[str] | None = None) -> int:
-    """Run the rehearsal described by ``argv``; exit code 0 when every stage ran (targets are reported)."""
+def run(argv: list[str] | None = None, report: Callable[[str], None] | None = None) -> int:
+    """Run the rehearsal described by ``argv``; exit code 0 when every stage ran (targets are reported).
+
+    Each JSON line goes to ``OUT/results.jsonl`` and, as it is written, to ``report`` (the script prints it).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_args(parser, args)
@@ -258,7 +263,7 @@ def run(argv: list[str] | None = None) -> int:
             record = run_planned(stage, args.out, min(args.stage_timeout, left))
             record["targets"] = judge(record, records, real=not stage.spec.tiny, device=stage.spec.device)
             records[stage.label] = record
-            _emit(record, handle)
+            _emit(record, handle, report)
         summary = _summary(records, skipped, time.perf_counter() - started, args.real_size)
-        _emit(summary, handle)
+        _emit(summary, handle, report)
     return 0 if summary["ok"] else 1
