@@ -65,6 +65,19 @@ def test_tiny_dry_run_runs_every_kind_of_stage_and_reports_each(tmp_path: Path) 
     assert lines[-1] == {**lines[-1], "ok": True, "failed": [], "skipped": [], "targets_missed": []}
 
 
+@pytest.mark.gpu
+def test_tiny_rehearsal_on_cuda_measures_gpu_memory(tmp_path: Path) -> None:
+    """The CUDA path at tiny size (skipped without a GPU): every stage runs and the GPU ones report VRAM."""
+    out = tmp_path / "gc"
+    small = ["--bench-size", "64", "--bench-steps", "2", "--bench-seconds", "1", "--train-sizes", "64"]
+    result = _script("--device", "cuda", *small, "--skip", REPEATS + ",compile_cold", "--out", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    by_stage = {r["stage"]: r for r in map(json.loads, result.stdout.strip().splitlines())}
+    assert by_stage["summary"]["ok"], by_stage["summary"]
+    for label in ("benchmark", "vram_none", "render", "train_motion_64"):
+        assert by_stage[label]["peak_vram_mib"] > 0, by_stage[label]
+
+
 def test_a_failing_stage_is_reported_and_fails_the_run(tmp_path: Path) -> None:
     out = tmp_path / "gc"
     skip = "render,cache_64,train_motion_64,train_embedder"
