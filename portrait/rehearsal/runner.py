@@ -178,8 +178,8 @@ def _wait(proc: subprocess.Popen, timeout: float) -> tuple[int, float | None, bo
     """
     deadline, timed_out, peak = time.monotonic() + timeout, False, None
     while proc.poll() is None:
-        seen = vm_hwm_mib(proc.pid)
-        peak = seen if peak is None or (seen is not None and seen > peak) else peak
+        if (seen := vm_hwm_mib(proc.pid)) is not None:
+            peak = max(peak or 0.0, seen)
         if time.monotonic() > deadline and not timed_out:
             timed_out = True
             proc.send_signal(signal.SIGTERM)

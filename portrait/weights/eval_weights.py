@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from portrait.errors import WeightsError
-from portrait.files import sha256_file
+from portrait.files import sha256_file, write_json_atomic
 from portrait.weights.i3d import convert_i3d
 from portrait.weights.inception import convert_fid_inception
 from portrait.weights.sources import ARCFACE_FILE, EVAL_NAMES, EVAL_WEIGHTS, EvalWeight
@@ -87,10 +87,7 @@ def write_eval_manifest(root: Path, files: dict[str, str], sources: dict[str, An
     manifest = read_manifest(root)
     manifest["files"].update(files)
     manifest["sources"].update(sources)
-    path = Path(root) / EVAL_MANIFEST
-    partial = path.with_name(f".{EVAL_MANIFEST}.partial")
-    partial.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.replace(partial, path)
+    write_json_atomic(Path(root) / EVAL_MANIFEST, manifest, indent=2, sort_keys=True)
 
 
 def extract_arcface(archive: Path, dest: Path) -> dict[str, str]:
